@@ -1,0 +1,245 @@
+"""The wire contract: request and response models used by coordinator, worker and SDK alike."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from parallel_pilot.core.states import JobState, TaskState
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+API_PREFIX = "/api/v1"
+
+
+class Model(BaseModel):
+    """Strict wire model: unknown fields are an error, so typos are caught, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def check_sha256(value: str) -> str:
+    if not SHA256_RE.match(value):
+        raise ValueError("must be a SHA-256 hex digest (64 lowercase hex characters)")
+    return value
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ErrorBody(Model):
+    error: str
+    message: str
+
+
+# ---------------------------------------------------------------- workers
+
+
+class Gpu(Model):
+    name: str
+    memory_bytes: int | None = None
+
+
+class Capabilities(Model):
+    cpu_cores: int = Field(ge=1)
+    ram_bytes: int = Field(ge=0)
+    gpus: list[Gpu] = Field(default_factory=list)
+    blender_version: str | None = None
+    kinds: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    platform: str = ""
+    python: str = ""
+    pilot_version: str = ""
+    slots: int = Field(default=1, ge=1, le=1024)
+
+
+class RegisterRequest(Model):
+    join_token: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=100)
+    capabilities: Capabilities
+
+
+class RegisterResponse(Model):
+    worker_id: int
+    worker_token: str
+    lease_seconds: float
+    heartbeat_seconds: float
+
+
+class LeaseRequest(Model):
+    slots: int = Field(default=1, ge=1, le=64)
+    wait_seconds: float = Field(default=30.0, ge=0, le=120)
+
+
+class TaskLease(Model):
+    """One task handed to a worker under an attempt number (the fencing token)."""
+
+    task_id: int
+    attempt: int
+    job_id: int
+    kind: str
+    name: str
+    payload: dict[str, Any]
+    inputs: dict[str, str] = Field(description="file name -> SHA-256 of the blob to fetch")
+    lease_expires_at: float
+    heartbeat_seconds: float
+
+
+class LeaseResponse(Model):
+    tasks: list[TaskLease]
+
+
+class HeartbeatRequest(Model):
+    progress: float | None = Field(default=None, ge=0, le=1)
+    message: str | None = Field(default=None, max_length=1000)
+    log_lines: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class HeartbeatResponse(Model):
+    action: Literal["continue", "stop"]
+    reason: str | None = None
+    lease_expires_at: float
+
+
+class OutputRequest(Model):
+    """A file an attempt produced, already uploaded as a blob; ``path`` is where it goes
+    in the job's download folder (e.g. ``items/7/out/a.csv``)."""
+
+    path: str = Field(min_length=1, max_length=500)
+    sha256: str
+    size: int = Field(ge=0)
+
+    _check = field_validator("sha256")(check_sha256)
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        parts = value.split("/")
+        if value.startswith("/") or "\\" in value or any(p in ("", ".", "..") for p in parts):
+            raise ValueError("must be a relative path without '..', '.', '\\' or empty parts")
+        return value
+
+
+class CompleteRequest(Model):
+    result: dict[str, Any] = Field(default_factory=dict)
+    log_lines: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class FailRequest(Model):
+    reason: str = Field(min_length=1, max_length=10_000)
+    retryable: bool = True
+    log_lines: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class Ack(Model):
+    ok: bool = True
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class JobSubmit(Model):
+    kind: str = Field(min_length=1, max_length=40)
+    params: dict[str, Any]
+    priority: int = Field(default=0, ge=-100, le=100)
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class JobInfo(Model):
+    id: int
+    name: str
+    kind: str
+    state: JobState
+    owner: str
+    priority: int
+    params: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    tasks_total: int
+    tasks_done: int
+    task_counts: dict[str, int]
+    progress: float = Field(description="0..1, counting running tasks' own progress")
+    active_workers: int
+    eta_seconds: float | None
+
+
+class JobList(Model):
+    jobs: list[JobInfo]
+
+
+class TaskInfo(Model):
+    id: int
+    job_id: int
+    index: int
+    name: str
+    kind: str
+    state: TaskState
+    attempt: int
+    failures: int
+    worker: str | None
+    progress: float | None
+    message: str | None
+    error: str | None
+    result: dict[str, Any] | None
+    started_at: float | None
+    finished_at: float | None
+
+
+class TaskList(Model):
+    tasks: list[TaskInfo]
+
+
+class OutputInfo(Model):
+    path: str
+    sha256: str
+    size: int
+    task_id: int | None
+
+
+class OutputList(Model):
+    outputs: list[OutputInfo]
+
+
+class LogLine(Model):
+    task_id: int
+    attempt: int
+    at: float
+    line: str
+
+
+class LogList(Model):
+    lines: list[LogLine]
+
+
+class WorkerInfo(Model):
+    id: int
+    name: str
+    state: Literal["idle", "busy", "offline", "revoked"]
+    capabilities: Capabilities
+    current_tasks: list[int]
+    tasks_done: int
+    last_seen: float
+    created_at: float
+
+
+class WorkerList(Model):
+    workers: list[WorkerInfo]
+
+
+class BlobInfo(Model):
+    sha256: str
+    size: int
+
+
+class UserInfo(Model):
+    name: str
+    is_admin: bool
+
+
+class Health(Model):
+    ok: bool
+    version: str

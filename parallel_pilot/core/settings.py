@@ -1,0 +1,69 @@
+"""Settings of each process, read once at its entry point from flags and ``PILOT_*``
+environment variables. Nothing else in the project reads ``os.environ``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8330  # coordinator HTTP port
+DEFAULT_LEASE_SECONDS = 60.0  # seconds a lease lasts without a heartbeat
+DEFAULT_HEARTBEAT_SECONDS = 3.0  # seconds between a worker's heartbeats for one task
+DEFAULT_REAPER_SECONDS = 2.0  # seconds between sweeps for expired leases
+DEFAULT_LONG_POLL_SECONDS = 30.0  # seconds a lease request waits for a task at most
+DEFAULT_MAX_ATTEMPTS = 3  # failed attempts (crash, lost lease, retryable error) before a task fails
+DEFAULT_WORKER_BLOCK_FAILURES = 3  # failures of one job after which a worker is kept off it
+DEFAULT_OFFLINE_SECONDS = 90.0  # seconds of silence after which a worker is shown offline
+DEFAULT_MAX_LOG_LINE = 4000  # characters kept of one log line
+DEFAULT_CACHE_BYTES = 10 * 1024**3  # bytes a worker's blob cache may hold
+DEFAULT_SLOTS = 1  # tasks a worker runs at once
+
+
+class CoordinatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PILOT_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    data_dir: Path = Path("pilot-data")
+    database_url: str | None = None
+    lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, gt=0)
+    heartbeat_seconds: float = Field(default=DEFAULT_HEARTBEAT_SECONDS, gt=0)
+    reaper_seconds: float = Field(default=DEFAULT_REAPER_SECONDS, gt=0)
+    long_poll_seconds: float = Field(default=DEFAULT_LONG_POLL_SECONDS, ge=0)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    worker_block_failures: int = Field(default=DEFAULT_WORKER_BLOCK_FAILURES, ge=1)
+    offline_seconds: float = Field(default=DEFAULT_OFFLINE_SECONDS, gt=0)
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pilot.db').resolve()}"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PILOT_", extra="ignore")
+
+    server: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    join_token: str = ""
+    name: str | None = None
+    slots: int = Field(default=DEFAULT_SLOTS, ge=1, le=64)
+    allow: list[str] = Field(default_factory=lambda: ["sleep", "sweep"])
+    cache_dir: Path | None = None
+    cache_bytes: int = Field(default=DEFAULT_CACHE_BYTES, ge=0)
+    work_dir: Path | None = None
+    tags: list[str] = Field(default_factory=list)
+    drain_seconds: float = Field(default=10.0, ge=0)  # grace for running tasks on SIGTERM
+
+
+class ClientSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PILOT_", extra="ignore")
+
+    server: str | None = None
+    token: str | None = None
+    config_file: Path = Path.home() / ".config" / "parallel-pilot" / "config.json"

@@ -1,0 +1,22 @@
+"""Job kinds as plugins: one module per kind, looked up by name here."""
+
+from __future__ import annotations
+
+from parallel_pilot.errors import UnknownKind
+from parallel_pilot.kinds.base import Kind
+from parallel_pilot.kinds.sleep import SleepKind
+from parallel_pilot.kinds.sweep import SweepKind
+
+KINDS: dict[str, Kind] = {k.name: k for k in (SleepKind(), SweepKind())}
+
+
+def get_kind(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        known = ", ".join(sorted(KINDS))
+        raise UnknownKind(f"unknown job kind {name!r}; known kinds: {known}") from None
+
+
+def known_kinds() -> list[str]:
+    return sorted(KINDS)

@@ -1,0 +1,97 @@
+"""The job-kind plugin protocol: validate parameters, plan tasks, run a task, gather results.
+
+A kind is one module exposing one object that satisfies ``Kind``. The coordinator calls
+``parse_params``, ``input_blobs``, ``plan`` and ``finalize`` (pure, no I/O); the worker calls
+``run`` with a ``RunContext`` that owns all I/O (blob cache, heartbeats, uploads).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from parallel_pilot.core.protocol import TaskLease
+from parallel_pilot.errors import InvalidInput
+
+
+@dataclass
+class TaskSpec:
+    """One task a plan asks for; ``depends_on`` holds indexes of earlier specs in the plan."""
+
+    name: str
+    payload: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)
+    depends_on: list[int] = field(default_factory=list)
+
+
+@dataclass
+class FinishedTask:
+    """What ``finalize`` sees of each task of a completed job, in plan order."""
+
+    index: int
+    name: str
+    payload: dict[str, Any]
+    result: dict[str, Any]
+
+
+class RunContext(Protocol):
+    """What a running task may do; the worker implements it, tests use a fake."""
+
+    workdir: Path
+    stop_event: threading.Event
+
+    def input_path(self, name: str) -> Path:
+        """A read-only path to an input file (in the worker's blob cache)."""
+        ...
+
+    def copy_input(self, name: str, dest: Path) -> Path:
+        """Copy an input into ``dest`` (a path inside the working directory)."""
+        ...
+
+    def progress(self, fraction: float | None, message: str | None = None) -> None: ...
+
+    def log(self, line: str) -> None: ...
+
+    def upload_output(self, path: str, file: Path) -> str:
+        """Upload ``file`` as the job output ``path``; returns its SHA-256."""
+        ...
+
+
+class Kind(Protocol):
+    name: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+    # True for trivial built-in kinds that run inside the worker process itself
+    in_process: ClassVar[bool]
+
+    def input_blobs(self, params: BaseModel) -> dict[str, str]:
+        """Every blob (name -> SHA-256) the job needs; the coordinator checks they exist."""
+        ...
+
+    def plan(self, params: BaseModel) -> list[TaskSpec]: ...
+
+    def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]: ...
+
+    def finalize(self, params: BaseModel, tasks: list[FinishedTask]) -> dict[str, bytes]:
+        """Job-level output files (path -> content) made from the finished tasks."""
+        ...
+
+
+def parse_params(kind: Kind, raw: dict[str, Any]) -> BaseModel:
+    """Validate a user's parameters, turning pydantic's errors into one readable message."""
+    try:
+        return kind.params_model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid {kind.name} parameters: {describe_validation(exc)}") from None
+
+
+def describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)

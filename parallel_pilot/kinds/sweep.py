@@ -1,0 +1,159 @@
+"""``sweep``: a command template run once per item, with attached files in the working
+directory; each item's exit code, output and collected files form a table of results."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from parallel_pilot.core.protocol import TaskLease, check_sha256
+from parallel_pilot.core.ranges import parse_items
+from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
+from parallel_pilot.kinds.process import run_process
+
+MAX_SWEEP_ITEMS = 100_000  # items one sweep job may have
+DEFAULT_OUTPUT_CAP = 64 * 1024  # bytes of stdout and of stderr kept per item
+MAX_OUTPUT_CAP = 1024 * 1024  # the most a job may ask to keep
+ITEM_PLACEHOLDER = "{item}"
+
+_SAFE_ITEM = re.compile(r"^[A-Za-z0-9_.+=@%-][A-Za-z0-9 _.+=@%,:-]{0,199}$")
+
+
+def check_relative_path(value: str) -> str:
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in value:
+        raise ValueError(f"{value!r} must be a relative path without '..' or empty parts")
+    return value
+
+
+class SweepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] = Field(min_length=1, description="argv; {item} is replaced per item")
+    items: list[str] | str = Field(description="a list of items, or a range like 1-100")
+    files: dict[str, str] = Field(default_factory=dict, description="name in workdir -> SHA-256")
+    collect: list[str] = Field(default_factory=list, description="globs of output files")
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    output_cap: int = Field(default=DEFAULT_OUTPUT_CAP, ge=0, le=MAX_OUTPUT_CAP)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the command is empty")
+        if any("\x00" in a for a in value):
+            raise ValueError("arguments may not contain NUL bytes")
+        return value
+
+    @field_validator("items")
+    @classmethod
+    def _items(cls, value: list[str] | str) -> list[str]:
+        items = parse_items(value, limit=MAX_SWEEP_ITEMS) if isinstance(value, str) else value
+        if not items:
+            raise ValueError("no items")
+        if len(items) > MAX_SWEEP_ITEMS:
+            raise ValueError(f"more than {MAX_SWEEP_ITEMS} items")
+        if len(set(items)) != len(items):
+            raise ValueError("items must be unique")
+        for item in items:
+            if not _SAFE_ITEM.match(item) or item in (".", ".."):
+                raise ValueError(
+                    f"item {item!r} may use only letters, digits, spaces and _.+=@%,:- "
+                    "(at most 200 characters), since it names a results folder"
+                )
+        return items
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, sha in value.items():
+            check_relative_path(name)
+            check_sha256(sha)
+        return value
+
+    @field_validator("collect")
+    @classmethod
+    def _collect(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            check_relative_path(pattern)
+        return value
+
+
+class SweepKind:
+    name: ClassVar[str] = "sweep"
+    params_model: ClassVar[type[BaseModel]] = SweepParams
+    in_process: ClassVar[bool] = False
+
+    def input_blobs(self, params: BaseModel) -> dict[str, str]:
+        assert isinstance(params, SweepParams)
+        return dict(params.files)
+
+    def plan(self, params: BaseModel) -> list[TaskSpec]:
+        assert isinstance(params, SweepParams)
+        assert isinstance(params.items, list)
+        common = {"command": params.command, "collect": params.collect,
+                  "timeout_seconds": params.timeout_seconds, "output_cap": params.output_cap}
+        return [
+            TaskSpec(name=f"item {item}", payload={"item": item, **common},
+                     inputs=dict(params.files))
+            for item in params.items
+        ]
+
+    def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
+        payload = task.payload
+        item = str(payload["item"])
+        for name in task.inputs:
+            ctx.copy_input(name, ctx.workdir / name)
+        argv = [arg.replace(ITEM_PLACEHOLDER, item) for arg in payload["command"]]
+        env = dict(os.environ)
+        env.update({"PILOT_ITEM": item, "PILOT_JOB": str(task.job_id),
+                    "PILOT_TASK": str(task.task_id)})
+        ctx.log(f"$ {' '.join(argv)}")
+        proc = run_process(
+            argv, cwd=ctx.workdir, env=env, stop_event=ctx.stop_event,
+            timeout_seconds=payload.get("timeout_seconds"),
+            output_cap=payload.get("output_cap", DEFAULT_OUTPUT_CAP),
+            on_stdout=ctx.log, on_stderr=lambda line: ctx.log(f"[stderr] {line}"),
+        )
+        files: dict[str, str] = {}
+        if not proc.stopped:
+            for rel in collect_files(ctx.workdir, payload.get("collect", [])):
+                files[rel] = ctx.upload_output(f"items/{item}/{rel}", ctx.workdir / rel)
+        return {
+            "item": item, "exit_code": proc.exit_code, "stdout": proc.stdout,
+            "stderr": proc.stderr, "files": files, "seconds": round(proc.seconds, 3),
+            "timed_out": proc.timed_out, "truncated": proc.stdout_truncated
+            or proc.stderr_truncated,
+        }
+
+    def finalize(self, params: BaseModel, tasks: list[FinishedTask]) -> dict[str, bytes]:
+        lines = []
+        for task in sorted(tasks, key=lambda t: t.index):
+            r = task.result
+            lines.append(json.dumps({
+                "item": r.get("item", task.payload.get("item")), "exit_code": r.get("exit_code"),
+                "stdout": r.get("stdout", ""), "stderr": r.get("stderr", ""),
+                "files": sorted(r.get("files", {})),
+            }))
+        return {"results.jsonl": ("\n".join(lines) + "\n").encode()}
+
+
+def collect_files(workdir: Path, patterns: list[str]) -> list[str]:
+    """Relative paths of regular files under ``workdir`` matching the globs, never a link
+    or anything outside the working directory."""
+    root = workdir.resolve()
+    found: set[str] = set()
+    for pattern in patterns:
+        for path in workdir.glob(pattern):
+            if path.is_symlink() or not path.is_file():
+                continue
+            resolved = path.resolve()
+            if root not in resolved.parents:
+                continue
+            found.add(resolved.relative_to(root).as_posix())
+    return sorted(found)
