@@ -193,7 +193,7 @@ class Connection:
                             if on_progress is not None:
                                 on_progress(len(chunk))
                 break
-            except (httpx.TransportError,) as exc:
+            except httpx.TransportError as exc:
                 if time.monotonic() >= deadline:
                     raise ServerUnavailable(
                         f"cannot download blob {sha256[:12]} from {self.server}: {exc}"

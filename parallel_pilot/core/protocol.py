@@ -205,6 +205,7 @@ class OutputList(Model):
 
 
 class LogLine(Model):
+    id: int
     task_id: int
     attempt: int
     at: float

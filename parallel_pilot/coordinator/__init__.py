@@ -1,0 +1,1 @@
+"""The coordinator: FastAPI app, services that own job and lease logic, the reaper."""

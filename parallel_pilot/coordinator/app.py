@@ -1,0 +1,101 @@
+"""``create_app``: the coordinator's FastAPI application — routes, error bodies, reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from parallel_pilot import __version__
+from parallel_pilot.coordinator.routes import attempts, blobs, jobs, meta, workers
+from parallel_pilot.coordinator.services import leasing
+from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.core.protocol import API_PREFIX
+from parallel_pilot.core.settings import CoordinatorSettings
+from parallel_pilot.errors import PilotError, error_body, http_status
+from parallel_pilot.kinds.base import describe_validation
+from parallel_pilot.store.blobs import BlobStore
+from parallel_pilot.store.database import open_database
+
+log = logging.getLogger("pilot.coordinator")
+
+STATUS_CODES = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large"}
+
+
+def build_services(settings: CoordinatorSettings,
+                   clock: Callable[[], float] | None = None) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = open_database(settings.resolved_database_url())
+    services = Services(engine=engine, blobs=BlobStore(settings.blob_dir), settings=settings)
+    if clock is not None:
+        services.clock = clock
+    return services
+
+
+async def _reaper(services: Services) -> None:
+    while True:
+        await asyncio.sleep(services.settings.reaper_seconds)
+        try:
+            await run_in_threadpool(leasing.reap, services)
+        except Exception:  # keep reaping even if one pass fails (e.g. database restarting)
+            log.exception("reaper pass failed")
+
+
+def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.notifier.bind(asyncio.get_running_loop())
+        task = asyncio.create_task(_reaper(services)) if run_reaper else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(title="Parallel Pilot coordinator", version=__version__, lifespan=lifespan,
+                  docs_url=f"{API_PREFIX}/docs", redoc_url=None, openapi_url=f"{API_PREFIX}/openapi.json")
+    app.state.services = services
+    for module in (meta, workers, attempts, jobs, blobs):
+        app.include_router(module.router, prefix=API_PREFIX)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PilotError)
+    async def pilot_error(request: Request, exc: PilotError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=http_status(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:10]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            parts.append(f"{where}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
+        return JSONResponse({"error": "invalid_input", "message": "; ".join(parts)},
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "error")
+        return JSONResponse({"error": code, "message": str(exc.detail)},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "message": "internal error; the coordinator "
+                             "log has the details"}, status_code=500)
+
+
+__all__ = ["build_services", "create_app", "describe_validation"]

@@ -1,0 +1,75 @@
+"""Who is calling: bearer tokens resolved to a user or a worker, as FastAPI dependencies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token
+from parallel_pilot.errors import Forbidden, Unauthorized
+from parallel_pilot.store import queries as q
+
+_bearer = HTTPBearer(auto_error=False, description="a user API token or a worker token")
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("send a token: Authorization: Bearer <token>")
+    return credentials.credentials
+
+
+def _user(svc: Services, token: str) -> Caller | None:
+    with svc.transaction() as conn:
+        row = q.user_by_token_hash(conn, hash_token(token), svc.clock())
+    return Caller(row.id, row.name, row.is_admin) if row else None
+
+
+def _worker(svc: Services, token: str) -> sa.Row | None:
+    with svc.transaction() as conn:
+        return q.worker_by_token_hash(conn, hash_token(token))
+
+
+def current_user(svc: ServicesDep, credentials: Credentials) -> Caller:
+    token = _token(credentials)
+    if token.startswith(WORKER_TOKEN_PREFIX):
+        raise Forbidden("this endpoint is for users; a worker token was sent")
+    user = _user(svc, token)
+    if user is None:
+        raise Unauthorized("the token is not valid (revoked, expired or mistyped)")
+    return user
+
+
+def current_worker(svc: ServicesDep, credentials: Credentials) -> sa.Row:
+    token = _token(credentials)
+    worker = _worker(svc, token) if token.startswith(WORKER_TOKEN_PREFIX) else None
+    if worker is None:
+        if _user(svc, token) is not None:
+            raise Forbidden("this endpoint is for workers; a user token was sent")
+        raise Unauthorized("the worker token is not valid (revoked or mistyped)")
+    return worker
+
+
+def user_or_worker(svc: ServicesDep, credentials: Credentials) -> Caller | sa.Row:
+    token = _token(credentials)
+    found = _worker(svc, token) if token.startswith(WORKER_TOKEN_PREFIX) else _user(svc, token)
+    if found is None:
+        raise Unauthorized("the token is not valid (revoked, expired or mistyped)")
+    return found
+
+
+CurrentUser = Annotated[Caller, Depends(current_user)]
+CurrentWorker = Annotated[sa.Row, Depends(current_worker)]
+UserOrWorker = Annotated[Caller | sa.Row, Depends(user_or_worker)]

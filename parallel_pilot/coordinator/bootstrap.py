@@ -1,0 +1,54 @@
+"""First start: with no user in the database, create the admin account, its API token and
+a worker join token, and write both tokens into the data directory (mode 0600)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.tokens import (
+    JOIN_TOKEN_PREFIX,
+    USER_TOKEN_PREFIX,
+    hash_token,
+    new_token,
+)
+from parallel_pilot.store import queries as q
+
+ADMIN_NAME = "admin"
+ADMIN_TOKEN_FILE = "admin-token"
+JOIN_TOKEN_FILE = "join-token"
+
+
+@dataclass
+class FirstStart:
+    admin_token_file: Path
+    join_token_file: Path
+
+
+def write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(path, 0o600)
+
+
+def ensure_admin(svc: Services) -> FirstStart | None:
+    """Create the admin and a join token if the database has no user; else return None."""
+    now = svc.clock()
+    with svc.transaction() as conn:
+        if q.count_users(conn):
+            return None
+        admin_token = new_token(USER_TOKEN_PREFIX)
+        join_token = new_token(JOIN_TOKEN_PREFIX)
+        admin_id = q.insert_user(conn, ADMIN_NAME, True, now)
+        q.insert_api_token(conn, admin_id, hash_token(admin_token), "first start", now)
+        q.insert_join_token(conn, hash_token(join_token), "first start", now)
+        data_dir = svc.settings.data_dir
+        first = FirstStart(data_dir / ADMIN_TOKEN_FILE, data_dir / JOIN_TOKEN_FILE)
+        # written inside the transaction: if writing fails, no account exists without them
+        write_secret(first.admin_token_file, admin_token)
+        write_secret(first.join_token_file, join_token)
+    return first

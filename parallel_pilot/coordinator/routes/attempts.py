@@ -1,0 +1,51 @@
+"""Reports from a worker on the attempt it holds: heartbeat, outputs, complete, fail, release."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from parallel_pilot.coordinator.auth import CurrentWorker, ServicesDep
+from parallel_pilot.coordinator.services import leasing
+from parallel_pilot.core.protocol import (
+    Ack,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    OutputRequest,
+)
+
+router = APIRouter(prefix="/attempts/{task_id}/{attempt}", tags=["attempts"])
+
+
+@router.post("/heartbeat", response_model=HeartbeatResponse)
+def heartbeat(svc: ServicesDep, worker: CurrentWorker, task_id: int, attempt: int,
+              body: HeartbeatRequest) -> HeartbeatResponse:
+    return leasing.heartbeat(svc, worker, task_id, attempt, body)
+
+
+@router.post("/outputs", response_model=Ack)
+def add_output(svc: ServicesDep, worker: CurrentWorker, task_id: int, attempt: int,
+               body: OutputRequest) -> Ack:
+    leasing.add_output(svc, worker, task_id, attempt, body)
+    return Ack()
+
+
+@router.post("/complete", response_model=Ack)
+def complete(svc: ServicesDep, worker: CurrentWorker, task_id: int, attempt: int,
+             body: CompleteRequest) -> Ack:
+    leasing.complete(svc, worker, task_id, attempt, body)
+    return Ack()
+
+
+@router.post("/fail", response_model=Ack)
+def fail(svc: ServicesDep, worker: CurrentWorker, task_id: int, attempt: int,
+         body: FailRequest) -> Ack:
+    leasing.fail(svc, worker, task_id, attempt, body)
+    return Ack()
+
+
+@router.post("/release", response_model=Ack)
+def release(svc: ServicesDep, worker: CurrentWorker, task_id: int, attempt: int) -> Ack:
+    leasing.release(svc, worker, task_id, attempt)
+    return Ack()

@@ -1,0 +1,74 @@
+"""Job endpoints for users: submit, list, show, cancel, retry, tasks, outputs, logs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
+from parallel_pilot.coordinator.services import jobs
+from parallel_pilot.core.protocol import (
+    JobInfo,
+    JobList,
+    JobSubmit,
+    LogLine,
+    LogList,
+    OutputInfo,
+    OutputList,
+    TaskList,
+)
+from parallel_pilot.core.states import JobState
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+DEFAULT_JOBS_LISTED = 100  # jobs listed when no limit is given
+MAX_LOG_LINES = 10_000  # log lines one request returns at most
+
+
+@router.post("", response_model=JobInfo, status_code=201)
+def submit(svc: ServicesDep, user: CurrentUser, body: JobSubmit) -> JobInfo:
+    return jobs.submit(svc, user, body)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(svc: ServicesDep, user: CurrentUser, state: JobState | None = None,
+              limit: int = Query(DEFAULT_JOBS_LISTED, ge=1, le=jobs.MAX_JOBS_LISTED)) -> JobList:
+    return JobList(jobs=jobs.list_jobs(svc, user, state, limit))
+
+
+@router.get("/{job_id}", response_model=JobInfo)
+def get_job(svc: ServicesDep, user: CurrentUser, job_id: int) -> JobInfo:
+    return jobs.get(svc, user, job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobInfo)
+def cancel(svc: ServicesDep, user: CurrentUser, job_id: int) -> JobInfo:
+    return jobs.cancel(svc, user, job_id)
+
+
+@router.post("/{job_id}/retry", response_model=JobInfo)
+def retry(svc: ServicesDep, user: CurrentUser, job_id: int) -> JobInfo:
+    return jobs.retry(svc, user, job_id)
+
+
+@router.get("/{job_id}/tasks", response_model=TaskList)
+def tasks(svc: ServicesDep, user: CurrentUser, job_id: int) -> TaskList:
+    return TaskList(tasks=jobs.tasks(svc, user, job_id))
+
+
+@router.get("/{job_id}/outputs", response_model=OutputList)
+def outputs(svc: ServicesDep, user: CurrentUser, job_id: int) -> OutputList:
+    return OutputList(outputs=[
+        OutputInfo(path=r.path, sha256=r.sha256, size=r.size, task_id=r.task_id)
+        for r in jobs.outputs(svc, user, job_id)
+    ])
+
+
+@router.get("/{job_id}/logs", response_model=LogList)
+def logs(svc: ServicesDep, user: CurrentUser, job_id: int, task_id: int | None = None,
+         after: int = Query(0, ge=0),
+         limit: int = Query(MAX_LOG_LINES, ge=1, le=MAX_LOG_LINES)) -> LogList:
+    rows = jobs.logs(svc, user, job_id, task_id, after, limit)
+    return LogList(lines=[
+        LogLine(id=r.id, task_id=r.task_id, attempt=r.attempt, at=r.at, line=r.line)
+        for r in rows
+    ])

@@ -1,0 +1,1 @@
+"""Coordinator services: the logic behind the routes, callable without HTTP."""

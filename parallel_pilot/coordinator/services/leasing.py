@@ -1,0 +1,196 @@
+"""Leases: workers register, claim tasks under numbered attempts, heartbeat, report; the
+reaper requeues what a dead worker held. Every report is fenced by (task, attempt, worker)."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+
+from parallel_pilot.coordinator.services import jobs
+from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
+from parallel_pilot.core.protocol import (
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    OutputRequest,
+    RegisterRequest,
+    RegisterResponse,
+    TaskLease,
+)
+from parallel_pilot.core.states import TaskState
+from parallel_pilot.errors import InvalidInput, StaleAttempt, TaskNotFound, Unauthorized
+from parallel_pilot.store import queries as q
+
+log = logging.getLogger("pilot.leasing")
+
+CLAIM_OVERFETCH = 1  # candidate rows read per free slot
+REAP_BATCH = 200  # expired leases handled per reaper pass
+MAX_LOG_LINE_CHARS = 4000  # characters kept of one log line
+
+
+def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
+    now = svc.clock()
+    with svc.transaction() as conn:
+        if q.valid_join_token(conn, hash_token(request.join_token), now) is None:
+            raise Unauthorized("the join token is not valid (ask the coordinator's admin for "
+                               "the current one: DATA_DIR/join-token)")
+        token = new_token(WORKER_TOKEN_PREFIX)
+        worker_id = q.insert_worker(conn, request.name, hash_token(token),
+                                    request.capabilities.model_dump(mode="json"), now)
+    log.info("worker %s (%d) joined", request.name, worker_id)
+    return RegisterResponse(worker_id=worker_id, worker_token=token,
+                            lease_seconds=svc.settings.lease_seconds,
+                            heartbeat_seconds=svc.settings.heartbeat_seconds)
+
+
+def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
+    """Lease up to ``slots`` ready tasks of kinds the worker allows; empty if none."""
+    kinds = list(worker.capabilities.get("kinds") or [])
+    now = svc.clock()
+    expires = now + svc.settings.lease_seconds
+    with svc.transaction() as conn:
+        q.touch_worker(conn, worker.id, now)
+        if not kinds:
+            return []
+        blocked = q.jobs_blocking_worker(conn, worker.id, svc.settings.worker_block_failures)
+        ids = q.claimable_task_ids(conn, kinds=kinds, exclude_jobs=blocked,
+                                   limit=slots * CLAIM_OVERFETCH, lock=svc.lock_claims)
+        rows = q.lease_tasks(conn, ids[:slots], worker_id=worker.id, now=now,
+                             expires_at=expires)
+        q.mark_job_running(conn, (r.job_id for r in rows), now)
+    return [
+        TaskLease(task_id=r.id, attempt=r.attempt, job_id=r.job_id, kind=r.kind, name=r.name,
+                  payload=r.payload, inputs=r.inputs, lease_expires_at=r.lease_expires_at,
+                  heartbeat_seconds=svc.settings.heartbeat_seconds)
+        for r in rows
+    ]
+
+
+def _held_task(conn: sa.Connection, worker: sa.Row, task_id: int, attempt: int) -> sa.Row:
+    task = q.get_task(conn, task_id)
+    if task is None:
+        raise TaskNotFound(f"no task {task_id}")
+    if task.worker_id != worker.id or task.attempt != attempt:
+        raise StaleAttempt(f"attempt {attempt} of task {task_id} is not held by this worker "
+                           f"(current attempt: {task.attempt})")
+    return task
+
+
+def _clean_lines(lines: list[str]) -> list[str]:
+    return [line[:MAX_LOG_LINE_CHARS] for line in lines]
+
+
+def heartbeat(svc: Services, worker: sa.Row, task_id: int, attempt: int,
+              request: HeartbeatRequest) -> HeartbeatResponse:
+    now = svc.clock()
+    expires = now + svc.settings.lease_seconds
+    with svc.transaction() as conn:
+        task = _held_task(conn, worker, task_id, attempt)
+        q.touch_worker(conn, worker.id, now)
+        q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
+                           lines=_clean_lines(request.log_lines), now=now)
+        if task.state != TaskState.LEASED:
+            reason = "job cancelled" if task.state == TaskState.CANCELLED else \
+                f"task is {task.state}"
+            return HeartbeatResponse(action="stop", reason=reason, lease_expires_at=now)
+        q.extend_lease(conn, task_id, attempt, worker.id, expires, request.progress,
+                       request.message)
+    return HeartbeatResponse(action="continue", lease_expires_at=expires)
+
+
+def add_output(svc: Services, worker: sa.Row, task_id: int, attempt: int,
+               request: OutputRequest) -> None:
+    now = svc.clock()
+    with svc.transaction() as conn:
+        task = _held_task(conn, worker, task_id, attempt)
+        if task.state != TaskState.LEASED:
+            raise StaleAttempt(f"task {task_id} is {task.state}; outputs are not accepted")
+        size = q.blob_size(conn, request.sha256)
+        if size is None:
+            raise InvalidInput(f"upload blob {request.sha256} before reporting it as output")
+        q.insert_output(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
+                        path=request.path, sha256=request.sha256, size=size, now=now)
+
+
+def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
+             request: CompleteRequest) -> None:
+    now = svc.clock()
+    with svc.transaction() as conn:
+        task = _held_task(conn, worker, task_id, attempt)
+        q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
+                           lines=_clean_lines(request.log_lines), now=now)
+        if not q.complete_task(conn, task_id, attempt, worker.id, request.result, now):
+            raise StaleAttempt(f"task {task_id} is {task.state}; the result is not accepted")
+        q.add_worker_done(conn, worker.id)
+        q.add_job_done(conn, task.job_id)
+        q.unblock_dependents(conn, task_id)
+        jobs.finish_if_complete(conn, svc, task.job_id)
+    svc.notifier.notify()
+
+
+def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
+         request: FailRequest) -> None:
+    now = svc.clock()
+    with svc.transaction() as conn:
+        task = _held_task(conn, worker, task_id, attempt)
+        q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
+                           lines=_clean_lines(request.log_lines), now=now)
+        if task.state != TaskState.LEASED:
+            raise StaleAttempt(f"task {task_id} is {task.state}; the report is not accepted")
+        q.record_worker_failure(conn, worker.id, task.job_id)
+        reason = f"{request.reason} (attempt {attempt} on worker {worker.name})"
+        _requeue_or_fail(conn, svc, task, reason, retry=request.retryable)
+    svc.notifier.notify()
+
+
+def release(svc: Services, worker: sa.Row, task_id: int, attempt: int) -> None:
+    """The worker hands the task back (shutting down); no failure is counted."""
+    with svc.transaction() as conn:
+        task = _held_task(conn, worker, task_id, attempt)
+        if task.state == TaskState.LEASED:
+            q.requeue_task(conn, task_id, attempt, count_failure=False, error=None)
+            q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
+                               lines=[f"handed back by worker {worker.name}"], now=svc.clock())
+    svc.notifier.notify()
+
+
+def _requeue_or_fail(conn: sa.Connection, svc: Services, task: sa.Row, reason: str,
+                     retry: bool) -> None:
+    if retry and task.failures + 1 < task.max_attempts:
+        q.requeue_task(conn, task.id, task.attempt, count_failure=True, error=reason)
+        return
+    if q.fail_task(conn, task.id, task.attempt, reason, svc.clock()):
+        tried = f"after {task.failures + 1} attempts" if retry else "(not retryable)"
+        jobs.fail_job(conn, svc, task.job_id, f"task {task.idx} ({task.name}) failed {tried}: "
+                                              f"{reason}")
+
+
+def reap(svc: Services) -> int:
+    """Requeue (or fail, past max_attempts) tasks whose lease expired; returns how many."""
+    now = svc.clock()
+    handled = 0
+    with svc.transaction() as conn:
+        for task in q.expired_leases(conn, now, REAP_BATCH):
+            full = q.get_task(conn, task.id)
+            if full is None:
+                continue
+            reason = f"lease of attempt {task.attempt} expired (worker lost)"
+            if task.worker_id is not None:
+                q.record_worker_failure(conn, task.worker_id, task.job_id)
+            q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id, attempt=task.attempt,
+                               lines=[reason], now=now)
+            _requeue_or_fail(conn, svc, full, reason, retry=True)
+            handled += 1
+    if handled:
+        log.info("requeued %d task(s) whose lease expired", handled)
+        svc.notifier.notify()
+    return handled
+
+
+def leave(svc: Services, worker: sa.Row) -> None:
+    with svc.transaction() as conn:
+        q.mark_worker_left(conn, worker.id, svc.clock())
+

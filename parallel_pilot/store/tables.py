@@ -1,0 +1,151 @@
+"""Table definitions (SQLAlchemy Core). The schema itself is created by alembic migrations
+in ``store/migrations``; keep the two in step."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# BIGINT keys on PostgreSQL/MariaDB; SQLite needs INTEGER for its rowid autoincrement
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Time = sa.Double  # seconds since the epoch, UTC
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+    sa.Column("password_hash", sa.String(255)),
+    sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", Time, nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("user_id", Id, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(100), nullable=False, default=""),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("expires_at", Time),
+    sa.Column("revoked_at", Time),
+)
+
+join_tokens = sa.Table(
+    "join_tokens", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(100), nullable=False, default=""),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("expires_at", Time),
+    sa.Column("uses_left", sa.Integer),
+    sa.Column("revoked_at", Time),
+)
+
+workers = sa.Table(
+    "workers", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("capabilities", sa.JSON, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("last_seen", Time, nullable=False),
+    sa.Column("left_at", Time),
+    sa.Column("revoked_at", Time),
+    sa.Column("tasks_done", sa.Integer, nullable=False, default=0),
+)
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("owner_id", Id, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False, index=True),
+    sa.Column("priority", sa.Integer, nullable=False, default=0),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("started_at", Time),
+    sa.Column("finished_at", Time),
+    sa.Column("error", sa.Text),
+    sa.Column("tasks_total", sa.Integer, nullable=False, default=0),
+    sa.Column("tasks_done", sa.Integer, nullable=False, default=0),
+)
+
+tasks = sa.Table(
+    "tasks", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("job_id", Id, sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, default=0),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("deps_left", sa.Integer, nullable=False, default=0),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("worker_id", Id),
+    sa.Column("lease_expires_at", Time),
+    sa.Column("progress", sa.Double),
+    sa.Column("message", sa.String(1000)),
+    sa.Column("error", sa.Text),
+    sa.Column("result", sa.JSON),
+    sa.Column("started_at", Time),
+    sa.Column("finished_at", Time),
+    sa.UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
+    sa.Index("ix_tasks_claim", "state", "priority", "id"),
+    sa.Index("ix_tasks_lease", "state", "lease_expires_at"),
+    sa.Index("ix_tasks_worker", "worker_id"),
+)
+
+task_deps = sa.Table(
+    "task_deps", metadata,
+    sa.Column("task_id", Id, sa.ForeignKey("tasks.id"), primary_key=True),
+    sa.Column("depends_on_id", Id, sa.ForeignKey("tasks.id"), primary_key=True),
+    sa.Index("ix_task_deps_depends_on", "depends_on_id"),
+)
+
+task_outputs = sa.Table(
+    "task_outputs", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("job_id", Id, sa.ForeignKey("jobs.id"), nullable=False, index=True),
+    sa.Column("task_id", Id),  # NULL for job-level outputs made when the job completes
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("path", sa.String(500), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+)
+
+task_logs = sa.Table(
+    "task_logs", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("job_id", Id, nullable=False),
+    sa.Column("task_id", Id, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", Time, nullable=False),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Index("ix_task_logs_job", "job_id", "id"),
+    sa.Index("ix_task_logs_task", "task_id", "id"),
+)
+
+blobs = sa.Table(
+    "blobs", metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("user_id", Id),
+    sa.Column("worker_id", Id),
+)
+
+worker_job_failures = sa.Table(
+    "worker_job_failures", metadata,
+    sa.Column("worker_id", Id, primary_key=True),
+    sa.Column("job_id", Id, primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+)
