@@ -8,6 +8,7 @@ from parallel_pilot.errors import InvalidRange
 
 MAX_RANGE_ITEMS = 1_000_000  # items one range may expand to, to refuse "1-999999999999"
 
+_NUMERIC_START = re.compile(r"^-?\d")
 _PART = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*(?:[x:]\s*(\d+)\s*)?)?$")
 
 
@@ -41,15 +42,22 @@ def parse_int_range(text: str, *, limit: int = MAX_RANGE_ITEMS) -> list[int]:
 
 
 def parse_items(text: str, *, limit: int = MAX_RANGE_ITEMS) -> list[str]:
-    """Sweep items from the command line: integer ranges or a comma list of words."""
+    """Sweep items from the command line: integer ranges (``1-100``, ``1-99x2``) and words,
+    comma separated. A part that starts with a digit must be a valid range."""
     if not text or not text.strip():
         raise InvalidRange("no items given; write them like 1-100 or a,b,c")
-    parts = [p.strip() for p in text.split(",")]
-    if all(_PART.match(p) for p in parts):
-        return [str(i) for i in parse_int_range(text, limit=limit)]
-    if any(not p for p in parts):
-        raise InvalidRange(f"empty item in {text!r}")
-    return _dedupe(parts, limit)
+    out: list[str] = []
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part:
+            raise InvalidRange(f"empty item in {text!r}")
+        if _NUMERIC_START.match(part):
+            out.extend(str(i) for i in parse_int_range(part, limit=limit))
+        else:
+            out.append(part)
+        if len(out) > limit:
+            raise InvalidRange(f"more than {limit} items")
+    return _dedupe(out, limit)
 
 
 def parse_items_file(content: str, *, limit: int = MAX_RANGE_ITEMS) -> list[str]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from parallel_pilot.core.protocol import TaskLease, check_sha256
 from parallel_pilot.core.ranges import parse_items
+from parallel_pilot.errors import InvalidRange
 from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
 from parallel_pilot.kinds.process import run_process
 
@@ -53,7 +54,10 @@ class SweepParams(BaseModel):
     @field_validator("items")
     @classmethod
     def _items(cls, value: list[str] | str) -> list[str]:
-        items = parse_items(value, limit=MAX_SWEEP_ITEMS) if isinstance(value, str) else value
+        try:
+            items = parse_items(value, limit=MAX_SWEEP_ITEMS) if isinstance(value, str) else value
+        except InvalidRange as exc:
+            raise ValueError(exc.message) from None
         if not items:
             raise ValueError("no items")
         if len(items) > MAX_SWEEP_ITEMS:
