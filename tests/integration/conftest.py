@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from parallel_pilot.core.settings import CoordinatorSettings
 from parallel_pilot.coordinator.app import build_services, create_app
 from parallel_pilot.coordinator.bootstrap import ensure_admin
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.core.settings import CoordinatorSettings
 
 
 @dataclass

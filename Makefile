@@ -1,0 +1,54 @@
+# Two commands: `make install`, then `make test` (or `make demo`). Nothing needs an active venv.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALL_STAMP := $(VENV)/.install-stamp
+EXTRAS := postgres,mysql,dev
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help install test demo lint bench clean distclean
+
+help:
+	@echo "make install   create $(VENV) and install the project with [$(EXTRAS)]"
+	@echo "make test      install, then system packages, the test suite and ruff"
+	@echo "make demo      install, then run a sweep across local workers"
+	@echo "make lint      ruff and mypy"
+	@echo "make bench     dispatch benchmark (bench/dispatch.py)"
+	@echo "make clean     remove caches and build output; distclean also removes $(VENV)"
+
+install: $(INSTALL_STAMP)
+
+# Re-runs only when pyproject.toml is newer than the stamp (or the venv is gone).
+$(INSTALL_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	@touch $@
+
+test: install
+	@# Without root a missing package fails only under CI; locally its tests skip with a reason.
+	scripts/install-system-deps.sh || [ "$${CI:-}" != true ]
+	$(BIN)/python -m pytest tests -q -rs -p no:cacheprovider --timeout=600 --durations=10 $(PYTEST_ARGS)
+	$(BIN)/ruff check parallel_pilot tests
+
+demo: install
+	$(BIN)/pilot demo
+
+lint: install
+	$(BIN)/ruff check parallel_pilot tests
+	$(BIN)/mypy parallel_pilot
+
+bench: install
+	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output test-artifacts
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,129 @@
+"""Shared fixtures: the skip-or-fail policy for missing pieces, and database URLs.
+
+Database fixtures (servers start once per session, on 127.0.0.1, from their binaries):
+- `postgres_url`, `mariadb_url`: the `pilot` database of the session's server.
+- `database_url`: parametrised over sqlite, postgres and mariadb; a fresh, empty database
+  per test (a file for SQLite, `CREATE DATABASE t_<random>` on the servers, dropped after).
+- `fresh_database(kind)`: the same for one kind, for tests that choose their own kinds.
+
+A missing server or tool skips the test with its reason on a developer's machine; under CI
+(`CI=true`) it fails instead, so nothing is skipped silently there. Fixtures for other tools
+(ffmpeg, chromium, bwrap, ...) should call `require(reason)` for the same policy.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+if __package__:  # tests/ is a package: this module is tests.conftest
+    from . import dbservers
+else:  # rootdir-relative import: tests/ itself is on sys.path
+    import dbservers
+
+# Under CI a missing server or tool fails the test instead of skipping it.
+IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+DATABASE_KINDS = ("sqlite", "postgres", "mariadb")
+
+
+def require(reason: str | None) -> None:
+    """Skip (on a developer's machine) or fail (under CI) when `reason` says what is missing.
+
+    `reason` is None when everything is available, e.g.
+    `require(None if shutil.which("ffmpeg") else "ffmpeg is not installed")`.
+    """
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing piece fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def requirement() -> Callable[[str | None], None]:
+    """`require` for test modules: `def test_x(requirement): requirement(reason_or_none)`."""
+    return require
+
+
+def _server(kind: str) -> Iterator[dbservers.DatabaseServer]:
+    require(dbservers.unavailable_reason(kind))
+    server = dbservers.start_server(kind)
+    _started_servers.append(server)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_started_servers: list[dbservers.DatabaseServer] = []
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[dbservers.DatabaseServer]:
+    yield from _server("postgres")
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[dbservers.DatabaseServer]:
+    yield from _server("mariadb")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: dbservers.DatabaseServer) -> str:
+    """SQLAlchemy URL of the session's PostgreSQL `pilot` database (shared by all tests)."""
+    return postgres_server.url
+
+
+@pytest.fixture(scope="session")
+def mariadb_url(mariadb_server: dbservers.DatabaseServer) -> str:
+    """SQLAlchemy URL of the session's MariaDB `pilot` database (shared by all tests)."""
+    return mariadb_server.url
+
+
+@pytest.fixture
+def fresh_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[str], str]]:
+    """A factory: `fresh_database("postgres")` returns the URL of a new, empty database."""
+    created: list[tuple[dbservers.DatabaseServer, str]] = []
+
+    def make(kind: str) -> str:
+        if kind == "sqlite":
+            path = tmp_path / f"pilot-{secrets.token_hex(4)}.db"
+            return f"sqlite:///{path}"
+        if kind not in dbservers.KINDS:
+            raise ValueError(f"unknown database kind {kind!r}; known: {DATABASE_KINDS}")
+        server: dbservers.DatabaseServer = request.getfixturevalue(f"{kind}_server")
+        name = f"t_{secrets.token_hex(6)}"
+        url = server.create_database(name)
+        created.append((server, name))
+        return url
+
+    yield make
+    for server, name in created:
+        server.drop_database(name)
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, fresh_database: Callable[[str], str]) -> str:
+    """A fresh, empty database on each of SQLite, PostgreSQL and MariaDB (one test each)."""
+    return fresh_database(request.param)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for server in _started_servers:
+        terminalreporter.write_line(
+            f"{server.kind} test server: started in {server.start_seconds:.2f} s"
+            f" on 127.0.0.1:{server.port}"
+        )
