@@ -20,7 +20,6 @@ from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.core.protocol import API_PREFIX
 from parallel_pilot.core.settings import CoordinatorSettings
 from parallel_pilot.errors import PilotError, error_body, http_status
-from parallel_pilot.kinds.base import describe_validation
 from parallel_pilot.store.blobs import BlobStore
 from parallel_pilot.store.database import open_database
 
@@ -63,7 +62,8 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
                     await task
 
     app = FastAPI(title="Parallel Pilot coordinator", version=__version__, lifespan=lifespan,
-                  docs_url=f"{API_PREFIX}/docs", redoc_url=None, openapi_url=f"{API_PREFIX}/openapi.json")
+                  docs_url=f"{API_PREFIX}/docs", redoc_url=None,
+                  openapi_url=f"{API_PREFIX}/openapi.json")
     app.state.services = services
     for module in (meta, workers, attempts, jobs, blobs):
         app.include_router(module.router, prefix=API_PREFIX)
@@ -97,5 +97,3 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "internal", "message": "internal error; the coordinator "
                              "log has the details"}, status_code=500)
 
-
-__all__ = ["build_services", "create_app", "describe_validation"]
