@@ -96,10 +96,11 @@ class Connection:
 
             content = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if content is not None else {}
-        extra = {"timeout": httpx.Timeout(timeout, connect=CONNECT_TIMEOUT)} if timeout else {}
+        request_timeout = (httpx.Timeout(timeout, connect=CONNECT_TIMEOUT) if timeout
+                           else httpx.USE_CLIENT_DEFAULT)
         response = self._send(
             lambda: self._client.request(method, path, content=content, params=params,
-                                         headers=headers, **extra),
+                                         headers=headers, timeout=request_timeout),
             retry=retry,
         )
         data = response.json() if response.content else None
@@ -122,6 +123,11 @@ class Connection:
                 self._sleep(delay)
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
                 continue
+            except httpx.TimeoutException as exc:
+                # not retried: the request may have been applied (a submit would repeat)
+                raise ServerUnavailable(
+                    f"the coordinator at {self.server} did not answer in time: {exc}"
+                ) from None
             if response.status_code in (502, 503, 504) and time.monotonic() < deadline:
                 self._sleep(delay)
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)

@@ -52,6 +52,7 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.notifier.bind(asyncio.get_running_loop())
+        await run_in_threadpool(leasing.grant_restart_grace, services)
         task = asyncio.create_task(_reaper(services)) if run_reaper else None
         try:
             yield

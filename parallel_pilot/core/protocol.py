@@ -14,9 +14,16 @@ API_PREFIX = "/api/v1"
 
 
 class Model(BaseModel):
-    """Strict wire model: unknown fields are an error, so typos are caught, not ignored."""
+    """Request model: unknown fields are an error, so typos are caught, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class Reply(BaseModel):
+    """Response model: unknown fields are ignored, so an older worker or SDK keeps working
+    with a newer coordinator that answers with more."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 def check_sha256(value: str) -> str:
@@ -28,7 +35,7 @@ def check_sha256(value: str) -> str:
 # ---------------------------------------------------------------- errors
 
 
-class ErrorBody(Model):
+class ErrorBody(Reply):
     error: str
     message: str
 
@@ -51,7 +58,7 @@ class Capabilities(Model):
     platform: str = ""
     python: str = ""
     pilot_version: str = ""
-    slots: int = Field(default=1, ge=1, le=1024)
+    slots: int = Field(default=1, ge=1, le=64)
 
 
 class RegisterRequest(Model):
@@ -60,7 +67,7 @@ class RegisterRequest(Model):
     capabilities: Capabilities
 
 
-class RegisterResponse(Model):
+class RegisterResponse(Reply):
     worker_id: int
     worker_token: str
     lease_seconds: float
@@ -72,7 +79,7 @@ class LeaseRequest(Model):
     wait_seconds: float = Field(default=30.0, ge=0, le=120)
 
 
-class TaskLease(Model):
+class TaskLease(Reply):
     """One task handed to a worker under an attempt number (the fencing token)."""
 
     task_id: int
@@ -86,7 +93,7 @@ class TaskLease(Model):
     heartbeat_seconds: float
 
 
-class LeaseResponse(Model):
+class LeaseResponse(Reply):
     tasks: list[TaskLease]
 
 
@@ -96,7 +103,7 @@ class HeartbeatRequest(Model):
     log_lines: list[str] = Field(default_factory=list, max_length=10_000)
 
 
-class HeartbeatResponse(Model):
+class HeartbeatResponse(Reply):
     action: Literal["continue", "stop"]
     reason: str | None = None
     lease_expires_at: float
@@ -132,7 +139,7 @@ class FailRequest(Model):
     log_lines: list[str] = Field(default_factory=list, max_length=10_000)
 
 
-class Ack(Model):
+class Ack(Reply):
     ok: bool = True
 
 
@@ -147,7 +154,7 @@ class JobSubmit(Model):
     name: str | None = Field(default=None, max_length=200)
 
 
-class JobInfo(Model):
+class JobInfo(Reply):
     id: int
     name: str
     kind: str
@@ -167,11 +174,11 @@ class JobInfo(Model):
     eta_seconds: float | None
 
 
-class JobList(Model):
+class JobList(Reply):
     jobs: list[JobInfo]
 
 
-class TaskInfo(Model):
+class TaskInfo(Reply):
     id: int
     job_id: int
     index: int
@@ -189,22 +196,22 @@ class TaskInfo(Model):
     finished_at: float | None
 
 
-class TaskList(Model):
+class TaskList(Reply):
     tasks: list[TaskInfo]
 
 
-class OutputInfo(Model):
+class OutputInfo(Reply):
     path: str
     sha256: str
     size: int
     task_id: int | None
 
 
-class OutputList(Model):
+class OutputList(Reply):
     outputs: list[OutputInfo]
 
 
-class LogLine(Model):
+class LogLine(Reply):
     id: int
     task_id: int
     attempt: int
@@ -212,11 +219,11 @@ class LogLine(Model):
     line: str
 
 
-class LogList(Model):
+class LogList(Reply):
     lines: list[LogLine]
 
 
-class WorkerInfo(Model):
+class WorkerInfo(Reply):
     id: int
     name: str
     state: Literal["idle", "busy", "offline", "revoked"]
@@ -227,20 +234,20 @@ class WorkerInfo(Model):
     created_at: float
 
 
-class WorkerList(Model):
+class WorkerList(Reply):
     workers: list[WorkerInfo]
 
 
-class BlobInfo(Model):
+class BlobInfo(Reply):
     sha256: str
     size: int
 
 
-class UserInfo(Model):
+class UserInfo(Reply):
     name: str
     is_admin: bool
 
 
-class Health(Model):
+class Health(Reply):
     ok: bool
     version: str

@@ -387,6 +387,15 @@ def fail_task(conn: sa.Connection, task_id: int, attempt: int, error: str, now: 
     ).rowcount)
 
 
+def extend_all_leases(conn: sa.Connection, expires_at: float) -> int:
+    """Give every held lease until at least ``expires_at`` (a coordinator restart)."""
+    return conn.execute(
+        tasks.update().where(tasks.c.state == TaskState.LEASED,
+                             tasks.c.lease_expires_at < expires_at)
+        .values(lease_expires_at=expires_at)
+    ).rowcount
+
+
 def expired_leases(conn: sa.Connection, now: float, limit: int) -> list[Row]:
     return list(conn.execute(
         sa.select(tasks.c.id, tasks.c.job_id, tasks.c.attempt, tasks.c.failures,

@@ -211,3 +211,24 @@ def test_outputs_and_blob_round_trip(coordinator: Coordinator) -> None:
     part = coordinator.client.get(f"{API}/blobs/{sha}",
                                   headers={**coordinator.user(), "Range": "bytes=6-11"})
     assert part.status_code == 206 and part.content == data[6:12]
+
+
+def test_restart_gives_held_leases_a_grace_period(coordinator: Coordinator) -> None:
+    submit_sleep(coordinator)
+    worker = coordinator.register_worker()
+    [task] = lease(coordinator, worker)
+    # the coordinator was down longer than a lease: at start it renews held leases
+    coordinator.clock.advance(coordinator.services.settings.lease_seconds * 3)
+    assert leasing.grant_restart_grace(coordinator.services) == 1
+    assert leasing.reap(coordinator.services) == 0
+    assert report(coordinator, worker, task, "complete", result={}).status_code == 200
+
+
+def test_lost_lease_message_is_clear(coordinator: Coordinator) -> None:
+    submit_sleep(coordinator)
+    worker = coordinator.register_worker()
+    [task] = lease(coordinator, worker)
+    coordinator.clock.advance(coordinator.services.settings.lease_seconds + 1)
+    leasing.reap(coordinator.services)
+    r = report(coordinator, worker, task, "complete", result={})
+    assert r.status_code == 409 and "lost its lease" in r.json()["message"]

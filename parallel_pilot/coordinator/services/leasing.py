@@ -74,8 +74,11 @@ def _held_task(conn: sa.Connection, worker: sa.Row, task_id: int, attempt: int) 
     if task is None:
         raise TaskNotFound(f"no task {task_id}")
     if task.worker_id != worker.id or task.attempt != attempt:
+        if task.attempt == attempt and task.state == TaskState.READY:
+            raise StaleAttempt(f"attempt {attempt} of task {task_id} lost its lease (no "
+                               "heartbeat in time); the task is queued again")
         raise StaleAttempt(f"attempt {attempt} of task {task_id} is not held by this worker "
-                           f"(current attempt: {task.attempt})")
+                           f"(the task is {task.state}, attempt {task.attempt})")
     return task
 
 
@@ -188,6 +191,13 @@ def reap(svc: Services) -> int:
         log.info("requeued %d task(s) whose lease expired", handled)
         svc.notifier.notify()
     return handled
+
+
+def grant_restart_grace(svc: Services) -> int:
+    """At coordinator start, give every held lease a full lease period: workers kept
+    working while the coordinator was down and need a chance to heartbeat again."""
+    with svc.transaction() as conn:
+        return q.extend_all_leases(conn, svc.clock() + svc.settings.lease_seconds)
 
 
 def leave(svc: Services, worker: sa.Row) -> None:

@@ -1,0 +1,179 @@
+"""``TaskContext``: what one leased task may do on this worker (the kinds' ``RunContext``).
+
+It owns the task's fresh working directory (removed afterwards), its inputs (through the
+blob cache, pinned while the task runs), its progress and buffered log lines (carried away
+by heartbeats), its output uploads, and its stop event with the reason it was set.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from parallel_pilot.core.protocol import OutputRequest, TaskLease
+from parallel_pilot.errors import InvalidInput
+from parallel_pilot.kinds.base import describe_validation
+from parallel_pilot.worker.cache import BlobCache
+from parallel_pilot.worker.link import CoordinatorLink
+from parallel_pilot.worker.log_buffer import LogBuffer
+
+MAX_MESSAGE_CHARS = 1000  # characters of a progress message (the wire's limit)
+WORKDIR_PREFIX = "pilot-task-"
+
+
+class StopReason(enum.StrEnum):
+    """Why a task's stop event was set; decides what is reported afterwards."""
+
+    COORDINATOR = "coordinator"  # the coordinator said stop, or refused the attempt: drop it
+    LEASE_LOST = "lease lost"  # heartbeats failed past the lease: the task is not ours now
+    SHUTDOWN = "shutdown"  # the worker is leaving: hand the task back
+
+
+class TaskContext:
+    """The ``RunContext`` of one attempt. Call ``close()`` when the task is over."""
+
+    def __init__(self, task: TaskLease, link: CoordinatorLink, cache: BlobCache,
+                 work_root: Path | None = None, logs: LogBuffer | None = None) -> None:
+        self.task = task
+        self.link = link
+        self.cache = cache
+        self.logs = logs or LogBuffer()
+        self.stop_event = threading.Event()
+        self.stop_reason: StopReason | None = None
+        self.stop_detail: str | None = None
+        self._lock = threading.Lock()
+        self._progress: float | None = None
+        self._message: str | None = None
+        self._pinned: list[str] = []
+        self.outputs: dict[str, str] = {}  # output path -> SHA-256, as uploaded
+        if work_root is not None:
+            work_root.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(
+            prefix=f"{WORKDIR_PREFIX}{task.task_id}-{task.attempt}-",
+            dir=str(work_root) if work_root is not None else None,
+        )).resolve()
+
+    # ------------------------------------------------------------ RunContext
+
+    def input_path(self, name: str) -> Path:
+        """A read-only path to the input ``name`` in the blob cache, fetched if needed."""
+        sha256 = self.task.inputs.get(name)
+        if sha256 is None:
+            have = ", ".join(sorted(self.task.inputs)) or "none"
+            raise InvalidInput(
+                f"task {self.task.task_id} has no input named {name!r} (its inputs: {have})"
+            )
+        path = self.cache.acquire(sha256, self.link.download_blob)
+        with self._lock:
+            self._pinned.append(sha256)
+        return path
+
+    def copy_input(self, name: str, dest: Path) -> Path:
+        """Copy the input ``name`` to ``dest`` (relative paths are inside the workdir),
+        as a writable file; ``dest`` may not leave the working directory."""
+        target = self.inside_workdir(dest)
+        source = self.input_path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise InvalidInput(f"cannot copy input {name!r} over the directory {dest}")
+        # copyfile, not copy: the copy gets a normal mode, not the cache's read-only one
+        shutil.copyfile(source, target)
+        return target
+
+    def progress(self, fraction: float | None, message: str | None = None) -> None:
+        with self._lock:
+            if fraction is not None:
+                self._progress = min(1.0, max(0.0, float(fraction)))
+            if message is not None:
+                self._message = message[:MAX_MESSAGE_CHARS]
+
+    def log(self, line: str) -> None:
+        self.logs.append(line)
+
+    def upload_output(self, path: str, file: Path) -> str:
+        """Upload ``file`` as the job output ``path``; returns its SHA-256."""
+        file = Path(file)
+        if not file.is_file():
+            raise InvalidInput(f"output {path!r}: {file} is not a file")
+        size = file.stat().st_size
+        try:
+            request = OutputRequest(path=path, sha256="0" * 64, size=size)
+        except ValidationError as exc:
+            raise InvalidInput(f"output path {path!r}: {describe_validation(exc)}") from None
+        sha256 = self.link.upload_blob(file)
+        request = request.model_copy(update={"sha256": sha256})
+        self.link.output(self.task.task_id, self.task.attempt, request)
+        with self._lock:
+            self.outputs[path] = sha256
+        return sha256
+
+    # ------------------------------------------------------------ worker side
+
+    def snapshot(self) -> tuple[float | None, str | None]:
+        """The latest progress fraction and message, for a heartbeat."""
+        with self._lock:
+            return self._progress, self._message
+
+    def request_stop(self, reason: StopReason, detail: str | None = None) -> bool:
+        """Set the stop event; the first reason wins. Returns whether this call set it."""
+        with self._lock:
+            if self.stop_reason is not None:
+                return False
+            self.stop_reason = reason
+            self.stop_detail = detail
+        self.stop_event.set()
+        return True
+
+    def inside_workdir(self, dest: Path | str) -> Path:
+        """``dest`` resolved against the working directory, refused if it leaves it."""
+        candidate = Path(dest)
+        if not candidate.is_absolute():
+            candidate = self.workdir / candidate
+        resolved = candidate.resolve()
+        if resolved == self.workdir or self.workdir not in resolved.parents:
+            raise InvalidInput(f"{dest} is not a file path inside the task's working directory")
+        return resolved
+
+    def close(self) -> None:
+        """Unpin the inputs and remove the working directory."""
+        with self._lock:
+            pinned, self._pinned = self._pinned, []
+        for sha256 in pinned:
+            self.cache.release(sha256)
+        remove_tree(self.workdir)
+
+    def __enter__(self) -> TaskContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a task's directory even where the task left read-only files or folders."""
+
+    def make_writable_and_retry(func: Any, failed: str, _exc: Any) -> None:
+        try:
+            parent = os.path.dirname(failed)
+            os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, stat.S_IRWXU)
+            func(failed)
+        except OSError:
+            pass
+
+    if not path.exists():
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=make_writable_and_retry)
+    else:
+        shutil.rmtree(path, onerror=make_writable_and_retry)
