@@ -149,6 +149,9 @@ class Ack(Reply):
 class JobSubmit(Model):
     kind: str = Field(min_length=1, max_length=40)
     params: dict[str, Any]
+    requirements: dict[str, Any] = Field(
+        default_factory=dict, description="what every task needs of a worker: min_blender, "
+        "min_ram_bytes, gpu, tags (see core.requirements)")
     priority: int = Field(default=0, ge=-100, le=100)
     max_attempts: int | None = Field(default=None, ge=1, le=20)
     name: str | None = Field(default=None, max_length=200)

@@ -8,6 +8,7 @@ A kind is one module exposing one object that satisfies ``Kind``. The coordinato
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -26,6 +27,7 @@ class TaskSpec:
     payload: dict[str, Any]
     inputs: dict[str, str] = field(default_factory=dict)
     depends_on: list[int] = field(default_factory=list)
+    requirements: dict[str, Any] = field(default_factory=dict)  # core.requirements fields
 
 
 @dataclass
@@ -69,6 +71,12 @@ class Kind(Protocol):
 
     def input_blobs(self, params: BaseModel) -> dict[str, str]:
         """Every blob (name -> SHA-256) the job needs; the coordinator checks they exist."""
+        ...
+
+    def check_inputs(self, params: BaseModel,
+                     read_prefix: Callable[[str, int], bytes]) -> BaseModel:
+        """At submit, look at the first bytes of input blobs (``read_prefix(sha, n)``) to
+        refuse wrong files early; may return the parameters completed from them."""
         ...
 
     def plan(self, params: BaseModel) -> list[TaskSpec]: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,10 @@ class SleepKind:
 
     def input_blobs(self, params: BaseModel) -> dict[str, str]:
         return {}
+
+    def check_inputs(self, params: BaseModel,
+                     read_prefix: Callable[[str, int], bytes]) -> BaseModel:
+        return params
 
     def plan(self, params: BaseModel) -> list[TaskSpec]:
         assert isinstance(params, SleepParams)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -96,6 +97,10 @@ class SweepKind:
     def input_blobs(self, params: BaseModel) -> dict[str, str]:
         assert isinstance(params, SweepParams)
         return dict(params.files)
+
+    def check_inputs(self, params: BaseModel,
+                     read_prefix: Callable[[str, int], bytes]) -> BaseModel:
+        return params
 
     def plan(self, params: BaseModel) -> list[TaskSpec]:
         assert isinstance(params, SweepParams)

@@ -58,6 +58,11 @@ class BlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def read_prefix(self, sha256: str, size: int) -> bytes:
+        """The first ``size`` bytes of a stored blob."""
+        with open(self.path(sha256), "rb") as f:
+            return f.read(size)
+
     def write_bytes(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
         final = self.path(sha256)

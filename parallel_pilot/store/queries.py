@@ -307,19 +307,20 @@ def list_tasks(conn: sa.Connection, job_id: int) -> list[Row]:
     ))
 
 
-def claimable_task_ids(conn: sa.Connection, *, kinds: Sequence[str], exclude_jobs: Sequence[int],
-                       limit: int, lock: bool) -> list[int]:
-    """Ready tasks a worker may run, best first; with ``lock`` (PostgreSQL, MariaDB) the rows
-    are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent claims pass each other by.
-    SQLite has no row locks: there the caller's ``BEGIN IMMEDIATE`` serialises claims."""
-    query = (sa.select(tasks.c.id)
+def claimable_tasks(conn: sa.Connection, *, kinds: Sequence[str], exclude_jobs: Sequence[int],
+                    limit: int, lock: bool) -> list[Row]:
+    """Ready tasks (id, requirements) of the given kinds, best first; with ``lock``
+    (PostgreSQL, MariaDB) the rows are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
+    claims pass each other by. SQLite has no row locks: there the caller's
+    ``BEGIN IMMEDIATE`` serialises claims."""
+    query = (sa.select(tasks.c.id, tasks.c.requirements)
              .where(tasks.c.state == TaskState.READY, tasks.c.kind.in_(list(kinds)))
              .order_by(tasks.c.priority.desc(), tasks.c.id).limit(limit))
     if exclude_jobs:
         query = query.where(tasks.c.job_id.not_in(list(exclude_jobs)))
     if lock:
         query = query.with_for_update(skip_locked=True)
-    return list(conn.execute(query).scalars())
+    return list(conn.execute(query))
 
 
 def lease_tasks(conn: sa.Connection, task_ids: Sequence[int], *, worker_id: int, now: float,

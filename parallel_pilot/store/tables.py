@@ -85,6 +85,7 @@ tasks = sa.Table(
     sa.Column("priority", sa.Integer, nullable=False, default=0),
     sa.Column("payload", sa.JSON, nullable=False),
     sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("requirements", sa.JSON),  # core.requirements.Requirements, or NULL
     sa.Column("deps_left", sa.Integer, nullable=False, default=0),
     sa.Column("attempt", sa.Integer, nullable=False, default=0),
     sa.Column("failures", sa.Integer, nullable=False, default=0),

@@ -232,3 +232,19 @@ def test_lost_lease_message_is_clear(coordinator: Coordinator) -> None:
     leasing.reap(coordinator.services)
     r = report(coordinator, worker, task, "complete", result={})
     assert r.status_code == 409 and "lost its lease" in r.json()["message"]
+
+
+def test_requirements_keep_tasks_off_workers_that_lack_them(coordinator: Coordinator) -> None:
+    r = coordinator.client.post(f"{API}/jobs", headers=coordinator.user(), json={
+        "kind": "sleep", "params": {"tasks": 1}, "requirements": {"tags": ["big"]}})
+    assert r.status_code == 201, r.text
+    plain = coordinator.register_worker()
+    assert lease(coordinator, plain) == []
+    response = coordinator.client.post(f"{API}/workers/register", json={
+        "join_token": coordinator.join_token, "name": "tagged",
+        "capabilities": {"cpu_cores": 1, "ram_bytes": 1, "kinds": ["sleep"], "tags": ["big"]}})
+    tagged = {"Authorization": f"Bearer {response.json()['worker_token']}"}
+    assert len(lease(coordinator, tagged)) == 1
+    bad = coordinator.client.post(f"{API}/jobs", headers=coordinator.user(), json={
+        "kind": "sleep", "params": {}, "requirements": {"gpus": 2}})
+    assert bad.status_code == 400 and "gpus" in bad.json()["message"]

@@ -4,13 +4,15 @@ finish (a completed job's kind makes its job-level outputs)."""
 from __future__ import annotations
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.core.protocol import JobInfo, JobSubmit, TaskInfo
+from parallel_pilot.core.requirements import Requirements
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import InvalidInput, JobNotFound, MissingBlob
 from parallel_pilot.kinds import get_kind
-from parallel_pilot.kinds.base import FinishedTask, TaskSpec, parse_params
+from parallel_pilot.kinds.base import FinishedTask, TaskSpec, describe_validation, parse_params
 from parallel_pilot.store import queries as q
 
 MAX_TASKS_PER_JOB = 100_000  # tasks one job may plan
@@ -27,19 +29,22 @@ class Caller:
 def submit(svc: Services, caller: Caller, request: JobSubmit) -> JobInfo:
     kind = get_kind(request.kind)
     params = parse_params(kind, request.params)
+    job_requirements = _requirements(request.requirements)
     needed = kind.input_blobs(params)
+    with svc.transaction() as conn:
+        missing = q.missing_blobs(conn, needed.values())
+    if missing:
+        names = sorted(n for n, sha in needed.items() if sha in missing)
+        raise MissingBlob(
+            f"these files have not been uploaded: {', '.join(names)}; upload each with "
+            "PUT /api/v1/blobs/{sha256} first"
+        )
+    params = kind.check_inputs(params, svc.blobs.read_prefix)
     specs = kind.plan(params)
     _check_plan(specs)
     now = svc.clock()
     max_attempts = request.max_attempts or svc.settings.max_attempts
     with svc.transaction() as conn:
-        missing = q.missing_blobs(conn, needed.values())
-        if missing:
-            names = sorted(n for n, sha in needed.items() if sha in missing)
-            raise MissingBlob(
-                f"these files have not been uploaded: {', '.join(names)}; upload each with "
-                "PUT /api/v1/blobs/{sha256} first"
-            )
         job_id = q.insert_job(
             conn, owner_id=caller.user_id, name=request.name or f"{kind.name} job",
             kind=kind.name, params=params.model_dump(mode="json"), priority=request.priority,
@@ -49,7 +54,8 @@ def submit(svc: Services, caller: Caller, request: JobSubmit) -> JobInfo:
             {"idx": i, "name": spec.name[:200], "kind": kind.name,
              "state": TaskState.BLOCKED if spec.depends_on else TaskState.READY,
              "priority": request.priority, "payload": spec.payload, "inputs": spec.inputs,
-             "deps_left": len(spec.depends_on), "max_attempts": max_attempts}
+             "deps_left": len(spec.depends_on), "max_attempts": max_attempts,
+             "requirements": {**job_requirements, **spec.requirements} or None}
             for i, spec in enumerate(specs)
         ])
         q.insert_task_deps(conn, [(task_ids[i], task_ids[d])
@@ -57,6 +63,13 @@ def submit(svc: Services, caller: Caller, request: JobSubmit) -> JobInfo:
         info = job_info(conn, svc, job_id)
     svc.notifier.notify()
     return info
+
+
+def _requirements(raw: dict) -> dict:
+    try:
+        return Requirements.model_validate(raw).model_dump(exclude_defaults=True)
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid requirements: {describe_validation(exc)}") from None
 
 
 def _check_plan(specs: list[TaskSpec]) -> None:

@@ -11,6 +11,7 @@ from parallel_pilot.coordinator.services import jobs
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.core.protocol import (
+    Capabilities,
     CompleteRequest,
     FailRequest,
     HeartbeatRequest,
@@ -20,13 +21,14 @@ from parallel_pilot.core.protocol import (
     RegisterResponse,
     TaskLease,
 )
+from parallel_pilot.core.requirements import satisfies
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.errors import InvalidInput, StaleAttempt, TaskNotFound, Unauthorized
 from parallel_pilot.store import queries as q
 
 log = logging.getLogger("pilot.leasing")
 
-CLAIM_OVERFETCH = 1  # candidate rows read per free slot
+CLAIM_OVERFETCH = 8  # candidate rows read per free slot (some may need more than it has)
 REAP_BATCH = 200  # expired leases handled per reaper pass
 MAX_LOG_LINE_CHARS = 4000  # characters kept of one log line
 
@@ -56,10 +58,11 @@ def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
         if not kinds:
             return []
         blocked = q.jobs_blocking_worker(conn, worker.id, svc.settings.worker_block_failures)
-        ids = q.claimable_task_ids(conn, kinds=kinds, exclude_jobs=blocked,
-                                   limit=slots * CLAIM_OVERFETCH, lock=svc.lock_claims)
-        rows = q.lease_tasks(conn, ids[:slots], worker_id=worker.id, now=now,
-                             expires_at=expires)
+        candidates = q.claimable_tasks(conn, kinds=kinds, exclude_jobs=blocked,
+                                       limit=slots * CLAIM_OVERFETCH, lock=svc.lock_claims)
+        caps = Capabilities.model_validate(worker.capabilities)
+        ids = [c.id for c in candidates if satisfies(c.requirements, caps)][:slots]
+        rows = q.lease_tasks(conn, ids, worker_id=worker.id, now=now, expires_at=expires)
         q.mark_job_running(conn, (r.job_id for r in rows), now)
     return [
         TaskLease(task_id=r.id, attempt=r.attempt, job_id=r.job_id, kind=r.kind, name=r.name,
