@@ -77,6 +77,18 @@ class TaskContext:
             self._pinned.append(sha256)
         return path
 
+    def job_outputs(self, prefix: str = "") -> dict[str, str]:
+        """Outputs of this task's job so far (path -> SHA-256), e.g. ``frames/``."""
+        listing = self.link.job_outputs(self.task.task_id, self.task.attempt, prefix)
+        return {o.path: o.sha256 for o in listing.outputs}
+
+    def fetch_blob(self, sha256: str) -> Path:
+        """A read-only path to any blob (in the cache, pinned while the task runs)."""
+        path = self.cache.acquire(sha256, self.link.download_blob)
+        with self._lock:
+            self._pinned.append(sha256)
+        return path
+
     def copy_input(self, name: str, dest: Path) -> Path:
         """Copy the input ``name`` to ``dest`` (relative paths are inside the workdir),
         as a writable file; ``dest`` may not leave the working directory."""

@@ -22,6 +22,7 @@ from parallel_pilot.core.protocol import (
     HeartbeatResponse,
     LeaseRequest,
     LeaseResponse,
+    OutputList,
     OutputRequest,
     RegisterRequest,
     RegisterResponse,
@@ -77,6 +78,10 @@ class CoordinatorLink:
     def output(self, task_id: int, attempt: int, request: OutputRequest) -> Ack:
         return self._call("POST", _attempt(task_id, attempt, "outputs"), Ack, request)
 
+    def job_outputs(self, task_id: int, attempt: int, prefix: str) -> OutputList:
+        return self._get(_attempt(task_id, attempt, "job-outputs"), OutputList,
+                         {"prefix": prefix})
+
     def complete(self, task_id: int, attempt: int, request: CompleteRequest) -> Ack:
         return self._call("POST", _attempt(task_id, attempt, "complete"), Ack, request)
 
@@ -96,6 +101,10 @@ class CoordinatorLink:
         return _translated(lambda: self.connection.upload_blob(path), self.server)
 
     # ------------------------------------------------------------ plumbing
+
+    def _get(self, path: str, model: type[Any], params: dict[str, Any]) -> Any:
+        return _translated(lambda: self.connection.call("GET", path, model, params=params),
+                           self.server)
 
     def _call(self, method: str, path: str, model: type[Any], body: BaseModel | None, *,
               timeout: float | None = None, retry: bool = True) -> Any:

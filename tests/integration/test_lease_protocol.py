@@ -202,6 +202,14 @@ def test_outputs_and_blob_round_trip(coordinator: Coordinator) -> None:
                                   content=data).status_code == 200
     r = report(coordinator, worker, task, "outputs", path="out/a.bin", sha256=sha, size=len(data))
     assert r.status_code == 200, r.text
+    listed = coordinator.client.get(
+        f"{API}/attempts/{task['task_id']}/{task['attempt']}/job-outputs",
+        headers=worker, params={"prefix": "out/"})
+    assert [o["path"] for o in listed.json()["outputs"]] == ["out/a.bin"]
+    other = coordinator.register_worker()
+    assert coordinator.client.get(
+        f"{API}/attempts/{task['task_id']}/{task['attempt']}/job-outputs",
+        headers=other).status_code == 409
     report(coordinator, worker, task, "complete", result={})
     outs = coordinator.client.get(f"{API}/jobs/{job_id}/outputs", headers=coordinator.user())
     assert outs.json()["outputs"] == [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from parallel_pilot.coordinator.auth import CurrentWorker, ServicesDep
 from parallel_pilot.coordinator.services import leasing
@@ -12,6 +12,8 @@ from parallel_pilot.core.protocol import (
     FailRequest,
     HeartbeatRequest,
     HeartbeatResponse,
+    OutputInfo,
+    OutputList,
     OutputRequest,
 )
 
@@ -29,6 +31,16 @@ def add_output(svc: ServicesDep, worker: CurrentWorker, task_id: int, attempt: i
                body: OutputRequest) -> Ack:
     leasing.add_output(svc, worker, task_id, attempt, body)
     return Ack()
+
+
+@router.get("/job-outputs", response_model=OutputList)
+def job_outputs(svc: ServicesDep, worker: CurrentWorker, task_id: int, attempt: int,
+                prefix: str = Query("", max_length=500)) -> OutputList:
+    """Outputs of the held task's job so far (paths starting with ``prefix``)."""
+    return OutputList(outputs=[
+        OutputInfo(path=r.path, sha256=r.sha256, size=r.size, task_id=r.task_id)
+        for r in leasing.job_outputs(svc, worker, task_id, attempt, prefix)
+    ])
 
 
 @router.post("/complete", response_model=Ack)

@@ -121,6 +121,15 @@ def add_output(svc: Services, worker: sa.Row, task_id: int, attempt: int,
                         path=request.path, sha256=request.sha256, size=size, now=now)
 
 
+def job_outputs(svc: Services, worker: sa.Row, task_id: int, attempt: int,
+                prefix: str) -> list[sa.Row]:
+    """Outputs so far of the job of a task the worker holds (an assembly step reads the
+    frames its job's other tasks produced)."""
+    with svc.transaction() as conn:
+        task = _held_task(conn, worker, task_id, attempt)
+        return [r for r in q.job_outputs(conn, task.job_id) if r.path.startswith(prefix)]
+
+
 def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
              request: CompleteRequest) -> None:
     now = svc.clock()
