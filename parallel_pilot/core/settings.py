@@ -53,7 +53,9 @@ class WorkerSettings(BaseSettings):
     join_token: str = ""
     name: str | None = None
     slots: int = Field(default=DEFAULT_SLOTS, ge=1, le=64)
-    allow: list[str] = Field(default_factory=lambda: ["sleep", "sweep"])
+    # volunteer safety: kinds that run arbitrary commands (sweep) are off unless allowed
+    allow: list[str] = Field(default_factory=lambda: ["render", "sleep"])
+    blender: str | None = None  # a Blender executable to render with (default: bpy or PATH)
     cache_dir: Path | None = None
     cache_bytes: int = Field(default=DEFAULT_CACHE_BYTES, ge=0)
     work_dir: Path | None = None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from parallel_pilot.errors import UnknownKind
 from parallel_pilot.kinds.base import Kind
+from parallel_pilot.kinds.render import RenderKind
 from parallel_pilot.kinds.sleep import SleepKind
 from parallel_pilot.kinds.sweep import SweepKind
 
-KINDS: dict[str, Kind] = {k.name: k for k in (SleepKind(), SweepKind())}
+KINDS: dict[str, Kind] = {k.name: k for k in (SleepKind(), SweepKind(), RenderKind())}
 
 
 def get_kind(name: str) -> Kind:

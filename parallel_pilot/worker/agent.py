@@ -31,6 +31,7 @@ from parallel_pilot.errors import (
 )
 from parallel_pilot.http import Connection
 from parallel_pilot.kinds import known_kinds
+from parallel_pilot.kinds.blender import use_blender
 from parallel_pilot.worker.cache import BlobCache
 from parallel_pilot.worker.capabilities import detect_capabilities
 from parallel_pilot.worker.context import StopReason
@@ -189,6 +190,8 @@ class Worker:
             self._stopping.wait(LEASE_IDLE_SECONDS)  # no long poll: do not spin
 
     def _register(self) -> bool:
+        if self.settings.blender:
+            use_blender(self.settings.blender)
         capabilities = self._capabilities or detect_capabilities(self.settings)
         self._capabilities = capabilities
         request = RegisterRequest(join_token=self.settings.join_token, name=self.name,

@@ -5,12 +5,9 @@ in time and a missing tool simply means "none"."""
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import logging
 import os
 import platform
-import re
 import shutil
 import subprocess
 
@@ -19,12 +16,11 @@ import psutil
 import parallel_pilot
 from parallel_pilot.core.protocol import Capabilities, Gpu
 from parallel_pilot.core.settings import WorkerSettings
+from parallel_pilot.kinds.blender import installed_blender
 
 NVIDIA_SMI_TIMEOUT = 10.0  # seconds nvidia-smi may take to list the GPUs
-BLENDER_VERSION_TIMEOUT = 20.0  # seconds `blender --version` may take
 MIB = 1024 * 1024  # nvidia-smi reports memory in MiB
 
-_BLENDER_LINE = re.compile(r"^Blender\s+(\d+(?:\.\d+)+\S*)")
 
 log = logging.getLogger(__name__)
 
@@ -79,35 +75,10 @@ def parse_nvidia_smi(text: str) -> list[Gpu]:
 
 
 def detect_blender() -> str | None:
-    """The Blender version: from ``blender --version`` if on PATH, else the ``bpy``
-    package's version (found without importing it), else None."""
-    exe = shutil.which("blender")
-    if exe is not None:
-        try:
-            proc = subprocess.run(
-                [exe, "--version"], capture_output=True, text=True,
-                timeout=BLENDER_VERSION_TIMEOUT, stdin=subprocess.DEVNULL, check=False,
-            )
-            first = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
-            if proc.returncode == 0 and first:
-                return parse_blender_version(first)
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.debug("blender --version failed: %s", exc)
-    try:
-        if importlib.util.find_spec("bpy") is None:
-            return None
-    except (ImportError, ValueError):
-        return None
-    try:
-        return importlib.metadata.version("bpy")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def parse_blender_version(first_line: str) -> str:
-    """``Blender 4.2.3 LTS`` -> ``4.2.3``; any other first line is kept as it is."""
-    match = _BLENDER_LINE.match(first_line.strip())
-    return match.group(1) if match else first_line.strip()[:100]
+    """The version of the Blender this worker renders with (the same one the render kind
+    finds: ``--blender PATH``, else the ``bpy`` package, else ``blender`` on PATH)."""
+    install = installed_blender()
+    return install.version if install is not None else None
 
 
 def _is_number(text: str) -> bool:

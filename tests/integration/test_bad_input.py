@@ -42,7 +42,7 @@ def test_unknown_kind(sqlite_coordinator: Coordinator) -> None:
     r = submit(sqlite_coordinator, {}, kind="teleport")
     assert r.status_code == 400
     assert r.json() == {"error": "unknown_kind",
-                        "message": "unknown job kind 'teleport'; known kinds: sleep, sweep"}
+                        "message": "unknown job kind 'teleport'; known kinds: render, sleep, sweep"}
 
 
 def test_missing_files_are_named(sqlite_coordinator: Coordinator) -> None:

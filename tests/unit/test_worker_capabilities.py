@@ -4,28 +4,30 @@ probes of ``nvidia-smi`` and ``blender`` read correctly when they are there."""
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import parallel_pilot
 from parallel_pilot.core.settings import WorkerSettings
-from parallel_pilot.worker import capabilities
+from parallel_pilot.kinds import blender
 from parallel_pilot.worker.capabilities import (
     detect_capabilities,
-    parse_blender_version,
     parse_nvidia_smi,
 )
 
 
 @pytest.fixture
-def bare_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def bare_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """A PATH with nothing on it and no ``bpy`` to find."""
     monkeypatch.setenv("PATH", str(tmp_path))
-    real_find_spec = capabilities.importlib.util.find_spec
-    monkeypatch.setattr(capabilities.importlib.util, "find_spec",
+    real_find_spec = blender.importlib.util.find_spec
+    monkeypatch.setattr(blender.importlib.util, "find_spec",
                         lambda name, *a: None if name == "bpy" else real_find_spec(name, *a))
-    return tmp_path
+    blender.installed_blender.cache_clear()
+    yield tmp_path
+    blender.installed_blender.cache_clear()
 
 
 def fake_tool(directory: Path, name: str, script: str) -> None:
@@ -66,6 +68,3 @@ def test_failing_tools_mean_none(bare_machine: Path) -> None:
 def test_parsers() -> None:
     assert parse_nvidia_smi("\nA, 1024\n") == parse_nvidia_smi("A, 1024")
     assert parse_nvidia_smi("Weird, Name, 2048")[0].name == "Weird, Name"
-    assert parse_blender_version("Blender 5.0.1") == "5.0.1"
-    assert parse_blender_version("Blender 4.1.0 Alpha") == "4.1.0"
-    assert parse_blender_version("something else") == "something else"

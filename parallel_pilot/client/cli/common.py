@@ -1,0 +1,172 @@
+"""What every ``pilot`` command shares: the command group that turns ``PilotError`` into
+``error: …`` on stderr, the ``--server/--token`` options, the ``Client`` factory (which
+tests replace), JSON output and small formatters."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import httpx
+from pydantic import BaseModel
+from rich.console import Console
+
+from parallel_pilot.client.sdk import Client
+from parallel_pilot.core.settings import ClientSettings
+from parallel_pilot.errors import PilotError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR = 1  # a command failed (coordinator error, job not completed, timeout)
+EXIT_USAGE = 2  # the command line is wrong (unknown kind, missing file, bad option)
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class UsageFailure(click.ClickException):
+    """A wrong command line found after parsing (a missing file, an unknown kind)."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class CommandFailure(click.ClickException):
+    """A command that ran but failed; the message goes to stderr as ``error: …``."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class PilotGroup(click.Group):
+    """Runs a subcommand and reports a ``PilotError`` as one line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PilotError as exc:
+            raise CommandFailure(exc.message) from None
+        except TimeoutError as exc:
+            raise CommandFailure(str(exc) or "timed out") from None
+        except httpx.HTTPError as exc:  # e.g. a read timeout, which Connection passes through
+            raise CommandFailure(f"talking to the coordinator failed: {exc!r}") from None
+
+
+class CliState:
+    """Built once at the entry point and handed to every command through the context."""
+
+    def __init__(self, settings: ClientSettings | None = None) -> None:
+        self._settings = settings
+        self.server: str | None = None
+        self.token: str | None = None
+
+    @property
+    def settings(self) -> ClientSettings:
+        if self._settings is None:
+            self._settings = ClientSettings()
+        return self._settings
+
+
+def state() -> CliState:
+    return click.get_current_context().ensure_object(CliState)
+
+
+def default_make_client(server: str | None, token: str | None,
+                        settings: ClientSettings) -> Client:
+    return Client(server, token, settings=settings)
+
+
+# the one place commands get a Client from; tests replace it with one on a MockTransport
+make_client: Callable[[str | None, str | None, ClientSettings], Client] = default_make_client
+
+
+def get_client() -> Client:
+    st = state()
+    client = make_client(st.server, st.token, st.settings)
+    click.get_current_context().call_on_close(client.close)
+    return client
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            setattr(ctx.ensure_object(CliState), name, value)
+        return value
+    return callback
+
+
+def connection_options(f: F) -> F:
+    """``--server`` and ``--token`` for commands that talk to a coordinator as a user."""
+    f = click.option("--token", metavar="TOKEN", expose_value=False, callback=_store("token"),
+                     help="API token (default: PILOT_TOKEN, then the saved login).")(f)
+    f = click.option("--server", metavar="URL", expose_value=False, callback=_store("server"),
+                     help="Coordinator URL (default: PILOT_SERVER, then the saved login).")(f)
+    return f
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print only JSON on stdout.")(f)
+
+
+def print_json(data: Any) -> None:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    click.echo(json.dumps(data, indent=2))
+
+
+def split_list(value: str | None) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
+    if not value:
+        return []
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def ago(timestamp: float | None, now: float | None = None) -> str:
+    if timestamp is None:
+        return "-"
+    seconds = max(0.0, (now or time.time()) - timestamp)
+    return f"{duration(seconds)} ago"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def pass_client(f: F) -> F:
+    """Hand the command a ``Client`` as its first argument."""
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return f(get_client(), *args, **kwargs)
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,103 @@
+"""``pilot server`` and ``pilot worker``: run a coordinator or a worker in this process.
+
+Both build their settings object here, once (flags over ``PILOT_*`` environment), and
+import the coordinator or the worker only when run, so the rest of the CLI stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from parallel_pilot.client.cli.common import UsageFailure, split_list
+from parallel_pilot.core.settings import CoordinatorSettings, WorkerSettings
+from parallel_pilot.kinds.base import describe_validation
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@click.command("server")
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default 8330).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Database, blobs and tokens (default ./pilot-data).")
+@click.option("--database-url", metavar="URL",
+              help="SQLAlchemy URL of PostgreSQL or MariaDB (default: SQLite in the data dir).")
+@click.option("--lease-seconds", type=float, help="Seconds a lease lasts without a heartbeat.")
+@click.option("--heartbeat-seconds", type=float, help="Seconds between worker heartbeats.")
+def server_command(**flags: Any) -> None:
+    """Run a coordinator until Ctrl-C or SIGTERM."""
+    try:
+        settings = CoordinatorSettings(**_given(**flags))
+    except ValidationError as exc:
+        raise UsageFailure(describe_validation(exc)) from None
+    from parallel_pilot.coordinator.server import serve
+
+    serve(settings)
+
+
+def parse_allow(value: str) -> list[str]:
+    """A comma-separated list of job kinds, each one this installation knows."""
+    from parallel_pilot.kinds import known_kinds
+
+    kinds = split_list(value)
+    known = known_kinds()
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise UsageFailure(f"unknown job kind(s) in --allow: {', '.join(unknown)}; "
+                           f"known kinds: {', '.join(known)}")
+    if not kinds:
+        raise UsageFailure(f"--allow needs at least one kind; known kinds: {', '.join(known)}")
+    return kinds
+
+
+@click.command("worker")
+@click.option("--server", metavar="URL", help="Coordinator URL (default http://127.0.0.1:8330).")
+@click.option("--join-token", metavar="TOKEN",
+              help="Join token from the coordinator's data dir (or PILOT_JOIN_TOKEN).")
+@click.option("--name", help="Worker name (default: host name).")
+@click.option("--slots", type=click.IntRange(1, 64), help="Tasks run at once (default 1).")
+@click.option("--allow", metavar="KINDS",
+              help="Comma-separated job kinds this worker runs (default: render,sleep). sweep runs "
+                   "arbitrary commands: allow it only for people you trust.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where input files are cached.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where tasks get their working directories.")
+@click.option("--cache-bytes", type=click.IntRange(min=0),
+              help="Bytes the input cache may hold (default 10 GiB).")
+@click.option("--tags", metavar="TAGS", help="Comma-separated free-form tags.")
+@click.option("--blender", metavar="PATH",
+              help="A Blender executable to render with (default: the bpy package, else "
+                   "blender on PATH).")
+@click.option("--drain-seconds", type=click.FloatRange(min=0),
+              help="Seconds running tasks get to finish on Ctrl-C/SIGTERM before they are "
+                   "handed back (default 10).")
+def worker_command(server: str | None, join_token: str | None, name: str | None,
+                   slots: int | None, allow: str | None, cache_dir: Path | None,
+                   work_dir: Path | None, cache_bytes: int | None, tags: str | None,
+                   blender: str | None, drain_seconds: float | None) -> None:
+    """Run a worker that pulls tasks from a coordinator until Ctrl-C or SIGTERM."""
+    overrides = _given(server=server, join_token=join_token, name=name, slots=slots,
+                       cache_dir=cache_dir, work_dir=work_dir, cache_bytes=cache_bytes,
+                       drain_seconds=drain_seconds, blender=blender)
+    if allow is not None:
+        overrides["allow"] = parse_allow(allow)
+    if tags is not None:
+        overrides["tags"] = split_list(tags)
+    try:
+        settings = WorkerSettings(**overrides)
+    except ValidationError as exc:
+        raise UsageFailure(describe_validation(exc)) from None
+    parse_allow(",".join(settings.allow))
+    if not settings.join_token:
+        raise UsageFailure("no join token: pass --join-token or set PILOT_JOIN_TOKEN "
+                           "(the coordinator writes it to DATA_DIR/join-token)")
+    from parallel_pilot.worker.agent import run_worker
+
+    raise SystemExit(run_worker(settings))

@@ -1,0 +1,316 @@
+"""The Python SDK: ``Client`` submits jobs, follows them and fetches their results.
+
+Every call goes through ``parallel_pilot.http.Connection`` with the wire models of
+``core.protocol``; failures are the ``PilotError`` classes of ``parallel_pilot.errors``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from parallel_pilot.client import config
+from parallel_pilot.core.protocol import (
+    Health,
+    JobInfo,
+    JobList,
+    JobSubmit,
+    LogLine,
+    LogList,
+    OutputInfo,
+    OutputList,
+    TaskInfo,
+    TaskList,
+    UserInfo,
+    WorkerInfo,
+    WorkerList,
+)
+from parallel_pilot.core.settings import ClientSettings
+from parallel_pilot.errors import InvalidInput
+from parallel_pilot.http import RETRY_SECONDS, Connection, sha256_file
+
+DEFAULT_POLL_SECONDS = 0.5  # seconds between polls of a job's state in wait()
+POLL_TIMEOUT = 30.0  # seconds one poll request may take
+LOG_PAGE_LINES = 10_000  # log lines asked for per request (the coordinator's maximum)
+MAX_LOG_PAGES = 1_000  # pages logs() fetches at most, so a runaway log cannot loop forever
+
+
+class Client:
+    """A connection to one coordinator as one user.
+
+    ``server`` and ``token`` default to ``PILOT_SERVER``/``PILOT_TOKEN`` and then to the
+    config file written by ``pilot login``. ``transport`` replaces the HTTP transport (tests
+    pass ``httpx.MockTransport`` or ``httpx.ASGITransport``).
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        *,
+        settings: ClientSettings | None = None,
+        require_token: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        retry_seconds: float = RETRY_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        resolved = config.resolve(server, token, settings, require_token=require_token)
+        self.server = resolved.server
+        self._sleep = sleep
+        self.connection = Connection(resolved.server, resolved.token, transport=transport,
+                                     retry_seconds=retry_seconds, sleep=sleep)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ account
+
+    def health(self) -> Health:
+        """Whether the coordinator answers (needs no token)."""
+        return self.connection.call("GET", "/health", Health, retry=False)
+
+    def me(self) -> UserInfo:
+        """The user the token belongs to."""
+        return self.connection.call("GET", "/me", UserInfo)
+
+    # ------------------------------------------------------------ submit
+
+    def submit(self, kind: str, params: dict[str, Any], *, priority: int = 0,
+               name: str | None = None, max_attempts: int | None = None) -> JobInfo:
+        """Submit a job of ``kind``; the coordinator validates ``params`` and plans tasks."""
+        body = JobSubmit(kind=kind, params=params, priority=priority, name=name,
+                         max_attempts=max_attempts)
+        return self.connection.call("POST", "/jobs", JobInfo, body=body)
+
+    def submit_sweep(
+        self,
+        command: Sequence[str],
+        items: str | Sequence[str],
+        *,
+        files: Mapping[str, Path] | Iterable[Path] = (),
+        collect: Iterable[str] = (),
+        timeout_seconds: float | None = None,
+        name: str | None = None,
+        priority: int = 0,
+        on_upload: Callable[[str, Path], None] | None = None,
+    ) -> JobInfo:
+        """Run ``command`` once per item (``{item}`` in an argument is replaced by the item).
+
+        ``items`` is a range like ``"1-100"`` / ``"a,b,c"`` (sent as written; the coordinator
+        parses it) or a list. ``files`` is either a mapping of name in the working directory
+        to local path, or local paths named as given relative to the current directory.
+        Each distinct file is uploaded at most once, and not at all if the coordinator has it.
+        ``collect`` holds globs of output files to gather from each run.
+        """
+        named = name_files(files)
+        shas: dict[str, str] = {}  # local path -> SHA-256, so a file is hashed once
+        uploaded: set[str] = set()
+        job_files: dict[str, str] = {}
+        for job_name, path in named.items():
+            key = str(path.resolve())
+            if key not in shas:
+                shas[key] = sha256_file(path)
+            sha = shas[key]
+            if sha not in uploaded:
+                if on_upload is not None:
+                    on_upload(job_name, path)
+                self.connection.upload_blob(path, sha)
+                uploaded.add(sha)
+            job_files[job_name] = sha
+        params: dict[str, Any] = {
+            "command": list(command),
+            "items": items if isinstance(items, str) else list(items),
+            "files": job_files,
+            "collect": list(collect),
+        }
+        if timeout_seconds is not None:
+            params["timeout_seconds"] = timeout_seconds
+        return self.submit("sweep", params, priority=priority, name=name)
+
+    # ------------------------------------------------------------ follow
+
+    def jobs(self, state: str | None = None, limit: int | None = None) -> list[JobInfo]:
+        """Jobs the user may see, newest first, optionally of one state."""
+        params = {k: v for k, v in (("state", state), ("limit", limit)) if v is not None}
+        return self.connection.call("GET", "/jobs", JobList, params=params or None).jobs
+
+    def job(self, job_id: int) -> JobInfo:
+        """One job with its task counts, progress and ETA."""
+        return self.connection.call("GET", f"/jobs/{int(job_id)}", JobInfo)
+
+    def tasks(self, job_id: int) -> list[TaskInfo]:
+        """The tasks of a job, in plan order."""
+        return self.connection.call("GET", f"/jobs/{int(job_id)}/tasks", TaskList).tasks
+
+    def outputs(self, job_id: int) -> list[OutputInfo]:
+        """The files a job produced so far (each task's and the job's own)."""
+        return self.connection.call("GET", f"/jobs/{int(job_id)}/outputs", OutputList).outputs
+
+    def logs(self, job_id: int, task_id: int | None = None, after: int = 0,
+             limit: int | None = None) -> list[LogLine]:
+        """Log lines of a job's tasks (of one task when ``task_id`` is given), oldest first.
+
+        ``after`` is the ``id`` of the last line already seen (to follow a running job);
+        all newer lines are fetched page by page unless ``limit`` caps them.
+        """
+        lines: list[LogLine] = []
+        for _ in range(MAX_LOG_PAGES):
+            want = LOG_PAGE_LINES if limit is None else min(LOG_PAGE_LINES, limit - len(lines))
+            if want <= 0:
+                break
+            params: dict[str, Any] = {"after": after, "limit": want}
+            if task_id is not None:
+                params["task_id"] = task_id
+            page = self.connection.call("GET", f"/jobs/{int(job_id)}/logs", LogList,
+                                        params=params).lines
+            lines.extend(page)
+            if len(page) < want:
+                break
+            after = page[-1].id
+        return lines
+
+    def cancel(self, job_id: int) -> JobInfo:
+        """Cancel a job; its running tasks are told to stop at their next heartbeat."""
+        return self.connection.call("POST", f"/jobs/{int(job_id)}/cancel", JobInfo)
+
+    def retry(self, job_id: int) -> JobInfo:
+        """Put a failed or cancelled job's unfinished tasks back in the queue."""
+        return self.connection.call("POST", f"/jobs/{int(job_id)}/retry", JobInfo)
+
+    def workers(self) -> list[WorkerInfo]:
+        """Registered workers with their capabilities and live state."""
+        return self.connection.call("GET", "/workers", WorkerList).workers
+
+    def wait(
+        self,
+        job_id: int,
+        *,
+        on_update: Callable[[JobInfo], None] | None = None,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        timeout: float | None = None,
+    ) -> JobInfo:
+        """Poll the job until it is completed, failed or cancelled and return it.
+
+        ``on_update`` sees every poll. Raises ``TimeoutError`` when ``timeout`` seconds pass
+        first; a failed job is returned, not raised (look at ``state`` and ``error``).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.connection.call("GET", f"/jobs/{int(job_id)}", JobInfo,
+                                        timeout=POLL_TIMEOUT)
+            if on_update is not None:
+                on_update(info)
+            if info.state.finished:
+                return info
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {job_id} is still {info.state} after {timeout:g} s "
+                    f"({info.tasks_done}/{info.tasks_total} tasks done)"
+                )
+            pause = poll_seconds
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            self._sleep(pause)
+
+    # ------------------------------------------------------------ results
+
+    def download(
+        self,
+        job_id: int,
+        out_dir: Path,
+        *,
+        on_file: Callable[[OutputInfo, Path, bool], None] | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> list[Path]:
+        """Download every output of the job to ``out_dir/<path>``; returns the local paths.
+
+        A file already there with the same SHA-256 is not fetched again. Every path is
+        checked to stay inside ``out_dir`` before anything is written. ``on_file`` is told
+        of each file and whether it was downloaded (True) or already present (False).
+        """
+        outputs = self.outputs(job_id)
+        root = Path(out_dir)
+        targets = [(output, safe_destination(root, output.path)) for output in outputs]
+        written: list[Path] = []
+        for output, dest in targets:
+            fetched = False
+            if not (dest.is_file() and dest.stat().st_size == output.size
+                    and sha256_file(dest) == output.sha256):
+                self.connection.download_blob(output.sha256, dest, on_progress=on_bytes)
+                fetched = True
+            written.append(dest)
+            if on_file is not None:
+                on_file(output, dest, fetched)
+        return written
+
+
+def name_files(files: Mapping[str, Path] | Iterable[Path]) -> dict[str, Path]:
+    """Job file names (relative, '/'-separated) for local files; every file must exist.
+
+    Given paths are named as written relative to the current directory
+    (``data/x.csv`` stays ``data/x.csv``; an absolute path inside the current directory is
+    made relative). A path that would escape the working directory is refused.
+    """
+    if isinstance(files, Mapping):
+        pairs = [(str(k), Path(v)) for k, v in files.items()]
+    else:
+        pairs = [(_relative_name(Path(p)), Path(p)) for p in files]
+    named: dict[str, Path] = {}
+    for job_name, path in pairs:
+        job_name = check_job_file_name(job_name)
+        if not path.is_file():
+            raise InvalidInput(f"no such file: {path}")
+        if job_name in named and named[job_name].resolve() != path.resolve():
+            raise InvalidInput(f"two different files would both be named {job_name!r}")
+        named[job_name] = path
+    return named
+
+
+def check_job_file_name(name: str) -> str:
+    """A job file name: relative, '/'-separated, without '.', '..' or empty parts."""
+    parts = name.split("/")
+    if (not name or name.startswith("/") or "\\" in name or "\x00" in name
+            or any(p in ("", ".", "..") for p in parts)):
+        raise InvalidInput(
+            f"file name {name!r} must be a relative path inside the working directory "
+            "(no '..', no absolute path)"
+        )
+    return name
+
+
+def _relative_name(path: Path) -> str:
+    if path.is_absolute():
+        try:
+            path = path.relative_to(Path.cwd())
+        except ValueError:
+            raise InvalidInput(
+                f"{path} is outside the current directory; run from a directory that "
+                "contains it, or pass files as a mapping of name -> path"
+            ) from None
+    return os.path.normpath(path).replace(os.sep, "/")
+
+
+def safe_destination(root: Path, relative: str) -> Path:
+    """``root/relative``, refusing any path that would land outside ``root``."""
+    refused = InvalidInput(f"refusing output path {relative!r}: it would be written "
+                           f"outside {root}")
+    try:
+        check_job_file_name(relative)
+    except InvalidInput:
+        raise refused from None
+    dest = root / relative
+    resolved_root = root.resolve()
+    if resolved_root not in dest.resolve().parents:
+        raise refused
+    return dest

@@ -1,0 +1,287 @@
+"""``render``: a .blend, a frame range and overrides, rendered in chunks by Blender on the
+workers, then assembled into ``video.mp4`` and ``frames.zip`` by one dependent task.
+
+Owns the job parameters, the submit-time checks (the file is a .blend; frames, camera and
+scene name against the facts a client read from the file), the plan (chunks + assembly),
+and ``run``'s dispatch. A chunk (``render_chunk.py``) uploads ``frames/NNNN.ext`` as each
+frame finishes; the assembly task reads the job's frame outputs through
+``ctx.job_outputs("frames/")`` and ``ctx.fetch_blob``, since its inputs cannot be known
+when the job is planned.
+
+Default chunk size: ``ceil(frames / DEFAULT_TARGET_TASKS)`` clamped to 1..10. The planner
+does not know how many workers there will be; 24 tasks keep up to 8 workers busy with 3
+tasks each (so a fast worker takes more), and no default chunk is over 10 frames, so a lost
+chunk costs little. A 48-frame demo gets chunks of 2, 240 frames get chunks of 10.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from parallel_pilot.core.protocol import TaskLease, check_sha256
+from parallel_pilot.core.ranges import parse_int_range
+from parallel_pilot.core.requirements import version_tuple
+from parallel_pilot.errors import InvalidInput, InvalidRange
+from parallel_pilot.kinds.assemble import (
+    FRAMES_PREFIX,
+    VIDEO_FRAMES_PREFIX,
+    encode_video,
+    find_ffmpeg,
+    format_frames,
+    match_frames,
+    zip_frames,
+)
+from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
+from parallel_pilot.kinds.blend_file import HEADER_READ_BYTES, parse_header
+from parallel_pilot.kinds.render_chunk import SCENE_META_PATH, run_chunk
+
+MAX_RENDER_FRAMES = 100_000  # frames one render job may ask for
+MAX_CHUNK = 1000  # frames one task may be given
+DEFAULT_TARGET_TASKS = 24  # chunks a job is cut into when no chunk size is given
+DEFAULT_MAX_CHUNK = 10  # frames in a default chunk at most
+DEFAULT_FPS = 24.0  # frames per second of the video when neither job nor scene says
+MIN_BLENDER = "2.80"  # the oldest Blender the render script works with
+VIDEO_OUTPUT = "video.mp4"
+ZIP_OUTPUT = "frames.zip"
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr"}
+
+Engine = Literal["CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH"]
+_FILE_NAME = re.compile(r"^[^/\\\x00]{1,200}$")
+_VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
+
+
+class RenderParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Facts a client with Blender read from the file (``inspect_blend``); when given, the
+    # frames, camera and scene name are checked against them at submit. Declared first so
+    # that the checks below can see them.
+    scene_frame_start: int | None = None
+    scene_frame_end: int | None = None
+    scene_fps: float | None = Field(default=None, gt=0, le=1000)
+    scene_cameras: list[str] | None = Field(default=None, max_length=10_000)
+    scene_names: list[str] | None = Field(default=None, max_length=10_000)
+
+    scene: str = Field(description="SHA-256 of the uploaded .blend")
+    scene_file: str = Field(default="scene.blend", description="file name of the .blend")
+    frames: str | None = Field(default=None, validate_default=True,
+                               description="1-240, 1-10,20-30 or 1-240x2; "
+                               "the scene's range when the client sent it")
+    chunk: int | None = Field(default=None, ge=1, le=MAX_CHUNK, description="frames per task")
+    engine: Engine | None = None
+    samples: int | None = Field(default=None, ge=1, le=1_000_000)
+    resolution: int | None = Field(default=None, ge=1, le=100, description="percentage")
+    format: Literal["PNG", "JPEG", "OPEN_EXR"] = "PNG"
+    camera: str | None = Field(default=None, min_length=1, max_length=200)
+    scene_name: str | None = Field(default=None, min_length=1, max_length=200,
+                                   description="the Blender scene to render")
+    fps: float | None = Field(default=None, gt=0, le=1000, description="video frame rate")
+    threads: int = Field(default=1, ge=0, le=1024,
+                         description="render threads per task; 0 = all cores")
+    allow_missing_files: bool = Field(default=False, description="render even when "
+                                      "textures or other files the scene uses are missing")
+    blender_version: str | None = Field(default=None, description="the Blender that saved "
+                                        "the file (from its header when not given)")
+
+    _sha = field_validator("scene")(check_sha256)
+
+    @field_validator("scene_file")
+    @classmethod
+    def _file_name(cls, value: str) -> str:
+        if not _FILE_NAME.match(value) or value in (".", ".."):
+            raise ValueError("must be a plain file name, like scene.blend")
+        return value
+
+    @field_validator("blender_version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is not None and not _VERSION.match(value):
+            raise ValueError("must look like 4.2 or 5.0.1")
+        return value
+
+    @field_validator("frames")
+    @classmethod
+    def _frames(cls, value: str | None, info: ValidationInfo) -> str:
+        start, end = info.data.get("scene_frame_start"), info.data.get("scene_frame_end")
+        if start is not None and end is not None and end < start:
+            raise ValueError(f"the scene's frame range {start}-{end} ends before it starts")
+        if value is None:
+            if start is None or end is None:
+                raise ValueError("give the frames to render, like 1-240")
+            value = f"{start}-{end}"
+        frames = expand_frames(value)
+        outside = [f for f in frames
+                   if (start is not None and f < start) or (end is not None and f > end)]
+        if outside:
+            raise ValueError(f"{format_frames(outside)} outside the scene's frame range "
+                             f"{'…' if start is None else start}-{'…' if end is None else end}")
+        return value
+
+    @field_validator("camera")
+    @classmethod
+    def _camera(cls, value: str | None, info: ValidationInfo) -> str | None:
+        cameras = info.data.get("scene_cameras")
+        if value is not None and cameras is not None and value not in cameras:
+            raise ValueError(f"no camera named {value!r} in the scene; its cameras: "
+                             f"{', '.join(cameras) or 'none'}")
+        return value
+
+    @field_validator("scene_name")
+    @classmethod
+    def _scene_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        names = info.data.get("scene_names")
+        if value is not None and names is not None and value not in names:
+            raise ValueError(f"no scene named {value!r} in the file; its scenes: "
+                             f"{', '.join(names) or 'none'}")
+        return value
+
+    def frame_list(self) -> list[int]:
+        return expand_frames(self.frames or "")
+
+    def ext(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def expand_frames(text: str) -> list[int]:
+    """The frame numbers of a range, as ``ValueError`` for pydantic when it is wrong."""
+    try:
+        frames = parse_int_range(text, limit=MAX_RENDER_FRAMES)
+    except InvalidRange as exc:
+        raise ValueError(exc.message) from None
+    if any(f < 0 for f in frames):
+        raise ValueError("frame numbers cannot be negative")
+    return frames
+
+
+def default_chunk(frame_count: int) -> int:
+    """Frames per task when the job does not say (see the module docstring)."""
+    return max(1, min(DEFAULT_MAX_CHUNK, math.ceil(frame_count / DEFAULT_TARGET_TASKS)))
+
+
+def chunks_of(frames: list[int], size: int) -> list[list[int]]:
+    return [frames[i:i + size] for i in range(0, len(frames), size)]
+
+
+class RenderKind:
+    name: ClassVar[str] = "render"
+    params_model: ClassVar[type[BaseModel]] = RenderParams
+    in_process: ClassVar[bool] = False
+
+    def input_blobs(self, params: BaseModel) -> dict[str, str]:
+        assert isinstance(params, RenderParams)
+        return {params.scene_file: params.scene}
+
+    def check_inputs(self, params: BaseModel,
+                     read_prefix: Callable[[str, int], bytes]) -> BaseModel:
+        """Refuse a file that is not a .blend; record the Blender version that saved it."""
+        assert isinstance(params, RenderParams)
+        header = parse_header(read_prefix(params.scene, HEADER_READ_BYTES),
+                              name=params.scene_file)
+        if params.blender_version is None or header.exact:
+            return params.model_copy(update={"blender_version": header.version})
+        return params
+
+    def plan(self, params: BaseModel) -> list[TaskSpec]:
+        assert isinstance(params, RenderParams)
+        frames = params.frame_list()
+        size = params.chunk or default_chunk(len(frames))
+        overrides = {
+            "engine": params.engine, "samples": params.samples,
+            "resolution": params.resolution, "camera": params.camera,
+            "scene_name": params.scene_name, "threads": params.threads,
+            "allow_missing_files": params.allow_missing_files,
+        }
+        common = {"role": "chunk", "scene_file": params.scene_file, "format": params.format,
+                  "ext": params.ext(), "blender_version": params.blender_version, **overrides}
+        # a file records Blender's major.minor only: 5.0.1 can open what 5.0.0 saved
+        saved_by = version_tuple(params.blender_version)
+        requirements = {"min_blender": f"{saved_by[0]}.{saved_by[1]}" if saved_by
+                        else MIN_BLENDER}
+        specs = [
+            TaskSpec(name=f"frames {format_frames(chunk)}", payload={**common, "frames": chunk},
+                     inputs={params.scene_file: params.scene},
+                     requirements=dict(requirements))
+            for chunk in chunks_of(frames, size)
+        ]
+        specs.append(TaskSpec(
+            name="assemble video",
+            payload={"role": "assemble", "frames": frames, "ext": params.ext(),
+                     "fps": params.fps or params.scene_fps},
+            depends_on=list(range(len(specs))),
+        ))
+        return specs
+
+    def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
+        role = task.payload.get("role")
+        if role == "chunk":
+            return run_chunk(task, ctx)
+        if role == "assemble":
+            return run_assemble(task, ctx)
+        raise InvalidInput(f"render task {task.task_id} has an unknown role {role!r}")
+
+    def finalize(self, params: BaseModel, tasks: list[FinishedTask]) -> dict[str, bytes]:
+        return {}  # the frames, video and zip are outputs of the tasks already
+
+
+def run_assemble(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
+    """Fetch every frame of the job, check each is there once, encode and zip them. The
+    video of an OpenEXR job is made from its 8-bit ``video-frames/`` PNGs."""
+    started = time.monotonic()
+    payload = task.payload
+    expected = [int(f) for f in payload["frames"]]
+    ext = str(payload["ext"])
+    ffmpeg = find_ffmpeg()
+    if ffmpeg is None:
+        raise RuntimeError("this worker has no ffmpeg: pip install imageio-ffmpeg "
+                           "(part of parallel-pilot[render]) or install ffmpeg")
+    frames = match_frames(ctx.job_outputs(FRAMES_PREFIX), expected)
+    video_prefix, video_ext = (VIDEO_FRAMES_PREFIX, "png") if ext == "exr" else (
+        FRAMES_PREFIX, ext)
+    video_frames = frames if video_prefix == FRAMES_PREFIX else match_frames(
+        ctx.job_outputs(video_prefix), expected, prefix=video_prefix)
+    fps = float(payload.get("fps") or scene_fps(ctx) or DEFAULT_FPS)
+    wanted = {sha for _f, _p, sha in frames} | {sha for _f, _p, sha in video_frames}
+    local: dict[str, Path] = {}
+    for sha in wanted:
+        if ctx.stop_event.is_set():
+            return {"stopped": True}
+        local[sha] = ctx.fetch_blob(sha)
+        ctx.progress(0.5 * len(local) / len(wanted), f"fetched {len(local)}/{len(wanted)} "
+                     "frame files")
+    ctx.progress(0.5, f"encoding {len(video_frames)} frames at {fps:g} fps")
+    video = ctx.workdir / VIDEO_OUTPUT
+    count = encode_video([local[sha] for _f, _p, sha in video_frames], video, ext=video_ext,
+                         fps=fps, ffmpeg=ffmpeg, workdir=ctx.workdir,
+                         stop_event=ctx.stop_event)
+    if ctx.stop_event.is_set():
+        return {"stopped": True}
+    ctx.progress(0.8, "zipping frames")
+    archive = ctx.workdir / ZIP_OUTPUT
+    zip_frames([(path.removeprefix(FRAMES_PREFIX), local[sha]) for _f, path, sha in frames],
+               archive)
+    video_sha = ctx.upload_output(VIDEO_OUTPUT, video)
+    zip_sha = ctx.upload_output(ZIP_OUTPUT, archive)
+    ctx.progress(1.0, f"video of {count} frames")
+    return {"frames": count, "fps": fps, "video": video_sha, "zip": zip_sha,
+            "first_frame": expected[0], "last_frame": expected[-1],
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def scene_fps(ctx: RunContext) -> float | None:
+    """The scene's frame rate as a chunk recorded it (``meta/scene.json``), if any did."""
+    for sha in ctx.job_outputs(SCENE_META_PATH).values():
+        try:
+            fps = json.loads(ctx.fetch_blob(sha).read_text()).get("fps")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(fps, int | float) and fps > 0:
+            return float(fps)
+    return None

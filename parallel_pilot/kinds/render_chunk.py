@@ -1,0 +1,215 @@
+"""One chunk of a ``render`` job on a worker: Blender in a child process renders the frames
+one at a time, and each finished frame is uploaded while the next one renders.
+
+The child is started with no shell, in its own process group, in the task's working
+directory, with factory settings, auto-run scripts off and user configuration pointed
+into the working directory; it is killed as soon as the task is told to stop. Uploads run
+on their own thread so that a slow upload never stalls Blender on a full output pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from parallel_pilot.core.protocol import TaskLease
+from parallel_pilot.errors import InvalidInput
+from parallel_pilot.kinds.assemble import VIDEO_FRAMES_PREFIX, frame_output_path
+from parallel_pilot.kinds.base import RunContext
+from parallel_pilot.kinds.blend_file import read_header
+from parallel_pilot.kinds.blender import (
+    RENDER_SCRIPT,
+    BlenderFailed,
+    Event,
+    OutputReader,
+    can_open,
+    child_env,
+    failure,
+    installed_blender,
+)
+from parallel_pilot.kinds.process import run_process
+
+PREVIEW_OUTPUT = "preview/latest.jpg"
+SCENE_META_PATH = "meta/scene.json"
+JOB_FILE = "render-job.json"
+# payload keys passed through to render_script.py as they are
+_OVERRIDES = ("frames", "format", "ext", "engine", "samples", "resolution", "camera",
+              "scene_name", "threads", "allow_missing_files")
+
+
+class _Uploader(threading.Thread):
+    """Uploads files in the order they are queued; a newer preview replaces a queued one.
+    The first error stops further uploads and sets ``halt`` (which stops Blender)."""
+
+    def __init__(self, ctx: RunContext, halt: threading.Event) -> None:
+        super().__init__(daemon=True, name="render-uploads")
+        self.ctx, self.halt = ctx, halt
+        self.items: queue.Queue[tuple[str, Path, int | None] | None] = queue.Queue()
+        self.uploaded: dict[int, str] = {}  # frame -> SHA-256
+        self.error: BaseException | None = None
+        self._previews_queued = 0
+        self._lock = threading.Lock()
+
+    def put(self, output: str, file: Path, frame: int | None = None) -> None:
+        if output == PREVIEW_OUTPUT:
+            with self._lock:
+                self._previews_queued += 1
+        self.items.put((output, file, frame))
+
+    def close(self) -> None:
+        self.items.put(None)
+
+    def run(self) -> None:
+        while (item := self.items.get()) is not None:
+            output, file, frame = item
+            if output == PREVIEW_OUTPUT:
+                with self._lock:
+                    self._previews_queued -= 1
+                    superseded = self._previews_queued > 0
+                if superseded:
+                    file.unlink(missing_ok=True)
+                    continue
+            if self.error is not None or self.ctx.stop_event.is_set():
+                continue
+            try:
+                sha = self.ctx.upload_output(output, file)
+            except Exception as exc:  # reported by run_chunk once Blender has stopped
+                self.error = exc
+                self.halt.set()
+                continue
+            if frame is not None:
+                self.uploaded[frame] = sha
+            if output != SCENE_META_PATH:
+                file.unlink(missing_ok=True)  # keep the disk use of a long chunk small
+
+
+def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
+    """Render the chunk's frames, uploading each as ``frames/NNNN.ext`` when it is done."""
+    started = time.monotonic()
+    payload = task.payload
+    frames = [int(f) for f in payload["frames"]]
+    scene_file = str(payload["scene_file"])
+    install = installed_blender()
+    if install is None:
+        raise BlenderFailed("this worker has no Blender: install the bpy package "
+                            "(pip install 'parallel-pilot[render]') or give --blender PATH")
+    blend = _scene_in_workdir(ctx, scene_file)
+    file_version = _saved_by(blend, payload.get("blender_version"))
+    if not can_open(install.version, file_version):
+        raise BlenderFailed(f"{scene_file} was saved by Blender {file_version}, newer than "
+                            f"this worker's {install.describe()}; it needs a worker with "
+                            f"Blender {file_version} or later")
+    out_dir = ctx.workdir / "frames"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = {key: payload.get(key) for key in _OVERRIDES}
+    job.update({"mode": "render", "blend": str(blend), "out_dir": str(out_dir),
+                "preview": True})
+    job_file = ctx.workdir / JOB_FILE
+    job_file.write_text(json.dumps(job))
+
+    halt = threading.Event()
+    uploader = _Uploader(ctx, halt)
+    uploader.start()
+    reader = OutputReader()
+    state: dict[str, Any] = {"done": 0, "scene": None, "frame_seconds": {}}
+
+    def on_line(line: str) -> None:
+        event = reader.feed(line)
+        if not line.startswith("PILOT_STATS"):
+            ctx.log(line)
+        if event is not None:
+            _handle(event, ctx, uploader, state, frames, payload)
+
+    relay = threading.Thread(target=_relay_stop, args=(ctx.stop_event, halt), daemon=True)
+    relay.start()
+    ctx.log(f"rendering frames {frames[0]}..{frames[-1]} ({len(frames)}) with "
+            f"{install.describe()}")
+    proc = run_process(install.command(RENDER_SCRIPT, job_file), cwd=ctx.workdir,
+                       env=child_env(ctx.workdir), stop_event=halt, output_cap=0,
+                       on_stdout=on_line, on_stderr=on_line)
+    halt.set()  # ends the relay thread
+    uploader.close()
+    uploader.join()
+    if ctx.stop_event.is_set():
+        return {"stopped": True, "frames": _by_frame(uploader.uploaded)}
+    if uploader.error is not None:
+        raise uploader.error
+    missing = [f for f in frames if f not in uploader.uploaded]
+    if proc.exit_code != 0 or missing:
+        raise failure(reader, exit_code=proc.exit_code, install=install,
+                      file_version=file_version, scene_file=scene_file)
+    ctx.progress(1.0, f"{len(frames)} frames rendered")
+    scene = state["scene"] or {}
+    return {
+        "frames": _by_frame(uploader.uploaded), "blender": install.version,
+        "engine": scene.get("engine"), "fps": scene.get("fps"),
+        "size": scene.get("output_size"), "frame_seconds": state["frame_seconds"],
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _handle(event: Event, ctx: RunContext, uploader: _Uploader, state: dict[str, Any],
+            frames: list[int], payload: dict[str, Any]) -> None:
+    total = len(frames)
+    if event.what == "progress" and event.frame is not None:
+        done = state["done"]
+        message = f"frame {event.frame} ({min(done + 1, total)}/{total})"
+        fraction = done / total
+        if event.sample is not None and event.samples:
+            fraction += min(1.0, event.sample / event.samples) / total
+            message += f" sample {event.sample}/{event.samples}"
+        ctx.progress(min(fraction, 1.0), message)
+    elif event.what == "frame_done" and event.frame is not None and event.path:
+        state["done"] += 1
+        state["frame_seconds"][str(event.frame)] = event.seconds
+        uploader.put(frame_output_path(event.frame, str(payload["ext"])), Path(event.path),
+                     event.frame)
+        ctx.progress(state["done"] / total, f"frame {event.frame} done "
+                     f"({state['done']}/{total}) in {event.seconds:.1f} s")
+    elif event.what == "video_frame" and event.frame is not None and event.path:
+        uploader.put(frame_output_path(event.frame, "png", VIDEO_FRAMES_PREFIX),
+                     Path(event.path))
+    elif event.what == "preview" and event.path:
+        uploader.put(PREVIEW_OUTPUT, Path(event.path))
+    elif event.what == "scene":
+        state["scene"] = event.data
+        meta = ctx.workdir / "scene.json"
+        meta.write_text(json.dumps(event.data, sort_keys=True))
+        uploader.put(SCENE_META_PATH, meta)
+
+
+def _saved_by(blend: Path, planned: str | None) -> str | None:
+    """The Blender version that saved the file, from its header when this worker can read
+    it exactly (the coordinator may have lacked ``zstandard`` for a compressed file)."""
+    try:
+        header = read_header(blend)
+    except (InvalidInput, OSError):
+        return planned  # Blender itself will say what is wrong with the file
+    return header.version if header.exact else planned
+
+
+def _scene_in_workdir(ctx: RunContext, scene_file: str) -> Path:
+    """The .blend under its own name in the working directory (so Blender's messages and
+    relative paths use it), linked to the cached blob rather than copied when possible."""
+    target = ctx.workdir / scene_file
+    try:
+        target.symlink_to(ctx.input_path(scene_file))
+    except OSError:
+        ctx.copy_input(scene_file, target)
+    return target
+
+
+def _relay_stop(stop: threading.Event, halt: threading.Event) -> None:
+    """Set ``halt`` when the task is told to stop; ends when ``halt`` is set."""
+    while not halt.is_set():
+        if stop.wait(0.05):
+            halt.set()
+
+
+def _by_frame(uploaded: dict[int, str]) -> dict[str, str]:
+    return {str(frame): sha for frame, sha in sorted(uploaded.items())}
+

@@ -1,0 +1,1 @@
+"""Scenes the project makes itself (the demo's and the tests' animated sample scene)."""

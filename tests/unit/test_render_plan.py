@@ -1,0 +1,152 @@
+"""The render kind's parameters, submit-time checks and plan (pure: no Blender needed)."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from parallel_pilot.errors import InvalidInput
+from parallel_pilot.kinds import get_kind
+from parallel_pilot.kinds.base import parse_params
+from parallel_pilot.kinds.render import (
+    DEFAULT_MAX_CHUNK,
+    MIN_BLENDER,
+    RenderParams,
+    chunks_of,
+    default_chunk,
+)
+
+SHA = "b" * 64
+BLEND_50 = b"BLENDER17-01v0500REND" + bytes(64)  # the first bytes Blender 5.0 writes
+
+
+def params(**extra: object) -> RenderParams:
+    result = parse_params(get_kind("render"), {"scene": SHA, **extra})
+    assert isinstance(result, RenderParams)
+    return result
+
+
+def test_defaults() -> None:
+    p = params(frames="1-10")
+    assert (p.scene_file, p.format, p.threads, p.chunk, p.engine) == (
+        "scene.blend", "PNG", 1, None, None)
+    assert get_kind("render").input_blobs(p) == {"scene.blend": SHA}
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"frames": "1-10", "scene": "nothex"}, "SHA-256"),
+    ({}, "give the frames"),
+    ({"frames": "10-1"}, "ends before"),
+    ({"frames": "abc"}, "cannot read"),
+    ({"frames": "1-10", "engine": "POVRAY"}, "engine"),
+    ({"frames": "1-10", "format": "GIF"}, "format"),
+    ({"frames": "1-10", "samples": 0}, "samples"),
+    ({"frames": "1-10", "resolution": 101}, "resolution"),
+    ({"frames": "1-10", "chunk": 0}, "chunk"),
+    ({"frames": "1-10", "scene_file": "../x.blend"}, "plain file name"),
+    ({"frames": "1-10", "blender_version": "latest"}, "4.2"),
+    ({"frames": "1-10", "output": "x.mp4"}, "output"),
+    ({"frames": "-5-3"}, "negative"),
+])
+def test_invalid_params(extra: dict, words: str) -> None:
+    with pytest.raises(InvalidInput, match=words):
+        params(**extra)
+
+
+def test_facts_from_the_client_are_checked_at_submit() -> None:
+    facts = {"scene_frame_start": 1, "scene_frame_end": 48, "scene_cameras": ["Camera"],
+             "scene_names": ["Scene"]}
+    with pytest.raises(InvalidInput, match=r"frames: 49-60 outside the scene's frame range 1-48"):
+        params(frames="1-3,40-60", **facts)
+    with pytest.raises(InvalidInput, match=r"camera: no camera named 'Side'.*cameras: Camera"):
+        params(frames="1-3", camera="Side", **facts)
+    with pytest.raises(InvalidInput, match=r"scene_name: no scene named 'Other'.*scenes: Scene"):
+        params(frames="1-3", scene_name="Other", **facts)
+    # without frames the scene's range is rendered
+    assert params(**facts).frames == "1-48"
+    assert params(frames="2-4", camera="Camera", scene_name="Scene", **facts).frame_list() \
+        == [2, 3, 4]
+
+
+def test_default_chunk_rule() -> None:
+    assert default_chunk(1) == 1
+    assert default_chunk(6) == 1
+    assert default_chunk(48) == 2
+    assert default_chunk(100) == 5
+    assert default_chunk(240) == DEFAULT_MAX_CHUNK
+    assert default_chunk(100_000) == DEFAULT_MAX_CHUNK
+    assert chunks_of([1, 2, 3, 4, 5], 2) == [[1, 2], [3, 4], [5]]
+
+
+def test_plan_chunks_plus_an_assembly_that_depends_on_them() -> None:
+    kind = get_kind("render")
+    p = params(frames="5-11", chunk=3, engine="CYCLES", samples=8, resolution=25,
+               camera="Camera", format="JPEG", blender_version="4.2")
+    specs = kind.plan(p)
+    assert [s.payload.get("frames") for s in specs[:-1]] == [[5, 6, 7], [8, 9, 10], [11]]
+    assert [s.name for s in specs[:-1]] == ["frames 5-7", "frames 8-10", "frames 11"]
+    for spec in specs[:-1]:
+        assert spec.inputs == {"scene.blend": SHA}
+        assert spec.requirements == {"min_blender": "4.2"}
+        assert not spec.depends_on
+        assert spec.payload["role"] == "chunk"
+        assert (spec.payload["engine"], spec.payload["samples"], spec.payload["resolution"],
+                spec.payload["camera"], spec.payload["format"], spec.payload["ext"],
+                spec.payload["threads"]) == ("CYCLES", 8, 25, "Camera", "JPEG", "jpg", 1)
+    assemble = specs[-1]
+    assert assemble.payload["role"] == "assemble"
+    assert assemble.payload["frames"] == [5, 6, 7, 8, 9, 10, 11]
+    assert assemble.depends_on == [0, 1, 2]
+    assert assemble.inputs == {}  # it reads the frames from the job's outputs
+
+
+def test_plan_with_a_step_and_an_uneven_chunk() -> None:
+    specs = get_kind("render").plan(params(frames="1-240x2", chunk=7))
+    chunks = [s.payload["frames"] for s in specs[:-1]]
+    assert len(chunks) == 18 and chunks[0] == [1, 3, 5, 7, 9, 11, 13]
+    assert chunks[-1] == [239]
+    flat = [f for c in chunks for f in c]
+    assert flat == list(range(1, 241, 2))  # every frame exactly once, in order
+    assert specs[-1].payload["frames"] == flat
+    assert specs[0].requirements == {"min_blender": MIN_BLENDER}  # version not known yet
+
+
+def test_plan_requires_the_major_minor_that_saved_the_file() -> None:
+    specs = get_kind("render").plan(params(frames="1", blender_version="5.0.119"))
+    assert specs[0].requirements == {"min_blender": "5.0"}
+
+
+def test_plan_fps_comes_from_the_job_or_the_scene() -> None:
+    kind = get_kind("render")
+    assert kind.plan(params(frames="1", fps=30))[-1].payload["fps"] == 30
+    assert kind.plan(params(frames="1", scene_fps=25))[-1].payload["fps"] == 25
+    assert kind.plan(params(frames="1"))[-1].payload["fps"] is None
+
+
+def test_check_inputs_reads_the_version_that_saved_the_file() -> None:
+    kind = get_kind("render")
+    asked: list[tuple[str, int]] = []
+
+    def read_prefix(sha: str, n: int) -> bytes:
+        asked.append((sha, n))
+        return BLEND_50[:n]
+
+    checked = kind.check_inputs(params(frames="1-3"), read_prefix)
+    assert isinstance(checked, RenderParams) and checked.blender_version == "5.0"
+    assert asked[0][0] == SHA
+    assert kind.plan(checked)[0].requirements == {"min_blender": "5.0"}
+    old = kind.check_inputs(params(frames="1"), lambda s, n: gzip.compress(b"BLENDER-v279" * 4))
+    assert isinstance(old, RenderParams) and old.blender_version == "2.79"
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "empty"),
+    (b"\x89PNG\r\n\x1a\n" + bytes(32), "not 'BLENDER'"),
+    (gzip.compress(b"hello world"), "gzip-compressed but does not hold a Blender file"),
+    (b"BLENDERxyz", "not one Blender writes"),
+])
+def test_check_inputs_refuses_what_is_not_a_blend(content: bytes, words: str) -> None:
+    with pytest.raises(InvalidInput, match=f"my.blend is not a .blend file.*{words}"):
+        get_kind("render").check_inputs(params(frames="1", scene_file="my.blend"),
+                                        lambda s, n: content[:n])
