@@ -33,8 +33,9 @@ $(INSTALL_STAMP): pyproject.toml
 test: install
 	@# Without root a missing package fails only under CI; locally its tests skip with a reason.
 	scripts/install-system-deps.sh || [ "$${CI:-}" != true ]
+	$(BIN)/ruff check parallel_pilot tests bench
+	$(BIN)/mypy parallel_pilot
 	$(BIN)/python -m pytest tests -q -rs -p no:cacheprovider --timeout=600 --durations=10 $(PYTEST_ARGS)
-	$(BIN)/ruff check parallel_pilot tests
 
 demo: install
 	$(BIN)/pilot demo

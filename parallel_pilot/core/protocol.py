@@ -226,10 +226,13 @@ class LogList(Reply):
     lines: list[LogLine]
 
 
+WorkerState = Literal["idle", "busy", "offline", "revoked"]
+
+
 class WorkerInfo(Reply):
     id: int
     name: str
-    state: Literal["idle", "busy", "offline", "revoked"]
+    state: WorkerState
     capabilities: Capabilities
     current_tasks: list[int]
     tasks_done: int

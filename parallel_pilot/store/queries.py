@@ -28,13 +28,19 @@ from parallel_pilot.store.tables import (
     workers,
 )
 
-Row = sa.Row[Any]
+Row = sa.Row[Any]  # rows are read by column name
 CHUNK = 500  # ids per IN (...) list / rows per multi-row insert
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _new_id(result: sa.CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def _states(states: Iterable[TaskState | JobState]) -> list[str]:
@@ -52,7 +58,7 @@ def insert_user(conn: sa.Connection, name: str, is_admin: bool, now: float) -> i
     result = conn.execute(
         users.insert().values(name=name, is_admin=is_admin, disabled=False, created_at=now)
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def insert_api_token(conn: sa.Connection, user_id: int, token_hash: str, name: str,
@@ -60,10 +66,10 @@ def insert_api_token(conn: sa.Connection, user_id: int, token_hash: str, name: s
     result = conn.execute(api_tokens.insert().values(
         user_id=user_id, token_hash=token_hash, name=name, created_at=now, expires_at=expires_at,
     ))
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
-def user_by_token_hash(conn: sa.Connection, token_hash: str, now: float) -> Row | None:
+def user_by_token_hash(conn: sa.Connection, token_hash: str, now: float) -> Any:
     return conn.execute(
         sa.select(users.c.id, users.c.name, users.c.is_admin)
         .join(api_tokens, api_tokens.c.user_id == users.c.id)
@@ -77,7 +83,7 @@ def insert_join_token(conn: sa.Connection, token_hash: str, name: str, now: floa
     result = conn.execute(
         join_tokens.insert().values(token_hash=token_hash, name=name, created_at=now)
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def valid_join_token(conn: sa.Connection, token_hash: str, now: float) -> Row | None:
@@ -99,7 +105,7 @@ def insert_worker(conn: sa.Connection, name: str, token_hash: str,
         name=name, token_hash=token_hash, capabilities=capabilities, created_at=now,
         last_seen=now, tasks_done=0,
     ))
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def worker_by_token_hash(conn: sa.Connection, token_hash: str) -> Row | None:
@@ -190,7 +196,7 @@ def insert_job(conn: sa.Connection, *, owner_id: int, name: str, kind: str,
         priority=priority, max_attempts=max_attempts, created_at=now, tasks_total=tasks_total,
         tasks_done=0,
     ))
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 _JOB_COLUMNS = [*jobs.c, users.c.name.label("owner")]

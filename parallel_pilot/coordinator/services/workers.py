@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parallel_pilot.coordinator.services.context import Services
-from parallel_pilot.core.protocol import Capabilities, WorkerInfo
+from parallel_pilot.core.protocol import Capabilities, WorkerInfo, WorkerState
 from parallel_pilot.store import queries as q
 
 
@@ -14,6 +14,7 @@ def list_workers(svc: Services) -> list[WorkerInfo]:
         leased = q.leased_task_ids_by_worker(conn)
     out = []
     for w in rows:
+        state: WorkerState
         current = leased.get(w.id, [])
         if w.revoked_at is not None:
             state = "revoked"
