@@ -112,8 +112,8 @@ def print_table(r: dict) -> None:
           f"{lat['pool_median_ms']:>16.1f}")
     print(f"{'1-task round trip, p90 ms':<34}{lat['p90_ms']:>14.1f}{'':>16}")
     m = r["makespan"]
-    print(f"{'200 x 50 ms: wall s (ideal %.1f)' % m['ideal_seconds']:<34}{m['seconds']:>14.2f}"
-          f"{m['pool_seconds']:>16.2f}")
+    label = f"200 x 50 ms: wall s (ideal {m['ideal_seconds']:.1f})"
+    print(f"{label:<34}{m['seconds']:>14.2f}{m['pool_seconds']:>16.2f}")
     print(f"{'200 x 50 ms: efficiency':<34}{m['efficiency']:>14.1%}{m['pool_efficiency']:>16.1%}")
 
 
