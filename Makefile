@@ -24,7 +24,7 @@ help:
 install: $(INSTALL_STAMP)
 
 # Re-runs only when pyproject.toml is newer than the stamp (or the venv is gone).
-$(INSTALL_STAMP): pyproject.toml
+$(INSTALL_STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
