@@ -247,13 +247,6 @@ def add_job_done(conn: sa.Connection, job_id: int, delta: int = 1) -> None:
                  .values(tasks_done=jobs.c.tasks_done + delta))
 
 
-def set_job_done_count(conn: sa.Connection, job_id: int) -> None:
-    done = (sa.select(sa.func.count()).select_from(tasks)
-            .where(tasks.c.job_id == job_id, tasks.c.state == TaskState.DONE)
-            .scalar_subquery())
-    conn.execute(jobs.update().where(jobs.c.id == job_id).values(tasks_done=done))
-
-
 def task_counts(conn: sa.Connection, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
     out: dict[int, dict[str, int]] = {j: {} for j in job_ids}
     for part in _chunks(list(job_ids)):
@@ -470,17 +463,6 @@ def reopen_tasks(conn: sa.Connection, task_ids: Sequence[int], deps_left: int) -
             .values(state=target, failures=0, error=None, finished_at=None, worker_id=None,
                     progress=None, deps_left=deps_left)
         )
-
-
-def open_task_count(conn: sa.Connection, job_id: int) -> int:
-    return conn.execute(
-        sa.select(sa.func.count()).select_from(tasks).where(
-            tasks.c.job_id == job_id,
-            tasks.c.state.in_([TaskState.BLOCKED, TaskState.READY, TaskState.LEASED]))
-    ).scalar_one()
-
-
-# ---------------------------------------------------------------- outputs and logs
 
 
 def insert_output(conn: sa.Connection, *, job_id: int, task_id: int | None, attempt: int,

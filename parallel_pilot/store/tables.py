@@ -102,6 +102,7 @@ tasks = sa.Table(
     sa.Index("ix_tasks_claim", "state", "priority", "id"),
     sa.Index("ix_tasks_lease", "state", "lease_expires_at"),
     sa.Index("ix_tasks_worker", "worker_id"),
+    sa.Index("ix_tasks_job_state", "job_id", "state"),
 )
 
 task_deps = sa.Table(

@@ -1,7 +1,11 @@
-"""``pilot demo``: a Monte-Carlo sweep across local workers, start to finish.
+"""``pilot demo``: a render across local workers, start to finish (``--sweep``: a
+Monte-Carlo sweep instead).
 
-It starts a ``LocalCluster`` (the same code as ``pilot up``), submits a small simulation
-as a sweep, follows it, downloads the results and prints them with a combined estimate.
+It generates the sample scene with the project's script (``scenes/sample_scene.py``),
+starts a ``LocalCluster`` (the same code as ``pilot up``) with two workers, renders the
+scene at low resolution with Cycles, and writes ``demo-output/sample.mp4`` and its frames.
+The sweep variant submits a small simulation, downloads the results and prints them with
+a combined estimate.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +24,7 @@ from rich.table import Table
 
 from parallel_pilot.client.cli.common import EXIT_ERROR, console, err_console
 from parallel_pilot.client.cli.progress import follow
+from parallel_pilot.client.cli.render import download_render, follow_render
 from parallel_pilot.client.local_cluster import LocalCluster, default_worker_count
 from parallel_pilot.core.states import JobState
 from parallel_pilot.errors import PilotError
@@ -26,6 +32,12 @@ from parallel_pilot.errors import PilotError
 DEMO_MAX_WORKERS = 4  # default worker count is one per core, but no more than this
 DEMO_SAMPLES = 400_000  # random points per item
 DEMO_TIMEOUT = 600.0  # seconds the demo job may take before the demo gives up
+RENDER_WORKERS = 2  # local workers of the render demo
+RENDER_FRAMES = 48  # frames of the generated sample scene
+RENDER_RESOLUTION = 50  # percent of the scene's 320x180
+RENDER_SAMPLES = 16  # Cycles samples per pixel
+RENDER_CHUNK = 6  # frames per task: few Blender start-ups, yet both workers stay busy
+SCENE_TIMEOUT = 120.0  # seconds generating the sample scene may take
 
 PI_SCRIPT = '''\
 """Estimate pi from random points in the unit square (one seed per sweep item)."""
@@ -47,29 +59,43 @@ print(f"seed {args.seed}: pi is about {result['pi']:.5f}")
 
 
 @click.command("demo")
+@click.option("--sweep", is_flag=True,
+              help="Run the Monte-Carlo sweep demo instead of the render demo.")
 @click.option("--workers", type=click.IntRange(1, 256),
-              help=f"Local workers (default: one per core, at most {DEMO_MAX_WORKERS}).")
+              help=f"Local workers (render: {RENDER_WORKERS}; sweep: one per core, "
+              f"at most {DEMO_MAX_WORKERS}).")
 @click.option("--items", type=click.IntRange(1, 10_000), default=20, show_default=True,
-              help="Simulations to run (seeds 1..N).")
+              help="Sweep: simulations to run (seeds 1..N).")
 @click.option("--samples", type=click.IntRange(1, 100_000_000), default=DEMO_SAMPLES,
-              show_default=True, help="Random points per simulation.")
+              show_default=True, help="Sweep: random points per simulation.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Coordinator data dir (default: a temporary one).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo-output"), show_default=True, help="Where results go.")
-def demo_command(workers: int | None, items: int, samples: int, data_dir: Path | None,
-                 out_dir: Path) -> None:
-    """Run a Monte-Carlo estimate of pi as a sweep on local workers and show the results."""
+def demo_command(sweep: bool, workers: int | None, items: int, samples: int,
+                 data_dir: Path | None, out_dir: Path) -> None:
+    """Render a generated animation on two local workers into demo-output/sample.mp4.
+
+    With --sweep: run a Monte-Carlo estimate of pi as a sweep and show the results.
+    """
     started = time.monotonic()
-    count = workers or min(default_worker_count(), DEMO_MAX_WORKERS)
+    if sweep:
+        count = workers or min(default_worker_count(), DEMO_MAX_WORKERS)
+    else:
+        count = workers or RENDER_WORKERS
     tmp = Path(tempfile.mkdtemp(prefix="pilot-demo-"))
     cluster = LocalCluster(data_dir or tmp / "data", port=0, workers=count)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     ok = False
     try:
+        if not sweep:
+            scene = _make_scene(tmp)
         err_console.print(f"starting a coordinator and {count} worker(s)…")
         cluster.start()
-        ok = _run(cluster, tmp, items, samples, out_dir)
+        if sweep:
+            ok = _run(cluster, tmp, items, samples, out_dir)
+        else:
+            ok = _render(cluster, scene, out_dir)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         cluster.stop()
@@ -81,6 +107,46 @@ def demo_command(workers: int | None, items: int, samples: int, data_dir: Path |
     console.print(f"total wall time: {time.monotonic() - started:.1f} s")
     if not ok:
         raise SystemExit(EXIT_ERROR)
+
+
+def _make_scene(tmp: Path) -> Path:
+    """The sample scene, generated by the project's script in a child process (bpy)."""
+    scene = tmp / "sample.blend"
+    err_console.print(f"generating a {RENDER_FRAMES}-frame sample scene…")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "parallel_pilot.scenes.sample_scene", str(scene),
+             "--frames", str(RENDER_FRAMES), "--samples", str(RENDER_SAMPLES)],
+            capture_output=True, text=True, timeout=SCENE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise PilotError(f"generating the sample scene took over {SCENE_TIMEOUT:.0f} s") \
+            from None
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+        raise PilotError("could not generate the sample scene (is the bpy package "
+                         f"installed? pip install 'parallel-pilot[render]'):\n{tail}")
+    return scene
+
+
+def _render(cluster: LocalCluster, scene: Path, out_dir: Path) -> bool:
+    console.print(f"coordinator at {cluster.url}, {len(cluster.workers)} worker(s)")
+    console.print(f"while it runs, the API and its docs: {cluster.url}/api/v1/docs")
+    with cluster.client() as client:
+        job = client.submit_render(
+            scene, engine="CYCLES", samples=RENDER_SAMPLES, resolution=RENDER_RESOLUTION,
+            chunk=RENDER_CHUNK, name=f"demo: {RENDER_FRAMES}-frame sample scene")
+        console.print(f"submitted job {job.id}: {RENDER_FRAMES} frames in "
+                      f"{job.tasks_total - 1} chunks, then assembly")
+        job = follow_render(client, job, timeout=DEMO_TIMEOUT,
+                            check=lambda: _alive(cluster))
+        if job.state != JobState.COMPLETED:
+            err_console.print(f"[red]job {job.id} {job.state}[/]: {job.error or ''}")
+            return False
+        video = out_dir / "sample.mp4"
+        files = download_render(client, job.id, video)
+    frames = sum(1 for f in files if f != video)
+    console.print(f"wrote {video} and {frames} frames in {out_dir / 'sample_frames'}/")
+    return video.is_file()
 
 
 def _run(cluster: LocalCluster, tmp: Path, items: int, samples: int, out_dir: Path) -> bool:

@@ -193,10 +193,9 @@ def retry(svc: Services, caller: Caller, job_id: int) -> JobInfo:
 def finish_if_complete(conn: sa.Connection, svc: Services, job_id: int) -> None:
     """After a task is done: when no task is left open, the job completes and its kind
     makes the job-level outputs, in the same transaction."""
-    if q.open_task_count(conn, job_id):
-        return
     row = q.get_job(conn, job_id)
-    if row is None or JobState(row.state).finished:
+    # tasks_done is counted up as tasks finish: no scan of the job's tasks per completion
+    if row is None or JobState(row.state).finished or row.tasks_done < row.tasks_total:
         return
     all_tasks = q.list_tasks(conn, job_id)
     if any(t.state != TaskState.DONE for t in all_tasks):
