@@ -99,7 +99,7 @@ tasks = sa.Table(
     sa.Column("started_at", Time),
     sa.Column("finished_at", Time),
     sa.UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
-    sa.Index("ix_tasks_claim", "state", "priority", "id"),
+    sa.Index("ix_tasks_claim", "state", sa.text("priority DESC"), "id"),
     sa.Index("ix_tasks_lease", "state", "lease_expires_at"),
     sa.Index("ix_tasks_worker", "worker_id"),
     sa.Index("ix_tasks_job_state", "job_id", "state"),
