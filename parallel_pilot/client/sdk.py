@@ -11,22 +11,37 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from parallel_pilot.client import config
 from parallel_pilot.core.protocol import (
+    Ack,
     Health,
     JobInfo,
     JobList,
     JobSubmit,
+    JoinTokenCreate,
+    JoinTokenCreated,
+    JoinTokenInfo,
+    JoinTokenList,
     LogLine,
     LogList,
     OutputInfo,
     OutputList,
+    PasswordSet,
     TaskInfo,
     TaskList,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    TokenList,
+    UserCreate,
+    UserCreated,
     UserInfo,
+    UserList,
+    UserSummary,
     WorkerInfo,
     WorkerList,
 )
@@ -87,10 +102,12 @@ class Client:
     # ------------------------------------------------------------ submit
 
     def submit(self, kind: str, params: dict[str, Any], *, priority: int = 0,
-               name: str | None = None, max_attempts: int | None = None) -> JobInfo:
-        """Submit a job of ``kind``; the coordinator validates ``params`` and plans tasks."""
+               name: str | None = None, max_attempts: int | None = None,
+               requirements: dict[str, Any] | None = None) -> JobInfo:
+        """Submit a job of ``kind``; the coordinator validates ``params`` and plans tasks.
+        ``requirements`` (see core.requirements) is what every task needs of a worker."""
         body = JobSubmit(kind=kind, params=params, priority=priority, name=name,
-                         max_attempts=max_attempts)
+                         max_attempts=max_attempts, requirements=requirements or {})
         return self.connection.call("POST", "/jobs", JobInfo, body=body)
 
     def submit_sweep(
@@ -104,6 +121,7 @@ class Client:
         name: str | None = None,
         priority: int = 0,
         on_upload: Callable[[str, Path], None] | None = None,
+        require_sandbox: bool = False,
     ) -> JobInfo:
         """Run ``command`` once per item (``{item}`` in an argument is replaced by the item).
 
@@ -111,7 +129,8 @@ class Client:
         parses it) or a list. ``files`` is either a mapping of name in the working directory
         to local path, or local paths named as given relative to the current directory.
         Each distinct file is uploaded at most once, and not at all if the coordinator has it.
-        ``collect`` holds globs of output files to gather from each run.
+        ``collect`` holds globs of output files to gather from each run. With
+        ``require_sandbox`` only workers that run commands in a sandbox (bwrap) take it.
         """
         named = name_files(files)
         shas: dict[str, str] = {}  # local path -> SHA-256, so a file is hashed once
@@ -136,7 +155,9 @@ class Client:
         }
         if timeout_seconds is not None:
             params["timeout_seconds"] = timeout_seconds
-        return self.submit("sweep", params, priority=priority, name=name)
+        requirements = {"sandbox": True} if require_sandbox else None
+        return self.submit("sweep", params, priority=priority, name=name,
+                           requirements=requirements)
 
     def submit_render(
         self,
@@ -311,6 +332,58 @@ class Client:
             if on_file is not None:
                 on_file(output, dest, fetched)
         return written
+
+
+    # ------------------------------------------------------------ accounts
+
+    def create_user(self, name: str, *, admin: bool = False,
+                    password: str | None = None) -> UserCreated:
+        """Create a user (admin only); the answer holds their first API token, shown once."""
+        body = UserCreate(name=name, is_admin=admin, password=password)
+        return self.connection.call("POST", "/users", UserCreated, body=body, retry=False)
+
+    def set_password(self, name: str, password: str) -> None:
+        """Set a user's password (admin only)."""
+        self.connection.call("PUT", f"/users/{quote(name, safe='')}/password", Ack,
+                             body=PasswordSet(password=password))
+
+    def users(self) -> list[UserSummary]:
+        """Every account (admin only)."""
+        return self.connection.call("GET", "/users", UserList).users
+
+    def disable_user(self, name: str) -> None:
+        """Disable a user (admin only); all their tokens stop working."""
+        self.connection.call("POST", f"/users/{quote(name, safe='')}/disable", Ack)
+
+    def create_token(self, name: str = "", *,
+                     expires_seconds: int | None = None) -> TokenCreated:
+        """A new API token for this user, shown once."""
+        body = TokenCreate(name=name, expires_seconds=expires_seconds)
+        return self.connection.call("POST", "/tokens", TokenCreated, body=body, retry=False)
+
+    def tokens(self) -> list[TokenInfo]:
+        """This user's API tokens that are not revoked."""
+        return self.connection.call("GET", "/tokens", TokenList).tokens
+
+    def revoke_token(self, token_id: int) -> None:
+        self.connection.call("DELETE", f"/tokens/{int(token_id)}", Ack)
+
+    def create_join_token(self, name: str = "", *, uses: int | None = None,
+                          expires_seconds: int | None = None) -> JoinTokenCreated:
+        """A token workers join with (admin only), shown once."""
+        body = JoinTokenCreate(name=name, uses=uses, expires_seconds=expires_seconds)
+        return self.connection.call("POST", "/join-tokens", JoinTokenCreated, body=body,
+                                    retry=False)
+
+    def join_tokens(self) -> list[JoinTokenInfo]:
+        return self.connection.call("GET", "/join-tokens", JoinTokenList).join_tokens
+
+    def revoke_join_token(self, token_id: int) -> None:
+        self.connection.call("DELETE", f"/join-tokens/{int(token_id)}", Ack)
+
+    def revoke_worker(self, worker_id: int) -> None:
+        """Revoke a worker (admin only): its token is refused, its tasks requeued."""
+        self.connection.call("POST", f"/workers/{int(worker_id)}/revoke", Ack)
 
 
 def name_files(files: Mapping[str, Path] | Iterable[Path]) -> dict[str, Path]:

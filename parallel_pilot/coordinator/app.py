@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parallel_pilot import __version__
-from parallel_pilot.coordinator.routes import attempts, blobs, jobs, meta, workers
+from parallel_pilot.coordinator.routes import accounts, attempts, blobs, jobs, meta, workers
 from parallel_pilot.coordinator.services import leasing
 from parallel_pilot.coordinator.services.context import Services
-from parallel_pilot.core.protocol import API_PREFIX
+from parallel_pilot.core.protocol import API_PREFIX, ErrorBody
 from parallel_pilot.core.settings import CoordinatorSettings
 from parallel_pilot.errors import PilotError, error_body, http_status
 from parallel_pilot.store.blobs import BlobStore
@@ -27,6 +28,12 @@ log = logging.getLogger("pilot.coordinator")
 
 STATUS_CODES = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large"}
+# every 4xx an endpoint may answer, declared with the one error body so the OpenAPI schema
+# tells clients (and the API fuzz test) the truth; 422 replaces FastAPI's own body
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": code.replace("_", " ")}
+    for status, code in {**STATUS_CODES, 422: "invalid_input"}.items() if status != 405
+}
 
 
 def build_services(settings: CoordinatorSettings,
@@ -66,8 +73,8 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
                   docs_url=f"{API_PREFIX}/docs", redoc_url=None,
                   openapi_url=f"{API_PREFIX}/openapi.json")
     app.state.services = services
-    for module in (meta, workers, attempts, jobs, blobs):
-        app.include_router(module.router, prefix=API_PREFIX)
+    for module in (meta, workers, attempts, jobs, blobs, accounts):
+        app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     _install_error_handlers(app)
     return app
 

@@ -1,5 +1,6 @@
-"""First start: with no user in the database, create the admin account, its API token and
-a worker join token, and write both tokens into the data directory (mode 0600)."""
+"""First start: with no user in the database, create the admin account with a random
+password and an API token, and a worker join token; write the password and both tokens
+into the data directory (mode 0600)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from parallel_pilot.coordinator.passwords import hash_password, new_password
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.tokens import (
     JOIN_TOKEN_PREFIX,
@@ -18,6 +20,7 @@ from parallel_pilot.store import queries as q
 
 ADMIN_NAME = "admin"
 ADMIN_TOKEN_FILE = "admin-token"
+ADMIN_PASSWORD_FILE = "admin-password"  # for the dashboard login
 JOIN_TOKEN_FILE = "join-token"
 
 
@@ -25,6 +28,7 @@ JOIN_TOKEN_FILE = "join-token"
 class FirstStart:
     admin_token_file: Path
     join_token_file: Path
+    admin_password_file: Path
 
 
 def write_secret(path: Path, secret: str) -> None:
@@ -38,17 +42,22 @@ def write_secret(path: Path, secret: str) -> None:
 def ensure_admin(svc: Services) -> FirstStart | None:
     """Create the admin and a join token if the database has no user; else return None."""
     now = svc.clock()
+    password = new_password()
+    password_hash = hash_password(password)  # slow on purpose; done before the transaction
     with svc.transaction() as conn:
         if q.count_users(conn):
             return None
         admin_token = new_token(USER_TOKEN_PREFIX)
         join_token = new_token(JOIN_TOKEN_PREFIX)
         admin_id = q.insert_user(conn, ADMIN_NAME, True, now)
+        q.set_password_hash(conn, admin_id, password_hash)
         q.insert_api_token(conn, admin_id, hash_token(admin_token), "first start", now)
         q.insert_join_token(conn, hash_token(join_token), "first start", now)
         data_dir = svc.settings.data_dir
-        first = FirstStart(data_dir / ADMIN_TOKEN_FILE, data_dir / JOIN_TOKEN_FILE)
+        first = FirstStart(data_dir / ADMIN_TOKEN_FILE, data_dir / JOIN_TOKEN_FILE,
+                           data_dir / ADMIN_PASSWORD_FILE)
         # written inside the transaction: if writing fails, no account exists without them
         write_secret(first.admin_token_file, admin_token)
         write_secret(first.join_token_file, join_token)
+        write_secret(first.admin_password_file, password)
     return first

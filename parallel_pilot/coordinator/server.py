@@ -8,7 +8,12 @@ import sys
 import uvicorn
 
 from parallel_pilot.coordinator.app import build_services, create_app
-from parallel_pilot.coordinator.bootstrap import ADMIN_TOKEN_FILE, JOIN_TOKEN_FILE, ensure_admin
+from parallel_pilot.coordinator.bootstrap import (
+    ADMIN_PASSWORD_FILE,
+    ADMIN_TOKEN_FILE,
+    JOIN_TOKEN_FILE,
+    ensure_admin,
+)
 from parallel_pilot.core.settings import CoordinatorSettings
 
 log = logging.getLogger("pilot.coordinator")
@@ -37,6 +42,9 @@ def serve(settings: CoordinatorSettings) -> None:
     join_file = settings.data_dir / JOIN_TOKEN_FILE
     if admin_file.exists():
         print(f"  admin API token:   {admin_file.resolve()}", flush=True)
+    password_file = settings.data_dir / ADMIN_PASSWORD_FILE
+    if password_file.exists():
+        print(f"  admin password:    {password_file.resolve()}", flush=True)
     if join_file.exists():
         print(f"  worker join token: {join_file.resolve()}", flush=True)
         print(f"  join a worker:     pilot worker --server {url} --join-token "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -59,6 +59,7 @@ class Capabilities(Model):
     python: str = ""
     pilot_version: str = ""
     slots: int = Field(default=1, ge=1, le=64)
+    sandbox: bool = False  # sweep commands run in bwrap: no network, only workdir writable
 
 
 class RegisterRequest(Model):
@@ -151,7 +152,7 @@ class JobSubmit(Model):
     params: dict[str, Any]
     requirements: dict[str, Any] = Field(
         default_factory=dict, description="what every task needs of a worker: min_blender, "
-        "min_ram_bytes, gpu, tags (see core.requirements)")
+        "min_ram_bytes, gpu, tags, sandbox (see core.requirements)")
     priority: int = Field(default=0, ge=-100, le=100)
     max_attempts: int | None = Field(default=None, ge=1, le=20)
     name: str | None = Field(default=None, max_length=200)
@@ -257,3 +258,95 @@ class UserInfo(Reply):
 class Health(Reply):
     ok: bool
     version: str
+
+
+# ---------------------------------------------------------------- accounts
+
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # letters, digits, . _ - (1-100)
+MIN_PASSWORD_CHARS = 8  # shortest password accepted
+MAX_PASSWORD_CHARS = 1024  # longest password accepted (argon2 hashes any length; cap the work)
+MAX_TOKEN_SECONDS = 10 * 365 * 86400  # longest expiry a token may be given (ten years)
+
+Password = Annotated[str, Field(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)]
+
+
+class UserCreate(Model):
+    name: str = Field(pattern=USER_NAME_PATTERN)
+    is_admin: bool = False
+    password: Password | None = None
+
+
+class UserCreated(Reply):
+    id: int
+    user: str
+    token: str  # the user's first API token; shown only this once
+
+
+class PasswordSet(Model):
+    password: Password
+
+
+class UserSummary(Reply):
+    id: int
+    name: str
+    is_admin: bool
+    disabled: bool
+    created_at: float
+
+
+class UserList(Reply):
+    users: list[UserSummary]
+
+
+class TokenCreate(Model):
+    name: str = Field(default="", max_length=100)
+    expires_seconds: int | None = Field(default=None, ge=1, le=MAX_TOKEN_SECONDS)
+
+
+class TokenCreated(Reply):
+    id: int
+    name: str
+    token: str  # shown only this once; the coordinator keeps a hash
+    expires_at: float | None
+
+
+class TokenInfo(Reply):
+    id: int
+    name: str
+    created_at: float
+    expires_at: float | None
+    expired: bool
+
+
+class TokenList(Reply):
+    tokens: list[TokenInfo]
+
+
+class JoinTokenCreate(Model):
+    name: str = Field(default="", max_length=100)
+    uses: int | None = Field(default=None, ge=1, le=1_000_000)
+    expires_seconds: int | None = Field(default=None, ge=1, le=MAX_TOKEN_SECONDS)
+
+
+class JoinTokenCreated(Reply):
+    id: int
+    name: str
+    token: str  # shown only this once; the coordinator keeps a hash
+    uses_left: int | None
+    expires_at: float | None
+
+
+JoinTokenState = Literal["active", "used_up", "expired", "revoked"]
+
+
+class JoinTokenInfo(Reply):
+    id: int
+    name: str
+    created_at: float
+    expires_at: float | None
+    uses_left: int | None  # None: unlimited
+    state: JoinTokenState
+
+
+class JoinTokenList(Reply):
+    join_tokens: list[JoinTokenInfo]

@@ -20,6 +20,8 @@ class Requirements(BaseModel):
     min_ram_bytes: int | None = Field(default=None, ge=0)
     gpu: bool = False
     tags: list[str] = Field(default_factory=list, max_length=20)
+    sandbox: bool = Field(
+        default=False, description="the worker must run commands in a sandbox (bwrap)")
 
 
 def version_tuple(text: str | None) -> tuple[int, int, int] | None:
@@ -45,6 +47,8 @@ def unmet(requirements: Requirements, caps: Capabilities) -> list[str]:
         reasons.append("not enough RAM")
     if requirements.gpu and not caps.gpus:
         reasons.append("no GPU")
+    if requirements.sandbox and not caps.sandbox:
+        reasons.append("no sandbox")
     missing = set(requirements.tags) - set(caps.tags)
     if missing:
         reasons.append(f"missing tags {sorted(missing)}")

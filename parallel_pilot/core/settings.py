@@ -19,6 +19,9 @@ DEFAULT_OFFLINE_SECONDS = 90.0  # seconds of silence after which a worker is sho
 DEFAULT_MAX_LOG_LINE = 4000  # characters kept of one log line
 DEFAULT_CACHE_BYTES = 10 * 1024**3  # bytes a worker's blob cache may hold
 DEFAULT_SLOTS = 1  # tasks a worker runs at once
+DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024**3  # bytes one uploaded blob may have
+DEFAULT_MAX_TASKS_PER_JOB = 100_000  # tasks one job may plan
+DEFAULT_MAX_LOG_BYTES_PER_TASK = 10 * 1024**2  # log characters kept per task (all attempts)
 
 
 class CoordinatorSettings(BaseSettings):
@@ -35,6 +38,9 @@ class CoordinatorSettings(BaseSettings):
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
     worker_block_failures: int = Field(default=DEFAULT_WORKER_BLOCK_FAILURES, ge=1)
     offline_seconds: float = Field(default=DEFAULT_OFFLINE_SECONDS, gt=0)
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
+    max_tasks_per_job: int = Field(default=DEFAULT_MAX_TASKS_PER_JOB, ge=1)
+    max_log_bytes_per_task: int = Field(default=DEFAULT_MAX_LOG_BYTES_PER_TASK, ge=0)
 
     @property
     def blob_dir(self) -> Path:
@@ -61,6 +67,7 @@ class WorkerSettings(BaseSettings):
     work_dir: Path | None = None
     tags: list[str] = Field(default_factory=list)
     drain_seconds: float = Field(default=10.0, ge=0)  # grace for running tasks on SIGTERM
+    sandbox: bool = False  # run sweep commands inside bwrap (kinds.sandbox)
 
 
 class ClientSettings(BaseSettings):

@@ -45,6 +45,8 @@ class RunContext(Protocol):
 
     workdir: Path
     stop_event: threading.Event
+    # the worker runs commands in a sandbox (kinds.sandbox): no network, only workdir writable
+    sandbox: bool
 
     def input_path(self, name: str) -> Path:
         """A read-only path to an input file (in the worker's blob cache)."""

@@ -17,6 +17,7 @@ from parallel_pilot.core.ranges import parse_items
 from parallel_pilot.errors import InvalidRange
 from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
 from parallel_pilot.kinds.process import run_process
+from parallel_pilot.kinds.sandbox import bwrap_argv
 
 MAX_SWEEP_ITEMS = 100_000  # items one sweep job may have
 DEFAULT_OUTPUT_CAP = 64 * 1024  # bytes of stdout and of stderr kept per item
@@ -123,6 +124,9 @@ class SweepKind:
         env.update({"PILOT_ITEM": item, "PILOT_JOB": str(task.job_id),
                     "PILOT_TASK": str(task.task_id)})
         ctx.log(f"$ {' '.join(argv)}")
+        if getattr(ctx, "sandbox", False):
+            # the worker sandboxes: no network, read-only system, only the workdir writable
+            argv = bwrap_argv(argv, ctx.workdir)
         proc = run_process(
             argv, cwd=ctx.workdir, env=env, stop_event=ctx.stop_event,
             timeout_seconds=payload.get("timeout_seconds"),

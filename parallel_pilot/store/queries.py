@@ -514,3 +514,170 @@ def log_lines(conn: sa.Connection, *, job_id: int, task_id: int | None, after_id
     if task_id is not None:
         query = query.where(task_logs.c.task_id == task_id)
     return list(conn.execute(query.order_by(task_logs.c.id).limit(limit)))
+
+
+# ---------------------------------------------------------------- accounts (users, API
+# tokens, join tokens, worker revocation)
+
+
+def user_by_name(conn: sa.Connection, name: str) -> Row | None:
+    return conn.execute(sa.select(users).where(users.c.name == name)).first()
+
+
+def set_password_hash(conn: sa.Connection, user_id: int, password_hash: str) -> bool:
+    return bool(conn.execute(users.update().where(users.c.id == user_id)
+                             .values(password_hash=password_hash)).rowcount)
+
+
+def list_users(conn: sa.Connection) -> list[Row]:
+    return list(conn.execute(
+        sa.select(users.c.id, users.c.name, users.c.is_admin, users.c.disabled,
+                  users.c.created_at).order_by(users.c.id)))
+
+
+def disable_user(conn: sa.Connection, user_id: int) -> bool:
+    return bool(conn.execute(users.update().where(users.c.id == user_id)
+                             .values(disabled=True)).rowcount)
+
+
+def list_api_tokens(conn: sa.Connection, user_id: int) -> list[Row]:
+    """The user's tokens that are not revoked (expired ones included, marked by expires_at)."""
+    return list(conn.execute(
+        sa.select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.created_at,
+                  api_tokens.c.expires_at)
+        .where(api_tokens.c.user_id == user_id, api_tokens.c.revoked_at.is_(None))
+        .order_by(api_tokens.c.id)))
+
+
+def revoke_api_token(conn: sa.Connection, token_id: int, user_id: int, now: float) -> bool:
+    return bool(conn.execute(
+        api_tokens.update().where(api_tokens.c.id == token_id,
+                                  api_tokens.c.user_id == user_id,
+                                  api_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=now)).rowcount)
+
+
+def insert_limited_join_token(conn: sa.Connection, token_hash: str, name: str, now: float,
+                              uses_left: int | None, expires_at: float | None) -> int:
+    result = conn.execute(join_tokens.insert().values(
+        token_hash=token_hash, name=name, created_at=now, uses_left=uses_left,
+        expires_at=expires_at))
+    return _new_id(result)
+
+
+def join_token_by_hash(conn: sa.Connection, token_hash: str) -> Row | None:
+    """The join token whatever its state (the caller says why an unusable one is refused)."""
+    return conn.execute(sa.select(join_tokens).where(join_tokens.c.token_hash == token_hash)
+                        ).first()
+
+
+def use_join_token(conn: sa.Connection, token_id: int, now: float) -> bool:
+    """Count one use of a join token; False if it was revoked, expired or used up meanwhile."""
+    return bool(conn.execute(
+        join_tokens.update().where(
+            join_tokens.c.id == token_id, join_tokens.c.revoked_at.is_(None),
+            sa.or_(join_tokens.c.expires_at.is_(None), join_tokens.c.expires_at > now),
+            sa.or_(join_tokens.c.uses_left.is_(None), join_tokens.c.uses_left > 0))
+        .values(uses_left=sa.case((join_tokens.c.uses_left.is_(None), None),
+                                  else_=join_tokens.c.uses_left - 1))
+    ).rowcount)
+
+
+def list_join_tokens(conn: sa.Connection) -> list[Row]:
+    return list(conn.execute(
+        sa.select(join_tokens.c.id, join_tokens.c.name, join_tokens.c.created_at,
+                  join_tokens.c.expires_at, join_tokens.c.uses_left, join_tokens.c.revoked_at)
+        .order_by(join_tokens.c.id)))
+
+
+def revoke_join_token(conn: sa.Connection, token_id: int, now: float) -> bool:
+    return bool(conn.execute(
+        join_tokens.update().where(join_tokens.c.id == token_id,
+                                   join_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=now)).rowcount)
+
+
+def get_worker(conn: sa.Connection, worker_id: int) -> Row | None:
+    return conn.execute(sa.select(workers).where(workers.c.id == worker_id)).first()
+
+
+def revoke_worker(conn: sa.Connection, worker_id: int, now: float) -> bool:
+    return bool(conn.execute(
+        workers.update().where(workers.c.id == worker_id, workers.c.revoked_at.is_(None))
+        .values(revoked_at=now)).rowcount)
+
+
+def leased_tasks_of_worker(conn: sa.Connection, worker_id: int) -> list[Row]:
+    return list(conn.execute(
+        sa.select(tasks.c.id, tasks.c.job_id, tasks.c.attempt)
+        .where(tasks.c.worker_id == worker_id, tasks.c.state == TaskState.LEASED)
+        .order_by(tasks.c.id)))
+
+
+# ---------------------------------------------------------------- isolation and limits
+
+
+def _names_blob(column: sa.ColumnElement[Any], sha256: str) -> sa.ColumnElement[bool]:
+    """Whether a JSON column's text mentions ``sha256`` (a validated 64-hex name, so it
+    carries no LIKE wildcards); one portable test across SQLite, PostgreSQL and MariaDB."""
+    return sa.cast(column, sa.Text).contains(sha256)
+
+
+def blob_uploaded_by_user(conn: sa.Connection, user_id: int, sha256: str) -> bool:
+    return conn.execute(
+        sa.select(blobs.c.sha256).where(blobs.c.sha256 == sha256, blobs.c.user_id == user_id)
+    ).first() is not None
+
+
+def blob_is_output_of_users_job(conn: sa.Connection, user_id: int, sha256: str) -> bool:
+    return conn.execute(
+        sa.select(task_outputs.c.id).join(jobs, jobs.c.id == task_outputs.c.job_id)
+        .where(task_outputs.c.sha256 == sha256, jobs.c.owner_id == user_id).limit(1)
+    ).first() is not None
+
+
+def blob_is_input_of_users_job(conn: sa.Connection, user_id: int, sha256: str) -> bool:
+    return conn.execute(
+        sa.select(tasks.c.id).join(jobs, jobs.c.id == tasks.c.job_id)
+        .where(jobs.c.owner_id == user_id, _names_blob(tasks.c.inputs, sha256)).limit(1)
+    ).first() is not None
+
+
+def blob_uploaded_by_worker(conn: sa.Connection, worker_id: int, sha256: str) -> bool:
+    return conn.execute(
+        sa.select(blobs.c.sha256).where(blobs.c.sha256 == sha256,
+                                        blobs.c.worker_id == worker_id)
+    ).first() is not None
+
+
+def blob_is_input_of_held_task(conn: sa.Connection, worker_id: int, sha256: str) -> bool:
+    return conn.execute(
+        sa.select(tasks.c.id).where(tasks.c.worker_id == worker_id,
+                                    tasks.c.state == TaskState.LEASED,
+                                    _names_blob(tasks.c.inputs, sha256)).limit(1)
+    ).first() is not None
+
+
+def blob_is_output_of_held_tasks_job(conn: sa.Connection, worker_id: int, sha256: str) -> bool:
+    """An output of the job of a task the worker holds (an assembly step reads frames)."""
+    held_jobs = sa.select(tasks.c.job_id).where(tasks.c.worker_id == worker_id,
+                                                tasks.c.state == TaskState.LEASED)
+    return conn.execute(
+        sa.select(task_outputs.c.id).where(task_outputs.c.sha256 == sha256,
+                                           task_outputs.c.job_id.in_(held_jobs)).limit(1)
+    ).first() is not None
+
+
+def task_log_chars(conn: sa.Connection, task_id: int) -> int:
+    """Characters of log stored for a task, all attempts together."""
+    return int(conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(task_logs.c.line)), 0))
+        .where(task_logs.c.task_id == task_id)
+    ).scalar_one())
+
+
+def task_log_has_line(conn: sa.Connection, task_id: int, line: str) -> bool:
+    return conn.execute(
+        sa.select(task_logs.c.id).where(task_logs.c.task_id == task_id,
+                                        task_logs.c.line == line).limit(1)
+    ).first() is not None

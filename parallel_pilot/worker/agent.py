@@ -32,6 +32,7 @@ from parallel_pilot.errors import (
 from parallel_pilot.http import Connection
 from parallel_pilot.kinds import known_kinds
 from parallel_pilot.kinds.blender import use_blender
+from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
 from parallel_pilot.worker.cache import BlobCache
 from parallel_pilot.worker.capabilities import detect_capabilities
 from parallel_pilot.worker.context import StopReason
@@ -80,6 +81,10 @@ class Worker:
                  capabilities: Capabilities | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         check_allowed_kinds(settings.allow)
+        if settings.sandbox:
+            reason = sandbox_unavailable_reason()
+            if reason is not None:
+                raise InvalidInput(f"--sandbox: {reason}")
         if not settings.join_token:
             raise InvalidInput("a join token is required to register (--join-token)")
         self.settings = settings
@@ -229,7 +234,8 @@ class Worker:
         run = TaskRun(lease, link=self.link, cache=self.cache, allowed=self.settings.allow,
                       lease_seconds=self.lease_seconds, leased_at=leased_at,
                       work_root=self.settings.work_dir, on_finished=self._finished,
-                      hard_stop=self._hard_stop, clock=self.clock)
+                      hard_stop=self._hard_stop, sandbox=self.settings.sandbox,
+                      clock=self.clock)
         with self._slots:
             late = self._stopping.is_set()
             if not late:

@@ -37,6 +37,7 @@ def detect_capabilities(settings: WorkerSettings) -> Capabilities:
         python=platform.python_version(),
         pilot_version=parallel_pilot.__version__,
         slots=settings.slots,
+        sandbox=settings.sandbox,
     )
 
 

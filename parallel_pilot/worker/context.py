@@ -42,8 +42,10 @@ class TaskContext:
     """The ``RunContext`` of one attempt. Call ``close()`` when the task is over."""
 
     def __init__(self, task: TaskLease, link: CoordinatorLink, cache: BlobCache,
-                 work_root: Path | None = None, logs: LogBuffer | None = None) -> None:
+                 work_root: Path | None = None, logs: LogBuffer | None = None,
+                 sandbox: bool = False) -> None:
         self.task = task
+        self.sandbox = sandbox  # commands run inside bwrap (kinds.sandbox)
         self.link = link
         self.cache = cache
         self.logs = logs or LogBuffer()

@@ -38,7 +38,7 @@ class TaskRun:
     def __init__(self, lease: TaskLease, *, link: CoordinatorLink, cache: BlobCache,
                  allowed: Collection[str], lease_seconds: float, leased_at: float,
                  work_root: Path | None, on_finished: Callable[[TaskRun], None],
-                 hard_stop: threading.Event,
+                 hard_stop: threading.Event, sandbox: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.lease = lease
         self.link = link
@@ -49,6 +49,7 @@ class TaskRun:
         self.work_root = work_root
         self.on_finished = on_finished
         self.hard_stop = hard_stop
+        self.sandbox = sandbox
         self.clock = clock
         self.label = f"task {lease.task_id} (job {lease.job_id}, {lease.name})"
         self.ctx: TaskContext | None = None
@@ -102,7 +103,8 @@ class TaskRun:
         result: dict[str, Any] | None = None
         error: BaseException | None = None
         try:
-            ctx = TaskContext(self.lease, self.link, self.cache, self.work_root)
+            ctx = TaskContext(self.lease, self.link, self.cache, self.work_root,
+                              sandbox=self.sandbox)
             with self._lock:
                 self.ctx = ctx
                 early = self.early_stop

@@ -248,3 +248,10 @@ def test_sweep_needs_items(fake: FakeCoordinator, run) -> None:
     assert result.stderr.strip() == "error: no items: pass --items 1-100 or --items-file FILE"
     both = run("sweep", "--items", "1", "--items-file", "x", "--", "echo")
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_sweep_require_sandbox(fake: FakeCoordinator, run) -> None:
+    result = run("sweep", "--items", "1-2", "--require-sandbox", "--no-wait", "--json", "--",
+                 "echo", "{item}")
+    assert result.exit_code == 0, result.output
+    assert fake.bodies("POST", "/jobs")[0]["requirements"] == {"sandbox": True}

@@ -5,6 +5,12 @@ from __future__ import annotations
 import click
 
 from parallel_pilot import __version__
+from parallel_pilot.client.cli.accounts import (
+    join_tokens_group,
+    tokens_group,
+    users_group,
+    workers_group,
+)
 from parallel_pilot.client.cli.common import CliState, PilotGroup
 from parallel_pilot.client.cli.demo import demo_command
 from parallel_pilot.client.cli.jobs import (
@@ -15,7 +21,6 @@ from parallel_pilot.client.cli.jobs import (
     retry_command,
     show_command,
     wait_command,
-    workers_command,
 )
 from parallel_pilot.client.cli.login import login_command
 from parallel_pilot.client.cli.render import render_command
@@ -42,7 +47,7 @@ for command in (
     server_command, worker_command, up_command, demo_command, login_command, sweep_command,
     render_command,
     jobs_command, show_command, wait_command, logs_command, cancel_command, retry_command,
-    download_command, workers_command,
+    download_command, workers_group, users_group, tokens_group, join_tokens_group,
 ):
     cli.add_command(command)
 

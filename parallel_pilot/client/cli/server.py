@@ -78,14 +78,19 @@ def parse_allow(value: str) -> list[str]:
 @click.option("--drain-seconds", type=click.FloatRange(min=0),
               help="Seconds running tasks get to finish on Ctrl-C/SIGTERM before they are "
                    "handed back (default 10).")
+@click.option("--sandbox", is_flag=True,
+              help="Run sweep commands inside bubblewrap (bwrap): no network, read-only "
+                   "system, only the task's working directory writable.")
 def worker_command(server: str | None, join_token: str | None, name: str | None,
                    slots: int | None, allow: str | None, cache_dir: Path | None,
                    work_dir: Path | None, cache_bytes: int | None, tags: str | None,
-                   blender: str | None, drain_seconds: float | None) -> None:
+                   blender: str | None, drain_seconds: float | None,
+                   sandbox: bool) -> None:
     """Run a worker that pulls tasks from a coordinator until Ctrl-C or SIGTERM."""
     overrides = _given(server=server, join_token=join_token, name=name, slots=slots,
                        cache_dir=cache_dir, work_dir=work_dir, cache_bytes=cache_bytes,
-                       drain_seconds=drain_seconds, blender=blender)
+                       drain_seconds=drain_seconds, blender=blender,
+                       sandbox=sandbox or None)
     if allow is not None:
         overrides["allow"] = parse_allow(allow)
     if tags is not None:
@@ -95,6 +100,12 @@ def worker_command(server: str | None, join_token: str | None, name: str | None,
     except ValidationError as exc:
         raise UsageFailure(describe_validation(exc)) from None
     parse_allow(",".join(settings.allow))
+    if settings.sandbox:
+        from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
+
+        reason = sandbox_unavailable_reason()
+        if reason is not None:
+            raise UsageFailure(f"--sandbox: {reason}")
     if not settings.join_token:
         raise UsageFailure("no join token: pass --join-token or set PILOT_JOIN_TOKEN "
                            "(the coordinator writes it to DATA_DIR/join-token)")

@@ -44,13 +44,15 @@ MAX_NAME = 80  # characters of a command line used as the default job name
 @click.option("--no-wait", is_flag=True, help="Submit and return at once.")
 @click.option("--wait-timeout", type=click.FloatRange(min=0),
               help="Stop waiting after this many seconds (the job keeps running).")
+@click.option("--require-sandbox", is_flag=True,
+              help="Run only on workers that sandbox commands (pilot worker --sandbox).")
 @json_option
 @connection_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def sweep_command(items: str | None, items_file: Path | None, files: tuple[str, ...],
                   collect: tuple[str, ...], timeout_seconds: float | None, name: str | None,
-                  priority: int, no_wait: bool, wait_timeout: float | None, as_json: bool,
-                  command: tuple[str, ...]) -> None:
+                  priority: int, no_wait: bool, wait_timeout: float | None,
+                  require_sandbox: bool, as_json: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND once per item; {item} in an argument is replaced by the item.
 
     \b
@@ -63,6 +65,7 @@ def sweep_command(items: str | None, items_file: Path | None, files: tuple[str, 
         list(command), item_spec, files=named, collect=collect,
         timeout_seconds=timeout_seconds, name=name or _default_name(command), priority=priority,
         on_upload=None if as_json else lambda n, p: err_console.print(f"uploading {n}"),
+        require_sandbox=require_sandbox,
     )
     if no_wait:
         if as_json:

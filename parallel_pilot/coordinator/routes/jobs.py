@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
+from parallel_pilot.coordinator.limits import AfterId, JobId, TaskFilter
 from parallel_pilot.coordinator.services import jobs
 from parallel_pilot.core.protocol import (
     JobInfo,
@@ -36,27 +37,27 @@ def list_jobs(svc: ServicesDep, user: CurrentUser, state: JobState | None = None
 
 
 @router.get("/{job_id}", response_model=JobInfo)
-def get_job(svc: ServicesDep, user: CurrentUser, job_id: int) -> JobInfo:
+def get_job(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> JobInfo:
     return jobs.get(svc, user, job_id)
 
 
 @router.post("/{job_id}/cancel", response_model=JobInfo)
-def cancel(svc: ServicesDep, user: CurrentUser, job_id: int) -> JobInfo:
+def cancel(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> JobInfo:
     return jobs.cancel(svc, user, job_id)
 
 
 @router.post("/{job_id}/retry", response_model=JobInfo)
-def retry(svc: ServicesDep, user: CurrentUser, job_id: int) -> JobInfo:
+def retry(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> JobInfo:
     return jobs.retry(svc, user, job_id)
 
 
 @router.get("/{job_id}/tasks", response_model=TaskList)
-def tasks(svc: ServicesDep, user: CurrentUser, job_id: int) -> TaskList:
+def tasks(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> TaskList:
     return TaskList(tasks=jobs.tasks(svc, user, job_id))
 
 
 @router.get("/{job_id}/outputs", response_model=OutputList)
-def outputs(svc: ServicesDep, user: CurrentUser, job_id: int) -> OutputList:
+def outputs(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> OutputList:
     return OutputList(outputs=[
         OutputInfo(path=r.path, sha256=r.sha256, size=r.size, task_id=r.task_id)
         for r in jobs.outputs(svc, user, job_id)
@@ -64,8 +65,8 @@ def outputs(svc: ServicesDep, user: CurrentUser, job_id: int) -> OutputList:
 
 
 @router.get("/{job_id}/logs", response_model=LogList)
-def logs(svc: ServicesDep, user: CurrentUser, job_id: int, task_id: int | None = None,
-         after: int = Query(0, ge=0),
+def logs(svc: ServicesDep, user: CurrentUser, job_id: JobId, task_id: TaskFilter = None,
+         after: AfterId = 0,
          limit: int = Query(MAX_LOG_LINES, ge=1, le=MAX_LOG_LINES)) -> LogList:
     rows = jobs.logs(svc, user, job_id, task_id, after, limit)
     return LogList(lines=[

@@ -15,7 +15,6 @@ from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import FinishedTask, TaskSpec, describe_validation, parse_params
 from parallel_pilot.store import queries as q
 
-MAX_TASKS_PER_JOB = 100_000  # tasks one job may plan
 MAX_JOBS_LISTED = 500  # jobs one list request returns at most
 
 
@@ -41,7 +40,7 @@ def submit(svc: Services, caller: Caller, request: JobSubmit) -> JobInfo:
         )
     params = kind.check_inputs(params, svc.blobs.read_prefix)
     specs = kind.plan(params)
-    _check_plan(specs)
+    _check_plan(specs, svc.settings.max_tasks_per_job)
     now = svc.clock()
     max_attempts = request.max_attempts or svc.settings.max_attempts
     with svc.transaction() as conn:
@@ -72,12 +71,12 @@ def _requirements(raw: dict) -> dict:
         raise InvalidInput(f"invalid requirements: {describe_validation(exc)}") from None
 
 
-def _check_plan(specs: list[TaskSpec]) -> None:
+def _check_plan(specs: list[TaskSpec], max_tasks: int) -> None:
     if not specs:
         raise InvalidInput("the job has nothing to do (its plan has no tasks)")
-    if len(specs) > MAX_TASKS_PER_JOB:
+    if len(specs) > max_tasks:
         raise InvalidInput(f"the job would have {len(specs)} tasks; at most "
-                           f"{MAX_TASKS_PER_JOB} are allowed")
+                           f"{max_tasks} are allowed (max_tasks_per_job)")
     for i, spec in enumerate(specs):
         # dependencies point only backwards, so the graph has no cycle
         if any(not 0 <= d < i for d in spec.depends_on):

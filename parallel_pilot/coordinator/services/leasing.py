@@ -7,7 +7,7 @@ import logging
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import jobs
+from parallel_pilot.coordinator.services import accounts, jobs
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.core.protocol import (
@@ -23,7 +23,7 @@ from parallel_pilot.core.protocol import (
 )
 from parallel_pilot.core.requirements import satisfies
 from parallel_pilot.core.states import TaskState
-from parallel_pilot.errors import InvalidInput, StaleAttempt, TaskNotFound, Unauthorized
+from parallel_pilot.errors import InvalidInput, StaleAttempt, TaskNotFound
 from parallel_pilot.store import queries as q
 
 log = logging.getLogger("pilot.leasing")
@@ -31,14 +31,13 @@ log = logging.getLogger("pilot.leasing")
 CLAIM_OVERFETCH = 8  # candidate rows read per free slot (some may need more than it has)
 REAP_BATCH = 200  # expired leases handled per reaper pass
 MAX_LOG_LINE_CHARS = 4000  # characters kept of one log line
+LOG_TRUNCATED = "[log truncated: limit {limit} bytes]"  # stored once when a task's log is full
 
 
 def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
     now = svc.clock()
     with svc.transaction() as conn:
-        if q.valid_join_token(conn, hash_token(request.join_token), now) is None:
-            raise Unauthorized("the join token is not valid (ask the coordinator's admin for "
-                               "the current one: DATA_DIR/join-token)")
+        accounts.use_join_token(conn, request.join_token, now)  # or raise Unauthorized
         token = new_token(WORKER_TOKEN_PREFIX)
         worker_id = q.insert_worker(conn, request.name, hash_token(token),
                                     request.capabilities.model_dump(mode="json"), now)
@@ -89,6 +88,28 @@ def _clean_lines(lines: list[str]) -> list[str]:
     return [line[:MAX_LOG_LINE_CHARS] for line in lines]
 
 
+def _store_log(conn: sa.Connection, svc: Services, task: sa.Row, attempt: int,
+               lines: list[str], now: float) -> None:
+    """Store a worker's log lines up to the task's log limit; past it, lines are dropped
+    and one marker line says so (a chatty task cannot fill the database)."""
+    limit = svc.settings.max_log_bytes_per_task
+    marker = LOG_TRUNCATED.format(limit=limit)
+    kept: list[str] = []
+    if lines:
+        used = q.task_log_chars(conn, task.id)
+        # near the limit, a marker already stored means the log is closed for good
+        truncated = used + MAX_LOG_LINE_CHARS > limit and q.task_log_has_line(
+            conn, task.id, marker)
+        for line in [] if truncated else _clean_lines(lines):
+            if used + len(line) > limit:
+                kept.append(marker)
+                break
+            used += len(line)
+            kept.append(line)
+    q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id, attempt=attempt,
+                       lines=kept, now=now)
+
+
 def heartbeat(svc: Services, worker: sa.Row, task_id: int, attempt: int,
               request: HeartbeatRequest) -> HeartbeatResponse:
     now = svc.clock()
@@ -96,8 +117,7 @@ def heartbeat(svc: Services, worker: sa.Row, task_id: int, attempt: int,
     with svc.transaction() as conn:
         task = _held_task(conn, worker, task_id, attempt)
         q.touch_worker(conn, worker.id, now)
-        q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
-                           lines=_clean_lines(request.log_lines), now=now)
+        _store_log(conn, svc, task, attempt, request.log_lines, now)
         if task.state != TaskState.LEASED:
             reason = "job cancelled" if task.state == TaskState.CANCELLED else \
                 f"task is {task.state}"
@@ -135,8 +155,7 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
     now = svc.clock()
     with svc.transaction() as conn:
         task = _held_task(conn, worker, task_id, attempt)
-        q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
-                           lines=_clean_lines(request.log_lines), now=now)
+        _store_log(conn, svc, task, attempt, request.log_lines, now)
         if not q.complete_task(conn, task_id, attempt, worker.id, request.result, now):
             raise StaleAttempt(f"task {task_id} is {task.state}; the result is not accepted")
         q.add_worker_done(conn, worker.id)
@@ -151,8 +170,7 @@ def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
     now = svc.clock()
     with svc.transaction() as conn:
         task = _held_task(conn, worker, task_id, attempt)
-        q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
-                           lines=_clean_lines(request.log_lines), now=now)
+        _store_log(conn, svc, task, attempt, request.log_lines, now)
         if task.state != TaskState.LEASED:
             raise StaleAttempt(f"task {task_id} is {task.state}; the report is not accepted")
         q.record_worker_failure(conn, worker.id, task.job_id)

@@ -1,0 +1,212 @@
+"""Accounts: users and their passwords, users' own API tokens, worker join tokens, and
+revoking a worker (its leases go back to the queue without counting a failure)."""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+
+from parallel_pilot.coordinator.passwords import hash_password
+from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.coordinator.tokens import (
+    JOIN_TOKEN_PREFIX,
+    USER_TOKEN_PREFIX,
+    hash_token,
+    new_token,
+)
+from parallel_pilot.core.protocol import (
+    JoinTokenCreate,
+    JoinTokenCreated,
+    JoinTokenInfo,
+    JoinTokenState,
+    TokenCreate,
+    TokenCreated,
+    TokenInfo,
+    UserCreate,
+    UserCreated,
+    UserSummary,
+)
+from parallel_pilot.errors import Conflict, Forbidden, NotFound, Unauthorized
+from parallel_pilot.store import queries as q
+
+log = logging.getLogger("pilot.accounts")
+
+FIRST_TOKEN_NAME = "first token"  # name of the API token made with a new user
+
+
+def require_admin(caller: Caller) -> None:
+    if not caller.is_admin:
+        raise Forbidden("only an admin may do this")
+
+
+# ------------------------------------------------------------ users
+
+
+def create_user(svc: Services, caller: Caller, request: UserCreate) -> UserCreated:
+    require_admin(caller)
+    now = svc.clock()
+    token = new_token(USER_TOKEN_PREFIX)
+    # hashed before the transaction: argon2 is deliberately slow
+    password_hash = hash_password(request.password) if request.password else None
+    exists = Conflict(f"a user named {request.name!r} exists already")
+    try:
+        with svc.transaction() as conn:
+            if q.user_by_name(conn, request.name) is not None:
+                raise exists
+            user_id = q.insert_user(conn, request.name, request.is_admin, now)
+            if password_hash is not None:
+                q.set_password_hash(conn, user_id, password_hash)
+            q.insert_api_token(conn, user_id, hash_token(token), FIRST_TOKEN_NAME, now)
+    except sa.exc.IntegrityError:  # created concurrently by another request
+        raise exists from None
+    log.info("%s created user %s%s", caller.name, request.name,
+             " (admin)" if request.is_admin else "")
+    return UserCreated(id=user_id, user=request.name, token=token)
+
+
+def _user(conn: sa.Connection, name: str) -> sa.Row:
+    row = q.user_by_name(conn, name)
+    if row is None:
+        raise NotFound(f"no user named {name!r}")
+    return row
+
+
+def set_password(svc: Services, caller: Caller, name: str, password: str) -> None:
+    require_admin(caller)
+    password_hash = hash_password(password)
+    with svc.transaction() as conn:
+        q.set_password_hash(conn, _user(conn, name).id, password_hash)
+
+
+def list_users(svc: Services, caller: Caller) -> list[UserSummary]:
+    require_admin(caller)
+    with svc.transaction() as conn:
+        rows = q.list_users(conn)
+    return [UserSummary(id=r.id, name=r.name, is_admin=bool(r.is_admin),
+                        disabled=bool(r.disabled), created_at=r.created_at) for r in rows]
+
+
+def disable_user(svc: Services, caller: Caller, name: str) -> None:
+    """Disable an account; every token of it stops working at once."""
+    require_admin(caller)
+    with svc.transaction() as conn:
+        user = _user(conn, name)
+        if user.id == caller.user_id:
+            raise Conflict("you cannot disable your own account")
+        q.disable_user(conn, user.id)
+    log.info("%s disabled user %s", caller.name, name)
+
+
+# ------------------------------------------------------------ API tokens (the caller's own)
+
+
+def create_token(svc: Services, caller: Caller, request: TokenCreate) -> TokenCreated:
+    now = svc.clock()
+    expires_at = now + request.expires_seconds if request.expires_seconds else None
+    token = new_token(USER_TOKEN_PREFIX)
+    with svc.transaction() as conn:
+        token_id = q.insert_api_token(conn, caller.user_id, hash_token(token), request.name,
+                                      now, expires_at)
+    return TokenCreated(id=token_id, name=request.name, token=token, expires_at=expires_at)
+
+
+def list_tokens(svc: Services, caller: Caller) -> list[TokenInfo]:
+    now = svc.clock()
+    with svc.transaction() as conn:
+        rows = q.list_api_tokens(conn, caller.user_id)
+    return [TokenInfo(id=r.id, name=r.name, created_at=r.created_at, expires_at=r.expires_at,
+                      expired=r.expires_at is not None and r.expires_at <= now) for r in rows]
+
+
+def revoke_token(svc: Services, caller: Caller, token_id: int) -> None:
+    with svc.transaction() as conn:
+        # another user's token id answers the same as a missing one: don't confirm it exists
+        if not q.revoke_api_token(conn, token_id, caller.user_id, svc.clock()):
+            raise NotFound(f"you have no active token {token_id}")
+
+
+# ------------------------------------------------------------ join tokens
+
+
+def create_join_token(svc: Services, caller: Caller,
+                      request: JoinTokenCreate) -> JoinTokenCreated:
+    require_admin(caller)
+    now = svc.clock()
+    expires_at = now + request.expires_seconds if request.expires_seconds else None
+    token = new_token(JOIN_TOKEN_PREFIX)
+    with svc.transaction() as conn:
+        token_id = q.insert_limited_join_token(conn, hash_token(token), request.name, now,
+                                               request.uses, expires_at)
+    return JoinTokenCreated(id=token_id, name=request.name, token=token,
+                            uses_left=request.uses, expires_at=expires_at)
+
+
+def _join_state(row: sa.Row, now: float) -> JoinTokenState:
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    if row.uses_left is not None and row.uses_left <= 0:
+        return "used_up"
+    return "active"
+
+
+def list_join_tokens(svc: Services, caller: Caller) -> list[JoinTokenInfo]:
+    require_admin(caller)
+    now = svc.clock()
+    with svc.transaction() as conn:
+        rows = q.list_join_tokens(conn)
+    return [JoinTokenInfo(id=r.id, name=r.name, created_at=r.created_at,
+                          expires_at=r.expires_at, uses_left=r.uses_left,
+                          state=_join_state(r, now)) for r in rows]
+
+
+def revoke_join_token(svc: Services, caller: Caller, token_id: int) -> None:
+    require_admin(caller)
+    with svc.transaction() as conn:
+        if not q.revoke_join_token(conn, token_id, svc.clock()):
+            raise NotFound(f"no active join token {token_id}")
+
+
+def use_join_token(conn: sa.Connection, token: str, now: float) -> None:
+    """Count one use of a join token inside the register transaction, or refuse it."""
+    row = q.join_token_by_hash(conn, hash_token(token))
+    if row is None:
+        raise Unauthorized("the join token is not valid (ask the coordinator's admin for "
+                           "one: pilot join-tokens create, or DATA_DIR/join-token)")
+    state = _join_state(row, now)
+    if state != "active" or not q.use_join_token(conn, row.id, now):
+        why = {"revoked": "was revoked", "expired": "has expired",
+               "used_up": "has been used as often as it allowed"}.get(state, "is used up")
+        raise Unauthorized(f"the join token {why}; ask the coordinator's admin for a new one")
+
+
+# ------------------------------------------------------------ workers
+
+
+def revoke_worker(svc: Services, caller: Caller, worker_id: int) -> int:
+    """Refuse the worker's token from now on and requeue what it held; returns how many
+    tasks went back to the queue (no failure is counted: the worker did nothing wrong)."""
+    require_admin(caller)
+    now = svc.clock()
+    with svc.transaction() as conn:
+        worker = q.get_worker(conn, worker_id)
+        if worker is None:
+            raise NotFound(f"no worker {worker_id}")
+        if not q.revoke_worker(conn, worker_id, now):
+            raise Conflict(f"worker {worker_id} is revoked already")
+        requeued = 0
+        for task in q.leased_tasks_of_worker(conn, worker_id):
+            if q.requeue_task(conn, task.id, task.attempt, count_failure=False, error=None):
+                q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id,
+                                   attempt=task.attempt,
+                                   lines=[f"worker {worker.name} was revoked; task requeued"],
+                                   now=now)
+                requeued += 1
+    log.info("%s revoked worker %s (%d); %d task(s) requeued", caller.name, worker.name,
+             worker_id, requeued)
+    if requeued:
+        svc.notifier.notify()
+    return requeued
