@@ -16,6 +16,7 @@
     │   └── InvalidTransition a state change the transition table does not allow
     ├── BlobMismatch          (422) uploaded bytes do not hash to the name they were sent under
     ├── PayloadTooLarge       (413)
+    ├── RateLimited           (429) too many attempts (failed logins); retry later
     └── ServerUnavailable     (503) client side: the coordinator could not be reached
 
 The HTTP status of each class is set here and nowhere else (``http_status``); the wire
@@ -175,7 +176,18 @@ def error_from_body(status: int, body: object) -> PilotError:
 
 def _class_for_status(status: int) -> type[PilotError]:
     for cls in (InvalidInput, Unauthorized, Forbidden, NotFound, Conflict, PayloadTooLarge,
-                BlobMismatch):
+                BlobMismatch, RateLimited):
         if cls.status == status:
             return cls
     return ServerUnavailable if status >= 500 else PilotError
+
+
+class RateLimited(PilotError):
+    """Too many attempts; try again later."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds, sent as the Retry-After header

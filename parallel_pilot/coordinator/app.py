@@ -15,7 +15,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parallel_pilot import __version__
-from parallel_pilot.coordinator.routes import accounts, attempts, blobs, jobs, meta, workers
+from parallel_pilot.coordinator.routes import (
+    accounts,
+    attempts,
+    blobs,
+    jobs,
+    meta,
+    session,
+    workers,
+)
 from parallel_pilot.coordinator.services import leasing
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.core.protocol import API_PREFIX, ErrorBody
@@ -73,7 +81,7 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
                   docs_url=f"{API_PREFIX}/docs", redoc_url=None,
                   openapi_url=f"{API_PREFIX}/openapi.json")
     app.state.services = services
-    for module in (meta, workers, attempts, jobs, blobs, accounts):
+    for module in (meta, workers, attempts, jobs, blobs, accounts, session):
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     _install_error_handlers(app)
     return app
@@ -82,7 +90,9 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PilotError)
     async def pilot_error(request: Request, exc: PilotError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=http_status(exc))
+        retry_after = getattr(exc, "retry_after", None)
+        return JSONResponse(error_body(exc), status_code=http_status(exc),
+                            headers={"Retry-After": str(retry_after)} if retry_after else None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""Who is calling: bearer tokens resolved to a user or a worker, as FastAPI dependencies."""
+"""Who is calling: bearer tokens resolved to a user or a worker, as FastAPI dependencies.
+Users may also use the web session cookie (with CSRF checks); workers are bearer-only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Annotated
 import sqlalchemy as sa
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
+from parallel_pilot.coordinator import sessions
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token
@@ -42,13 +45,29 @@ def _worker(svc: Services, token: str) -> sa.Row | None:
         return q.worker_by_token_hash(conn, hash_token(token))
 
 
-def current_user(svc: ServicesDep, credentials: Credentials) -> Caller:
+def _bearer_user(svc: Services, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     token = _token(credentials)
     if token.startswith(WORKER_TOKEN_PREFIX):
         raise Forbidden("this endpoint is for users; a worker token was sent")
     user = _user(svc, token)
     if user is None:
         raise Unauthorized("the token is not valid (revoked, expired or mistyped)")
+    return user
+
+
+async def current_user(request: Request, svc: ServicesDep, credentials: Credentials,
+                       ) -> Caller:
+    """The user of a bearer token, or else of the web session cookie (then state-changing
+    requests must carry the CSRF token)."""
+    cookie = request.cookies.get(sessions.SESSION_COOKIE)
+    if (credentials is not None and credentials.credentials) or not cookie:
+        return await run_in_threadpool(_bearer_user, svc, credentials)
+    user = None
+    if not cookie.startswith(WORKER_TOKEN_PREFIX):
+        user = await run_in_threadpool(_user, svc, cookie)
+    if user is None:
+        raise Unauthorized("the session has ended (logged out or expired); log in again")
+    await sessions.check_csrf(request)
     return user
 
 

@@ -350,3 +350,20 @@ class JoinTokenInfo(Reply):
 
 class JoinTokenList(Reply):
     join_tokens: list[JoinTokenInfo]
+
+
+# ---------------------------------------------------------------- web sessions
+
+
+class SessionLogin(Model):
+    name: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD_CHARS)
+
+
+class SessionInfo(Reply):
+    user: str
+    is_admin: bool
+
+
+class SessionCreated(SessionInfo):
+    csrf_token: str  # also in the pilot_csrf cookie; send it back as X-CSRF-Token

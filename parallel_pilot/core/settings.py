@@ -22,6 +22,9 @@ DEFAULT_SLOTS = 1  # tasks a worker runs at once
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024**3  # bytes one uploaded blob may have
 DEFAULT_MAX_TASKS_PER_JOB = 100_000  # tasks one job may plan
 DEFAULT_MAX_LOG_BYTES_PER_TASK = 10 * 1024**2  # log characters kept per task (all attempts)
+DEFAULT_SESSION_SECONDS = 12 * 3600.0  # seconds a web session (login cookie) lasts
+DEFAULT_LOGIN_MAX_FAILURES = 5  # failed logins per (client IP, user name) and window
+DEFAULT_LOGIN_WINDOW_SECONDS = 300.0  # seconds over which failed logins are counted
 
 
 class CoordinatorSettings(BaseSettings):
@@ -41,6 +44,12 @@ class CoordinatorSettings(BaseSettings):
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_tasks_per_job: int = Field(default=DEFAULT_MAX_TASKS_PER_JOB, ge=1)
     max_log_bytes_per_task: int = Field(default=DEFAULT_MAX_LOG_BYTES_PER_TASK, ge=0)
+    session_seconds: float = Field(default=DEFAULT_SESSION_SECONDS, gt=0)
+    # Secure flag of the session cookies; None (auto): set unless the request is plain
+    # http to 127.0.0.1 / localhost
+    cookie_secure: bool | None = None
+    login_max_failures: int = Field(default=DEFAULT_LOGIN_MAX_FAILURES, ge=1)
+    login_window_seconds: float = Field(default=DEFAULT_LOGIN_WINDOW_SECONDS, gt=0)
 
     @property
     def blob_dir(self) -> Path:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from parallel_pilot.core.states import JobState, TaskState, job_sources, task_sources
 from parallel_pilot.store.tables import (
     api_tokens,
+    blob_readers,
     blobs,
     jobs,
     join_tokens,
@@ -624,8 +625,10 @@ def _names_blob(column: sa.ColumnElement[Any], sha256: str) -> sa.ColumnElement[
 
 
 def blob_uploaded_by_user(conn: sa.Connection, user_id: int, sha256: str) -> bool:
+    """Whether the user uploaded these bytes (any upload, not only the first)."""
     return conn.execute(
-        sa.select(blobs.c.sha256).where(blobs.c.sha256 == sha256, blobs.c.user_id == user_id)
+        sa.select(blob_readers.c.sha256).where(blob_readers.c.sha256 == sha256,
+                                               blob_readers.c.user_id == user_id)
     ).first() is not None
 
 
@@ -681,3 +684,42 @@ def task_log_has_line(conn: sa.Connection, task_id: int, line: str) -> bool:
         sa.select(task_logs.c.id).where(task_logs.c.task_id == task_id,
                                         task_logs.c.line == line).limit(1)
     ).first() is not None
+
+
+# ---------------------------------------------------------------- web sessions
+
+
+def revoke_api_token_by_hash(conn: sa.Connection, token_hash: str, now: float) -> bool:
+    """Revoke the API token with this hash (a web session ending at logout)."""
+    return bool(conn.execute(
+        api_tokens.update().where(api_tokens.c.token_hash == token_hash,
+                                  api_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=now)).rowcount)
+
+
+# ---------------------------------------------------------------- blob readers
+
+
+def add_blob_reader(conn: sa.Connection, sha256: str, user_id: int) -> None:
+    """Record that ``user_id`` may read the blob (they uploaded its bytes); idempotent."""
+    exists = conn.execute(
+        sa.select(blob_readers.c.sha256).where(blob_readers.c.sha256 == sha256,
+                                               blob_readers.c.user_id == user_id)
+    ).first()
+    if not exists:
+        conn.execute(blob_readers.insert().values(sha256=sha256, user_id=user_id))
+
+
+def blobs_readable_by_user(conn: sa.Connection, user_id: int, shas: Iterable[str]) -> set[str]:
+    """Of ``shas``, those the user may name as a job's input: blobs they uploaded and
+    outputs of their own jobs."""
+    wanted = sorted(set(shas))
+    found: set[str] = set()
+    for part in _chunks(wanted):
+        found.update(conn.execute(
+            sa.select(blob_readers.c.sha256).where(blob_readers.c.user_id == user_id,
+                                                   blob_readers.c.sha256.in_(part))).scalars())
+        found.update(conn.execute(
+            sa.select(task_outputs.c.sha256).join(jobs, jobs.c.id == task_outputs.c.job_id)
+            .where(jobs.c.owner_id == user_id, task_outputs.c.sha256.in_(part))).scalars())
+    return found

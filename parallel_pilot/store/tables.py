@@ -145,6 +145,12 @@ blobs = sa.Table(
     sa.Column("worker_id", Id),
 )
 
+blob_readers = sa.Table(  # users who may read a blob: every user who uploaded its bytes
+    "blob_readers", metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("user_id", Id, primary_key=True),
+)
+
 worker_job_failures = sa.Table(
     "worker_job_failures", metadata,
     sa.Column("worker_id", Id, primary_key=True),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
+import httpx
 import pytest
 
 from parallel_pilot.coordinator.tokens import USER_TOKEN_PREFIX, hash_token, new_token
@@ -106,7 +107,7 @@ def test_upload_needs_the_bytes_and_reveals_nothing(coordinator: Coordinator) ->
     sha = upload(coordinator, alice, b"alice's secret")
     r = coordinator.client.put(f"{API}/blobs/{sha}", headers=bob, content=b"a guess")
     assert r.status_code == 422 and r.json()["error"] == "blob_mismatch"
-    # the same bytes sent again are accepted (de-duplicated) without granting more
+    # the same bytes sent again are accepted (de-duplicated) and, since they hold the bytes, records that they may read them
     assert upload(coordinator, bob, b"alice's secret") == sha
     assert can_read(coordinator, alice, sha)
 
@@ -184,3 +185,42 @@ def test_workers_cannot_use_user_endpoints(coordinator: Coordinator) -> None:
     for path in (f"{API}/jobs", f"{API}/jobs/{job_id}", f"{API}/jobs/{job_id}/logs"):
         r = coordinator.client.get(path, headers=worker)
         assert r.status_code == 403 and r.json()["error"] == "forbidden", path
+
+
+def sweep_naming(coord: Coordinator, who: dict[str, str], sha: str) -> httpx.Response:
+    return coord.client.post(f"{API}/jobs", headers=who, json={
+        "kind": "sweep", "params": {"command": ["python", "sim.py", "{item}"], "items": "1",
+                                    "files": {"sim.py": sha}}})
+
+
+def test_a_blob_name_is_not_a_capability_at_submit(coordinator: Coordinator) -> None:
+    alice, bob = add_user(coordinator, "alice"), add_user(coordinator, "bob")
+    sha = upload(coordinator, alice, b"print('alice secret')")
+    r = sweep_naming(coordinator, bob, sha)
+    # the same answer as for a blob nobody uploaded: existence is not confirmed
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "missing_blob"
+    nothing = sweep_naming(coordinator, bob, hashlib.sha256(b"never uploaded").hexdigest())
+    assert r.json()["message"] == nothing.json()["message"]
+    everyone = coordinator.client.get(f"{API}/jobs", headers=coordinator.user()).json()["jobs"]
+    assert everyone == []
+    assert not can_read(coordinator, bob, sha)
+    # alice and an admin may still use it
+    assert sweep_naming(coordinator, alice, sha).status_code == 201
+    r = sweep_naming(coordinator, coordinator.user(), sha)
+    assert r.status_code == 201
+    assert not can_read(coordinator, bob, sha)
+
+
+def test_uploading_the_same_bytes_grants_reading_them(coordinator: Coordinator) -> None:
+    alice, bob = add_user(coordinator, "alice"), add_user(coordinator, "bob")
+    data = b"print('shared script')"
+    sha = upload(coordinator, alice, data)
+    assert not can_read(coordinator, bob, sha)
+    assert upload(coordinator, bob, data) == sha  # de-duplicated, and now bob's too
+    assert can_read(coordinator, bob, sha) and can_read(coordinator, alice, sha)
+    assert sweep_naming(coordinator, bob, sha).status_code == 201
+    assert sweep_naming(coordinator, alice, sha).status_code == 201
+    carol = add_user(coordinator, "carol")
+    assert not can_read(coordinator, carol, sha)
+    assert sweep_naming(coordinator, carol, sha).status_code == 400

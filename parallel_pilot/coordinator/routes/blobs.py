@@ -1,6 +1,7 @@
 """Blobs: immutable bytes named by their SHA-256, streamed in and out (Range supported).
 
-Who may read a blob: a user, the blobs they uploaded and the inputs and outputs of their
+Who may read a blob: a user, the blobs they uploaded (``blob_readers``: every user who
+sent the bytes, not only the first) and the inputs and outputs of their
 own jobs (admins: every blob); a worker, the inputs of the tasks it holds now, the outputs
 of those tasks' jobs, and what it uploaded itself. Anything else is "not found", so a name
 does not confirm that a blob exists. An upload always sends the bytes, hash-checked.
@@ -30,6 +31,8 @@ def _record(svc: Services, sha256: str, size: int, caller: Caller | sa.Row) -> N
     worker_id = None if isinstance(caller, Caller) else caller.id
     with svc.transaction() as conn:
         q.insert_blob(conn, sha256, size, svc.clock(), user_id=user_id, worker_id=worker_id)
+        if user_id is not None:  # every uploader may read the bytes, not only the first
+            q.add_blob_reader(conn, sha256, user_id)
 
 
 def may_read(conn: sa.Connection, caller: Caller | sa.Row, sha256: str) -> bool:

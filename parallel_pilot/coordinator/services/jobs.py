@@ -32,6 +32,11 @@ def submit(svc: Services, caller: Caller, request: JobSubmit) -> JobInfo:
     needed = kind.input_blobs(params)
     with svc.transaction() as conn:
         missing = q.missing_blobs(conn, needed.values())
+        if not caller.is_admin:
+            # a blob the caller may not read is "missing" too: a name is not a capability,
+            # and the answer does not confirm that another user's blob exists
+            missing |= set(needed.values()) - q.blobs_readable_by_user(
+                conn, caller.user_id, needed.values())
     if missing:
         names = sorted(n for n, sha in needed.items() if sha in missing)
         raise MissingBlob(
