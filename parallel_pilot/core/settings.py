@@ -69,7 +69,7 @@ class WorkerSettings(BaseSettings):
     name: str | None = None
     slots: int = Field(default=DEFAULT_SLOTS, ge=1, le=64)
     # volunteer safety: kinds that run arbitrary commands (sweep) are off unless allowed
-    allow: list[str] = Field(default_factory=lambda: ["render", "sleep"])
+    allow: list[str] = Field(default_factory=lambda: ["render"])
     blender: str | None = None  # a Blender executable to render with (default: bpy or PATH)
     cache_dir: Path | None = None
     cache_bytes: int = Field(default=DEFAULT_CACHE_BYTES, ge=0)

@@ -216,7 +216,7 @@ def test_worker_runs_no_commands_unless_allowed(fake_agent: list, run) -> None:
     assert run("worker", "--join-token", "j", "--allow", "sleep,sweep", "--slots", "2",
                "--server", "http://c:1", "--drain-seconds", "0").exit_code == 0
     default, allowed = fake_agent
-    assert default.allow == ["render", "sleep"] and default.tags == ["gpu", "fast"]
+    assert default.allow == ["render"] and default.tags == ["gpu", "fast"]
     assert allowed.allow == ["sleep", "sweep"] and allowed.slots == 2
     assert allowed.server == "http://c:1" and allowed.join_token == "j"
     assert allowed.drain_seconds == 0

@@ -63,7 +63,7 @@ def parse_allow(value: str) -> list[str]:
 @click.option("--name", help="Worker name (default: host name).")
 @click.option("--slots", type=click.IntRange(1, 64), help="Tasks run at once (default 1).")
 @click.option("--allow", metavar="KINDS",
-              help="Comma-separated job kinds this worker runs (default: render,sleep). sweep runs "
+              help="Comma-separated job kinds this worker runs (default: render). sweep runs "
                    "arbitrary commands: allow it only for people you trust.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where input files are cached.")
