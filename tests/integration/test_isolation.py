@@ -107,7 +107,7 @@ def test_upload_needs_the_bytes_and_reveals_nothing(coordinator: Coordinator) ->
     sha = upload(coordinator, alice, b"alice's secret")
     r = coordinator.client.put(f"{API}/blobs/{sha}", headers=bob, content=b"a guess")
     assert r.status_code == 422 and r.json()["error"] == "blob_mismatch"
-    # the same bytes sent again are accepted (de-duplicated) and, since they hold the bytes, records that they may read them
+    # the same bytes sent again are accepted (de-duplicated); holding them, bob may read them
     assert upload(coordinator, bob, b"alice's secret") == sha
     assert can_read(coordinator, alice, sha)
 
