@@ -17,7 +17,7 @@ def job_progress() -> Progress:
         BarColumn(),
         TextColumn("{task.fields[done]}/{task.fields[total_tasks]} tasks"),
         TextColumn("{task.fields[workers]} workers"),
-        TextColumn("ETA {task.fields[eta]}"),
+        TextColumn("{task.fields[eta]}"),
         TimeElapsedColumn(),
         console=err_console,
         transient=False,
@@ -35,15 +35,15 @@ def follow(client: Client, job_id: int, *, timeout: float | None = None, show: b
                            on_update=None if check is None else lambda info: check())
     with job_progress() as progress:
         bar = progress.add_task(f"job {job_id}", total=None, done=0, total_tasks=0,
-                                workers=0, eta="-")
+                                workers=0, eta="ETA -")
 
         def update(info: JobInfo) -> None:
             if check is not None:
                 check()
             total = max(info.tasks_total, 1)
-            eta = "-" if info.eta_seconds is None else duration(info.eta_seconds)
+            eta = "ETA -" if info.eta_seconds is None else f"ETA {duration(info.eta_seconds)}"
             if info.state.finished:
-                eta = str(info.state)
+                eta = ""  # the description already says how it ended
             progress.update(
                 bar, total=total, completed=min(info.progress, 1.0) * total,
                 description=f"job {job_id} {info.state}", done=info.tasks_done,

@@ -150,18 +150,18 @@ def follow_render(client: Client, job: JobInfo, *, timeout: float | None = None,
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(),
         TextColumn("{task.completed:.0f}/{task.total:.0f} frames"),
-        TextColumn("{task.fields[workers]} workers"), TextColumn("ETA {task.fields[eta]}"),
+        TextColumn("{task.fields[workers]} workers"), TextColumn("{task.fields[eta]}"),
         TimeElapsedColumn(), console=err_console, transient=False,
     )
     with progress:
-        bar = progress.add_task(f"job {job.id}", total=total or None, workers=0, eta="-")
+        bar = progress.add_task(f"job {job.id}", total=total or None, workers=0, eta="ETA -")
 
         def update(info: JobInfo) -> None:
             if check is not None:
                 check()
-            eta = "-" if info.eta_seconds is None else duration(info.eta_seconds)
+            eta = "ETA -" if info.eta_seconds is None else f"ETA {duration(info.eta_seconds)}"
             if info.state.finished:
-                eta = str(info.state)
+                eta = ""  # the description already says how it ended
             progress.update(bar, completed=frames_done(client, job.id),
                             description=f"job {job.id} {info.state}",
                             workers=info.active_workers, eta=eta)
