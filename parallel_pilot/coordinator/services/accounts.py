@@ -137,8 +137,8 @@ def create_join_token(svc: Services, caller: Caller,
     expires_at = now + request.expires_seconds if request.expires_seconds else None
     token = new_token(JOIN_TOKEN_PREFIX)
     with svc.transaction() as conn:
-        token_id = q.insert_limited_join_token(conn, hash_token(token), request.name, now,
-                                               request.uses, expires_at)
+        token_id = q.insert_join_token(conn, hash_token(token), request.name, now,
+                                       uses_left=request.uses, expires_at=expires_at)
     return JoinTokenCreated(id=token_id, name=request.name, token=token,
                             uses_left=request.uses, expires_at=expires_at)
 

@@ -1,0 +1,95 @@
+"""Jobs: insert, read, state changes, task counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from parallel_pilot.core.states import JobState, TaskState, job_sources
+from parallel_pilot.store.queries._common import Row, _chunks, _new_id, _states
+from parallel_pilot.store.tables import (
+    jobs,
+    tasks,
+    users,
+)
+
+
+def insert_job(conn: sa.Connection, *, owner_id: int, name: str, kind: str,
+               params: dict[str, Any], priority: int, max_attempts: int, tasks_total: int,
+               now: float) -> int:
+    result = conn.execute(jobs.insert().values(
+        owner_id=owner_id, name=name, kind=kind, params=params, state=JobState.QUEUED,
+        priority=priority, max_attempts=max_attempts, created_at=now, tasks_total=tasks_total,
+        tasks_done=0,
+    ))
+    return _new_id(result)
+
+
+_JOB_COLUMNS = [*jobs.c, users.c.name.label("owner")]
+
+
+def get_job(conn: sa.Connection, job_id: int) -> Row | None:
+    return conn.execute(
+        sa.select(*_JOB_COLUMNS).join(users, users.c.id == jobs.c.owner_id)
+        .where(jobs.c.id == job_id)
+    ).first()
+
+
+def list_jobs(conn: sa.Connection, *, owner_id: int | None, state: str | None,
+              limit: int) -> list[Row]:
+    query = sa.select(*_JOB_COLUMNS).join(users, users.c.id == jobs.c.owner_id)
+    if owner_id is not None:
+        query = query.where(jobs.c.owner_id == owner_id)
+    if state is not None:
+        query = query.where(jobs.c.state == state)
+    return list(conn.execute(query.order_by(jobs.c.id.desc()).limit(limit)))
+
+
+def set_job_state(conn: sa.Connection, job_id: int, target: JobState, now: float,
+                  error: str | None = None) -> bool:
+    values: dict[str, Any] = {"state": target}
+    if target.finished:
+        values.update(finished_at=now, error=error)
+    elif target == JobState.QUEUED:
+        values.update(finished_at=None, error=None)
+    return bool(conn.execute(
+        jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(_states(job_sources(target))))
+        .values(**values)
+    ).rowcount)
+
+
+def mark_job_running(conn: sa.Connection, job_ids: Iterable[int], now: float) -> None:
+    ids = sorted(set(job_ids))
+    if ids:
+        conn.execute(
+            jobs.update().where(jobs.c.id.in_(ids), jobs.c.state == JobState.QUEUED)
+            .values(state=JobState.RUNNING,
+                    started_at=sa.func.coalesce(jobs.c.started_at, now))
+        )
+
+
+def add_job_done(conn: sa.Connection, job_id: int, delta: int = 1) -> None:
+    conn.execute(jobs.update().where(jobs.c.id == job_id)
+                 .values(tasks_done=jobs.c.tasks_done + delta))
+
+
+def task_counts(conn: sa.Connection, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = {j: {} for j in job_ids}
+    for part in _chunks(list(job_ids)):
+        for job_id, state, n in conn.execute(
+            sa.select(tasks.c.job_id, tasks.c.state, sa.func.count())
+            .where(tasks.c.job_id.in_(part)).group_by(tasks.c.job_id, tasks.c.state)
+        ):
+            out[job_id][state] = n
+    return out
+
+
+def running_stats(conn: sa.Connection, job_id: int) -> Row:
+    """Active workers and summed progress of a job's leased tasks."""
+    return conn.execute(
+        sa.select(sa.func.count(sa.distinct(tasks.c.worker_id)).label("workers"),
+                  sa.func.coalesce(sa.func.sum(tasks.c.progress), 0.0).label("progress"))
+        .where(tasks.c.job_id == job_id, tasks.c.state == TaskState.LEASED)
+    ).one()

@@ -1,0 +1,94 @@
+"""Registered workers: tokens, liveness, revocation, per-job failure counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from parallel_pilot.core.states import TaskState
+from parallel_pilot.store.queries._common import Row, _new_id
+from parallel_pilot.store.tables import (
+    tasks,
+    worker_job_failures,
+    workers,
+)
+
+
+def insert_worker(conn: sa.Connection, name: str, token_hash: str,
+                  capabilities: dict[str, Any], now: float) -> int:
+    result = conn.execute(workers.insert().values(
+        name=name, token_hash=token_hash, capabilities=capabilities, created_at=now,
+        last_seen=now, tasks_done=0,
+    ))
+    return _new_id(result)
+
+
+def worker_by_token_hash(conn: sa.Connection, token_hash: str) -> Row | None:
+    return conn.execute(
+        sa.select(workers).where(workers.c.token_hash == token_hash,
+                                 workers.c.revoked_at.is_(None))
+    ).first()
+
+
+def touch_worker(conn: sa.Connection, worker_id: int, now: float) -> None:
+    conn.execute(workers.update().where(workers.c.id == worker_id)
+                 .values(last_seen=now, left_at=None))
+
+
+def mark_worker_left(conn: sa.Connection, worker_id: int, now: float) -> None:
+    conn.execute(workers.update().where(workers.c.id == worker_id)
+                 .values(last_seen=now, left_at=now))
+
+
+def add_worker_done(conn: sa.Connection, worker_id: int) -> None:
+    conn.execute(workers.update().where(workers.c.id == worker_id)
+                 .values(tasks_done=workers.c.tasks_done + 1))
+
+
+def list_workers(conn: sa.Connection) -> list[Row]:
+    return list(conn.execute(sa.select(workers).order_by(workers.c.id)))
+
+
+def leased_task_ids_by_worker(conn: sa.Connection) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for task_id, worker_id in conn.execute(
+        sa.select(tasks.c.id, tasks.c.worker_id).where(tasks.c.state == TaskState.LEASED)
+    ):
+        out.setdefault(worker_id, []).append(task_id)
+    return out
+
+
+def record_worker_failure(conn: sa.Connection, worker_id: int, job_id: int) -> None:
+    where = (worker_job_failures.c.worker_id == worker_id) & (
+        worker_job_failures.c.job_id == job_id)
+    changed = conn.execute(worker_job_failures.update().where(where)
+                           .values(failures=worker_job_failures.c.failures + 1)).rowcount
+    if not changed:
+        conn.execute(worker_job_failures.insert().values(
+            worker_id=worker_id, job_id=job_id, failures=1))
+
+
+def jobs_blocking_worker(conn: sa.Connection, worker_id: int, threshold: int) -> list[int]:
+    return list(conn.execute(
+        sa.select(worker_job_failures.c.job_id).where(
+            worker_job_failures.c.worker_id == worker_id,
+            worker_job_failures.c.failures >= threshold)
+    ).scalars())
+
+
+def get_worker(conn: sa.Connection, worker_id: int) -> Row | None:
+    return conn.execute(sa.select(workers).where(workers.c.id == worker_id)).first()
+
+
+def revoke_worker(conn: sa.Connection, worker_id: int, now: float) -> bool:
+    return bool(conn.execute(
+        workers.update().where(workers.c.id == worker_id, workers.c.revoked_at.is_(None))
+        .values(revoked_at=now)).rowcount)
+
+
+def leased_tasks_of_worker(conn: sa.Connection, worker_id: int) -> list[Row]:
+    return list(conn.execute(
+        sa.select(tasks.c.id, tasks.c.job_id, tasks.c.attempt)
+        .where(tasks.c.worker_id == worker_id, tasks.c.state == TaskState.LEASED)
+        .order_by(tasks.c.id)))
