@@ -172,12 +172,6 @@ class Connection:
         )
         return sha256
 
-    def upload_bytes(self, data: bytes) -> str:
-        sha256 = hashlib.sha256(data).hexdigest()
-        if not self.has_blob(sha256):
-            self._send(lambda: self._client.put(f"/blobs/{sha256}", content=data), retry=True)
-        return sha256
-
     def download_blob(self, sha256: str, dest: Path,
                       on_progress: Callable[[int], None] | None = None) -> Path:
         """Stream a blob to ``dest`` (via a temporary file), checking its hash."""
