@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALL_STAMP := $(VENV)/.install-stamp
-EXTRAS := postgres,mysql,render,dev
+EXTRAS := postgres,mysql,render,train,examples,dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 

@@ -10,6 +10,8 @@ REQUIRED=(
     "mariadb-server:mariadbd"
     "bubblewrap:bwrap"
     "ffmpeg:ffmpeg"
+    "chromium:chromium"
+    "chromium-driver:chromedriver"
 )
 
 is_present() {
