@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "__version__"]
+__all__ = ["Client", "Executor", "__version__"]
 
 if TYPE_CHECKING:
+    from parallel_pilot.client.executor import Executor
     from parallel_pilot.client.sdk import Client
 
 
@@ -18,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from parallel_pilot.client.sdk import Client
 
         return Client
+    if name == "Executor":
+        from parallel_pilot.client.executor import Executor
+
+        return Executor
     raise AttributeError(f"module 'parallel_pilot' has no attribute {name!r}")

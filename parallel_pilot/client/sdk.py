@@ -6,7 +6,9 @@ Every call goes through ``parallel_pilot.http.Connection`` with the wire models 
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +33,8 @@ from parallel_pilot.core.protocol import (
     OutputInfo,
     OutputList,
     PasswordSet,
+    TaskCancel,
+    TaskCancelled,
     TaskInfo,
     TaskList,
     TokenCreate,
@@ -81,6 +85,7 @@ class Client:
                                      retry_seconds=retry_seconds, sleep=sleep)
 
     def close(self) -> None:
+        """Close the HTTP connection (also done by ``with Client(...) as client:``)."""
         self.connection.close()
 
     def __enter__(self) -> Client:
@@ -158,6 +163,23 @@ class Client:
         requirements = {"sandbox": True} if require_sandbox else None
         return self.submit("sweep", params, priority=priority, name=name,
                            requirements=requirements)
+
+    def submit_python(
+        self,
+        params: dict[str, Any],
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        require_sandbox: bool = False,
+    ) -> JobInfo:
+        """Submit a ``python`` job (calls of cloudpickled functions). ``params`` follow
+        ``kinds.python.PythonParams``; ``parallel_pilot.Executor`` builds them, so most code
+        uses the Executor rather than this. Only workers whose owner allowed ``python`` run
+        it; with ``require_sandbox`` only those that sandbox it in bwrap."""
+        requirements = {"sandbox": True} if require_sandbox else None
+        return self.submit("python", params, priority=priority, name=name,
+                           max_attempts=max_attempts, requirements=requirements)
 
     def submit_render(
         self,
@@ -271,25 +293,43 @@ class Client:
         """Registered workers with their capabilities and live state."""
         return self.connection.call("GET", "/workers", WorkerList).workers
 
+    def cancel_tasks(self, job_id: int, task_ids: Iterable[int]) -> TaskCancelled:
+        """Cancel some tasks of a job (the others go on); running ones stop at their next
+        heartbeat. Returns which were still open and are now cancelled, and the job."""
+        body = TaskCancel(task_ids=list(task_ids))
+        return self.connection.call("POST", f"/jobs/{int(job_id)}/tasks/cancel",
+                                    TaskCancelled, body=body)
+
     def wait(
         self,
         job_id: int,
         *,
+        progress: Callable[[JobInfo], None] | bool | None = None,
         on_update: Callable[[JobInfo], None] | None = None,
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         timeout: float | None = None,
     ) -> JobInfo:
         """Poll the job until it is completed, failed or cancelled and return it.
 
-        ``on_update`` sees every poll. Raises ``TimeoutError`` when ``timeout`` seconds pass
-        first; a failed job is returned, not raised (look at ``state`` and ``error``).
+        ``progress`` is a callback that sees the job at every poll, or ``True`` for a
+        progress bar (rich, in a terminal or a Jupyter notebook; plain lines otherwise).
+        ``on_update`` is another callback for every poll. Raises ``TimeoutError`` when
+        ``timeout`` seconds pass first; a failed job is returned, not raised (look at
+        ``state`` and ``error``).
         """
+        if progress is True:
+            from parallel_pilot.client.progress import JobProgressBar
+
+            with JobProgressBar(job_id) as bar:
+                return self.wait(job_id, progress=bar.update, on_update=on_update,
+                                 poll_seconds=poll_seconds, timeout=timeout)
+        callbacks = [c for c in (progress, on_update) if callable(c)]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             info = self.connection.call("GET", f"/jobs/{int(job_id)}", JobInfo,
                                         timeout=POLL_TIMEOUT)
-            if on_update is not None:
-                on_update(info)
+            for callback in callbacks:
+                callback(info)
             if info.state.finished:
                 return info
             if deadline is not None and time.monotonic() >= deadline:
@@ -301,6 +341,30 @@ class Client:
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
             self._sleep(pause)
+
+    # ------------------------------------------------------------ blobs
+
+    def upload(self, path: Path, *, on_progress: Callable[[int], None] | None = None) -> str:
+        """Upload a file as a blob unless the coordinator already has one with the same
+        SHA-256 (it is asked first); returns the SHA-256, the name jobs use for it."""
+        return self.connection.upload_blob(Path(path), sha256_file(Path(path)),
+                                           on_progress=on_progress)
+
+    def upload_bytes(self, data: bytes) -> str:
+        """Upload bytes as a blob unless the coordinator has them; returns the SHA-256."""
+        sha = hashlib.sha256(data).hexdigest()
+        if self.connection.has_blob(sha):
+            return sha
+        with tempfile.TemporaryDirectory(prefix="pilot-upload-") as tmp:
+            path = Path(tmp) / "blob"
+            path.write_bytes(data)
+            return self.connection.upload_blob(path, sha)
+
+    def download_bytes(self, sha256: str) -> bytes:
+        """A blob's bytes (checked against its SHA-256), e.g. a result file."""
+        with tempfile.TemporaryDirectory(prefix="pilot-download-") as tmp:
+            path = self.connection.download_blob(sha256, Path(tmp) / "blob")
+            return path.read_bytes()
 
     # ------------------------------------------------------------ results
 
@@ -420,6 +484,7 @@ def check_job_file_name(name: str) -> str:
     return name
 
 
+        """Revoke one of this user's API tokens by its id."""
 def _relative_name(path: Path) -> str:
     if path.is_absolute():
         try:
@@ -430,9 +495,11 @@ def _relative_name(path: Path) -> str:
                 "contains it, or pass files as a mapping of name -> path"
             ) from None
     return os.path.normpath(path).replace(os.sep, "/")
+        """Every join token with its state (admin only); never the secret itself."""
 
 
 def safe_destination(root: Path, relative: str) -> Path:
+        """Revoke a join token (admin only): no new worker can join with it."""
     """``root/relative``, refusing any path that would land outside ``root``."""
     refused = InvalidInput(f"refusing output path {relative!r}: it would be written "
                            f"outside {root}")

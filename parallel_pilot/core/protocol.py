@@ -204,6 +204,22 @@ class TaskList(Reply):
     tasks: list[TaskInfo]
 
 
+MAX_TASKS_CANCELLED = 100_000  # task ids one per-task cancel request may name
+
+
+class TaskCancel(Model):
+    """Cancel some tasks of a job (e.g. the SDK's cancelled futures); the others go on."""
+
+    task_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        min_length=1, max_length=MAX_TASKS_CANCELLED)
+
+
+class TaskCancelled(Reply):
+    cancelled: list[int] = Field(description="the named tasks that were open and are now "
+                                 "cancelled; finished ones are left as they are")
+    job: JobInfo
+
+
 class OutputInfo(Reply):
     path: str
     sha256: str

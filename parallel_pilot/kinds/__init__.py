@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from parallel_pilot.errors import UnknownKind
 from parallel_pilot.kinds.base import Kind
+from parallel_pilot.kinds.python import PythonKind
 from parallel_pilot.kinds.render import RenderKind
 from parallel_pilot.kinds.sleep import SleepKind
 from parallel_pilot.kinds.sweep import SweepKind
 
-KINDS: dict[str, Kind] = {k.name: k for k in (SleepKind(), SweepKind(), RenderKind())}
+KINDS: dict[str, Kind] = {k.name: k for k in (SleepKind(), SweepKind(), RenderKind(),
+                                              PythonKind())}
 
 
 def get_kind(name: str) -> Kind:

@@ -1,4 +1,5 @@
-"""Job endpoints for users: submit, list, show, cancel, retry, tasks, outputs, logs."""
+"""Job endpoints for users: submit, list, show, cancel (whole or some tasks), retry, tasks,
+outputs, logs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from parallel_pilot.core.protocol import (
     LogList,
     OutputInfo,
     OutputList,
+    TaskCancel,
+    TaskCancelled,
     TaskList,
 )
 from parallel_pilot.core.states import JobState
@@ -44,6 +47,13 @@ def get_job(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> JobInfo:
 @router.post("/{job_id}/cancel", response_model=JobInfo)
 def cancel(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> JobInfo:
     return jobs.cancel(svc, user, job_id)
+
+
+@router.post("/{job_id}/tasks/cancel", response_model=TaskCancelled)
+def cancel_tasks(svc: ServicesDep, user: CurrentUser, job_id: JobId,
+                 body: TaskCancel) -> TaskCancelled:
+    cancelled, info = jobs.cancel_tasks(svc, user, job_id, body.task_ids)
+    return TaskCancelled(cancelled=cancelled, job=info)
 
 
 @router.post("/{job_id}/retry", response_model=JobInfo)

@@ -10,10 +10,11 @@ from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.core.protocol import JobInfo, JobSubmit, TaskInfo
 from parallel_pilot.core.requirements import Requirements
 from parallel_pilot.core.states import JobState, TaskState
-from parallel_pilot.errors import InvalidInput, JobNotFound, MissingBlob
+from parallel_pilot.errors import InvalidInput, JobNotFound, MissingBlob, TaskNotFound
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import FinishedTask, TaskSpec, describe_validation, parse_params
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import tasks as task_queries
 
 MAX_JOBS_LISTED = 500  # jobs one list request returns at most
 
@@ -175,6 +176,46 @@ def cancel(svc: Services, caller: Caller, job_id: int) -> JobInfo:
 
 def retry(svc: Services, caller: Caller, job_id: int) -> JobInfo:
     """Put a failed or cancelled job's unfinished tasks back in the queue."""
+def cancel_tasks(svc: Services, caller: Caller, job_id: int,
+                 task_ids: list[int]) -> tuple[list[int], JobInfo]:
+    """Cancel some open tasks of a job (the SDK's cancelled futures); the rest go on.
+
+    Cancelled tasks count as settled: when every other task is done the job completes
+    (or is cancelled when no task was done). Tasks other tasks depend on are refused:
+    their dependents could never run; cancel the whole job instead."""
+    with svc.transaction() as conn:
+        row = _visible_job(conn, caller, job_id)
+        known = {t.id for t in task_queries.get_tasks(conn, task_ids) if t.job_id == job_id}
+        unknown = sorted(set(task_ids) - known)
+        if unknown:
+            raise TaskNotFound(f"job {job_id} has no task(s) {_id_list(unknown)}")
+        needed = task_queries.tasks_with_dependents(conn, task_ids)
+        if needed:
+            raise InvalidInput(f"other tasks depend on task(s) {_id_list(needed)}; cancel "
+                               "the whole job instead")
+        cancelled: list[int] = []
+        if not JobState(row.state).finished:
+            now = svc.clock()
+            cancelled = task_queries.cancel_job_tasks(conn, job_id, task_ids, now,
+                                                      "cancelled by user")
+        if cancelled:
+            q.add_job_done(conn, job_id, len(cancelled))  # settled, like a done task
+            counts = q.task_counts(conn, [job_id])[job_id]
+            if set(counts) == {TaskState.CANCELLED}:
+                q.set_job_state(conn, job_id, JobState.CANCELLED, now,
+                                error="every task was cancelled by the user")
+            else:
+                finish_if_complete(conn, svc, job_id)
+        info = job_info(conn, svc, job_id)
+    svc.notifier.notify()
+    return cancelled, info
+
+
+def _id_list(ids: list[int], shown: int = 10) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(str(i) for i in ids[:shown]) + more
+
+
     with svc.transaction() as conn:
         row = _visible_job(conn, caller, job_id)
         if row.state not in (JobState.FAILED, JobState.CANCELLED):
@@ -202,12 +243,14 @@ def finish_if_complete(conn: sa.Connection, svc: Services, job_id: int) -> None:
     if row is None or JobState(row.state).finished or row.tasks_done < row.tasks_total:
         return
     all_tasks = q.list_tasks(conn, job_id)
-    if any(t.state != TaskState.DONE for t in all_tasks):
-        return  # a failed or cancelled task decides the job's end elsewhere
+    # tasks cancelled one by one (cancel_tasks) are settled; a failed task, or a cancel of
+    # the whole job, decides the job's end elsewhere
+    if any(t.state not in (TaskState.DONE, TaskState.CANCELLED) for t in all_tasks):
+        return
     kind = get_kind(row.kind)
     params = kind.params_model.model_validate(row.params)
     finished = [FinishedTask(index=t.idx, name=t.name, payload=t.payload, result=t.result or {})
-                for t in all_tasks]
+                for t in all_tasks if t.state == TaskState.DONE]
     now = svc.clock()
     for path, content in kind.finalize(params, finished).items():
         sha = svc.blobs.write_bytes(content)

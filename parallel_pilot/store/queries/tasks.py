@@ -209,3 +209,34 @@ def reopen_tasks(conn: sa.Connection, task_ids: Sequence[int], deps_left: int) -
             .values(state=target, failures=0, error=None, finished_at=None, worker_id=None,
                     progress=None, deps_left=deps_left)
         )
+
+
+def cancel_job_tasks(conn: sa.Connection, job_id: int, task_ids: Sequence[int], now: float,
+                     reason: str) -> list[int]:
+    """The named tasks of the job that are not finished -> cancelled (a leased one's worker
+    is told to stop at its next heartbeat); returns the ids actually cancelled."""
+    open_states = _states(task_sources(TaskState.CANCELLED))
+    cancelled: list[int] = []
+    for part in _chunks(sorted(set(task_ids))):
+        ids = list(conn.execute(
+            sa.select(tasks.c.id).where(tasks.c.job_id == job_id, tasks.c.id.in_(part),
+                                        tasks.c.state.in_(open_states))).scalars())
+        if not ids:
+            continue
+        conn.execute(
+            tasks.update().where(tasks.c.id.in_(ids), tasks.c.state.in_(open_states))
+            .values(state=TaskState.CANCELLED, finished_at=now, lease_expires_at=None,
+                    error=reason)
+        )
+        cancelled.extend(ids)
+    return cancelled
+
+
+def tasks_with_dependents(conn: sa.Connection, task_ids: Sequence[int]) -> list[int]:
+    """Those of ``task_ids`` that other tasks depend on."""
+    found: set[int] = set()
+    for part in _chunks(sorted(set(task_ids))):
+        found.update(conn.execute(
+            sa.select(task_deps.c.depends_on_id).where(task_deps.c.depends_on_id.in_(part))
+        ).scalars())
+    return sorted(found)

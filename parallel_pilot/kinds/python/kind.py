@@ -1,0 +1,230 @@
+"""The ``python`` kind: chunks of calls of cloudpickled functions, one task per chunk.
+
+On the coordinator the parameters name the function blobs, the calls blob and how it is cut
+into chunks; ``plan`` makes one task per chunk. On a worker, ``run`` checks the Python
+version and the packages the client said the function needs, lays the function, the chunk
+and its shared argument blobs out in the working directory, and runs
+``kinds.python.runner`` in a child process (in bwrap when the worker sandboxes). The
+worker process never unpickles anything itself. Small results come back inline in the
+task's result; larger ones as an output blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from parallel_pilot.core.protocol import TaskLease, check_sha256
+from parallel_pilot.errors import InvalidInput
+from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
+from parallel_pilot.kinds.process import run_process
+from parallel_pilot.kinds.python.calls import (
+    BLOBS_DIR,
+    CALLS_FILE,
+    FUNCTION_FILE,
+    LOAD_ERROR_EXIT,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    python_version,
+)
+from parallel_pilot.kinds.sandbox import bwrap_argv
+
+MAX_CHUNKS = 100_000  # tasks (chunks) one python job may have
+MAX_CALLS_PER_CHUNK = 1_000_000  # calls one chunk may hold
+INLINE_RESULT_BYTES = 48 * 1024  # results up to this size travel inside the task's result
+STDERR_CAP = 64 * 1024  # bytes of the child's stderr kept for a failure reason
+RUNNER = Path(__file__).with_name("runner.py")  # run as a file: a light start
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_NO_MODULE = re.compile(r"No module named '([^']+)'")
+
+
+class Chunk(BaseModel):
+    """One task: ``count`` calls of ``functions[function]``, at ``offset``/``length`` of the
+    calls blob, using the shared argument blobs ``blobs`` (indexes into ``shared``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    function: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    length: int = Field(ge=1)
+    count: int = Field(ge=1, le=MAX_CALLS_PER_CHUNK)
+    blobs: list[int] = Field(default_factory=list)
+
+
+class PythonParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    functions: list[str] = Field(min_length=1, max_length=1000,
+                                 description="SHA-256 of each cloudpickled function")
+    calls: str = Field(description="SHA-256 of the calls blob (the chunks end to end)")
+    chunks: list[Chunk] = Field(min_length=1, max_length=MAX_CHUNKS)
+    shared: list[str] = Field(default_factory=list, max_length=10_000,
+                              description="SHA-256 of large arguments uploaded once")
+    python: str = Field(pattern=r"^\d+\.\d+$", description="the client's Python major.minor")
+    packages: list[str] = Field(default_factory=list, max_length=200,
+                                description="modules the function needs on the worker")
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+    @field_validator("functions", "shared")
+    @classmethod
+    def _shas(cls, value: list[str]) -> list[str]:
+        for sha in value:
+            check_sha256(sha)
+        return value
+
+    @field_validator("calls")
+    @classmethod
+    def _calls(cls, value: str) -> str:
+        return check_sha256(value)
+
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _MODULE_NAME.match(name) or len(name) > 200:
+                raise ValueError(f"{name!r} is not a Python module name (like numpy or "
+                                 "scipy.integrate)")
+        return value
+
+    @model_validator(mode="after")
+    def _indexes(self) -> PythonParams:
+        for i, chunk in enumerate(self.chunks):
+            if chunk.function >= len(self.functions):
+                raise ValueError(f"chunk {i} names function {chunk.function}; there are "
+                                 f"{len(self.functions)}")
+            bad = [b for b in chunk.blobs if not 0 <= b < len(self.shared)]
+            if bad:
+                raise ValueError(f"chunk {i} names shared blob {bad[0]}; there are "
+                                 f"{len(self.shared)}")
+        return self
+
+
+def missing_packages(packages: list[str]) -> list[str]:
+    """Those of ``packages`` this interpreter cannot import (found without importing)."""
+    missing = []
+    for name in packages:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent package is missing
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def check_interpreter(payload: dict[str, Any]) -> None:
+    """Refuse (not retryable) a task this worker's Python cannot run."""
+    wanted = str(payload.get("python", ""))
+    here = python_version()
+    if wanted != here:
+        raise InvalidInput(
+            f"the function was pickled by Python {wanted} and this worker runs Python {here}; "
+            "cloudpickled functions only load in the same major.minor version"
+        )
+    missing = missing_packages(list(payload.get("packages", [])))
+    if missing:
+        raise InvalidInput(
+            f"this worker lacks the Python package(s) the function needs: "
+            f"{', '.join(missing)} (No module named {missing[0]!r})"
+        )
+
+
+class PythonKind:
+    name: ClassVar[str] = "python"
+    params_model: ClassVar[type[BaseModel]] = PythonParams
+    in_process: ClassVar[bool] = False
+
+    def input_blobs(self, params: BaseModel) -> dict[str, str]:
+        assert isinstance(params, PythonParams)
+        blobs = {"calls": params.calls}
+        blobs.update({f"function-{i}": sha for i, sha in enumerate(params.functions)})
+        blobs.update({f"shared-{i}": sha for i, sha in enumerate(params.shared)})
+        return blobs
+
+    def check_inputs(self, params: BaseModel,
+                     read_prefix: Callable[[str, int], bytes]) -> BaseModel:
+        return params
+
+    def plan(self, params: BaseModel) -> list[TaskSpec]:
+        assert isinstance(params, PythonParams)
+        common = {"python": params.python, "packages": params.packages,
+                  "timeout_seconds": params.timeout_seconds}
+        specs = []
+        for i, chunk in enumerate(params.chunks):
+            inputs = {"function": params.functions[chunk.function], "calls": params.calls}
+            inputs.update({f"{BLOBS_DIR}/{params.shared[b]}": params.shared[b]
+                           for b in chunk.blobs})
+            payload = {"chunk": i, "offset": chunk.offset, "length": chunk.length,
+                       "count": chunk.count, **common}
+            name = f"call {i}" if chunk.count == 1 else f"chunk {i} ({chunk.count} calls)"
+            specs.append(TaskSpec(name=name, payload=payload, inputs=inputs))
+        return specs
+
+    def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
+        payload = task.payload
+        check_interpreter(payload)
+        workdir = ctx.workdir
+        ctx.copy_input("function", workdir / FUNCTION_FILE)
+        with open(ctx.input_path("calls"), "rb") as f:
+            f.seek(int(payload["offset"]))
+            chunk = f.read(int(payload["length"]))
+        if len(chunk) != int(payload["length"]):
+            raise InvalidInput("the calls blob is shorter than the task's chunk")
+        (workdir / CALLS_FILE).write_bytes(chunk)
+        for name in task.inputs:
+            if name.startswith(BLOBS_DIR + "/"):
+                ctx.copy_input(name, workdir / name)
+        argv = [sys.executable, str(RUNNER), str(workdir)]
+        if ctx.sandbox:
+            argv = bwrap_argv(argv, workdir)
+        env = dict(os.environ)
+        env.update({"PILOT_JOB": str(task.job_id), "PILOT_TASK": str(task.task_id)})
+        proc = run_process(
+            argv, cwd=workdir, env=env, stop_event=ctx.stop_event,
+            timeout_seconds=payload.get("timeout_seconds"), output_cap=STDERR_CAP,
+            on_stdout=ctx.log, on_stderr=lambda line: ctx.log(f"[stderr] {line}"),
+        )
+        if proc.stopped:
+            return {}
+        if proc.timed_out:
+            raise InvalidInput(f"the calls ran past the time limit of "
+                               f"{payload.get('timeout_seconds')} s")
+        if proc.exit_code == LOAD_ERROR_EXIT:
+            raise InvalidInput(load_failure(proc.stderr))
+        results = workdir / RESULTS_FILE
+        if proc.exit_code != 0 or not results.is_file():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"the Python child process exited with code {proc.exit_code} "
+                               f"without results\n{tail}".rstrip())
+        summary = json.loads((workdir / SUMMARY_FILE).read_text())
+        result: dict[str, Any] = {"count": int(summary["count"]),
+                                  "errors": int(summary["errors"]),
+                                  "seconds": float(summary["seconds"])}
+        if results.stat().st_size <= INLINE_RESULT_BYTES:
+            result["results"] = base64.b64encode(results.read_bytes()).decode()
+        else:
+            result["results_blob"] = ctx.upload_output(
+                f"results/{payload['chunk']}.pkl", results)
+        return result
+
+    def finalize(self, params: BaseModel, tasks: list[FinishedTask]) -> dict[str, bytes]:
+        return {}
+
+
+def load_failure(stderr: str) -> str:
+    """The reason a child could not load the function: names a missing module plainly."""
+    missing = _NO_MODULE.search(stderr)
+    first = next((line for line in stderr.splitlines() if line.strip()), "")
+    if missing:
+        return (f"this worker lacks the Python module {missing.group(1)!r} that the "
+                f"function needs (declare it with requirements=(...) in Executor); {first}")
+    return first or "the function or its arguments could not be loaded on this worker"
