@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from parallel_pilot import __version__
+from parallel_pilot import __version__, web
 from parallel_pilot.coordinator.routes import (
     accounts,
     attempts,
@@ -83,6 +83,7 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
     app.state.services = services
     for module in (meta, workers, attempts, jobs, blobs, accounts, session):
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    web.mount(app)  # the dashboard: pages at /, live streams at /events, /static
     _install_error_handlers(app)
     return app
 

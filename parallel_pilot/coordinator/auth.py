@@ -81,7 +81,18 @@ def current_worker(svc: ServicesDep, credentials: Credentials) -> sa.Row:
     return worker
 
 
-def user_or_worker(svc: ServicesDep, credentials: Credentials) -> Caller | sa.Row:
+async def user_or_worker(request: Request, svc: ServicesDep, credentials: Credentials,
+                         ) -> Caller | sa.Row:
+    """A worker or user token; without one, the user of the web session cookie (so the
+    dashboard can show and download blobs; the same read checks apply)."""
+    if not (credentials is not None and credentials.credentials) and \
+            request.cookies.get(sessions.SESSION_COOKIE):
+        return await current_user(request, svc, credentials)
+    return await run_in_threadpool(_user_or_worker, svc, credentials)
+
+
+def _user_or_worker(svc: Services, credentials: HTTPAuthorizationCredentials | None,
+                    ) -> Caller | sa.Row:
     token = _token(credentials)
     found = _worker(svc, token) if token.startswith(WORKER_TOKEN_PREFIX) else _user(svc, token)
     if found is None:

@@ -80,6 +80,7 @@ from parallel_pilot.store.queries.tasks import (
     unblock_dependents,
     unmet_dependency_counts,
 )
+from parallel_pilot.store.queries.web import job_output_by_sha, log_tail, output_counts_under
 from parallel_pilot.store.queries.workers import (
     add_worker_done,
     get_worker,
@@ -133,6 +134,7 @@ __all__ = [
     "insert_user",
     "insert_worker",
     "job_outputs",
+    "job_output_by_sha",
     "jobs_blocking_worker",
     "join_token_by_hash",
     "lease_tasks",
@@ -145,9 +147,11 @@ __all__ = [
     "list_users",
     "list_workers",
     "log_lines",
+    "log_tail",
     "mark_job_running",
     "mark_worker_left",
     "missing_blobs",
+    "output_counts_under",
     "record_worker_failure",
     "reopen_tasks",
     "reopenable_tasks",

@@ -1,0 +1,169 @@
+"""Submitting a render from the browser: the form's fields turned into the ``render`` kind's
+parameters, checked by the kind's own model and ``check_inputs`` (the .blend header) with
+each error placed next to its field, then submitted through the jobs service.
+
+A .blend that arrived but whose job was refused is kept (the form carries its hash), so
+fixing a field does not mean uploading a large file again."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from parallel_pilot.coordinator import sessions
+from parallel_pilot.coordinator.services import jobs
+from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.core.protocol import SHA256_RE, JobInfo, JobSubmit
+from parallel_pilot.errors import Forbidden, InvalidInput
+from parallel_pilot.kinds import get_kind
+from parallel_pilot.kinds.render import RenderParams
+from parallel_pilot.store import queries as q
+from parallel_pilot.web.upload import StreamedForm, place, read_form
+
+FILE_FIELD = "scene"
+INT_FIELDS = ("chunk", "samples", "resolution")
+TEXT_FIELDS = ("frames", "engine", "format", "name")
+ENGINES = [("", "as saved in the file"), ("CYCLES", "Cycles"), ("BLENDER_EEVEE", "EEVEE"),
+           ("BLENDER_EEVEE_NEXT", "EEVEE Next"), ("BLENDER_WORKBENCH", "Workbench")]
+FORMATS = [("PNG", "PNG"), ("JPEG", "JPEG"), ("OPEN_EXR", "OpenEXR")]
+# where a parameter's error is shown when the field the user typed into is another one
+PARAM_FIELDS = {"scene": FILE_FIELD, "scene_file": FILE_FIELD, "blender_version": FILE_FIELD}
+
+
+@dataclass
+class SubmitForm:
+    """What the form shows: the values typed, errors by field, the kept upload."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    scene_sha: str = ""
+    scene_file: str = ""
+    scene_size: int | None = None
+
+
+def _csrf_checker(request: Request) -> Any:
+    expected = request.cookies.get(sessions.CSRF_COOKIE, "")
+    header = request.headers.get(sessions.CSRF_HEADER)
+
+    def check(fields: dict[str, str]) -> None:
+        sent = header if header is not None else fields.get(sessions.CSRF_FORM_FIELD)
+        if not expected or not sent or not hmac.compare_digest(expected.encode(),
+                                                               sent.encode()):
+            raise Forbidden("missing or wrong CSRF token (reload the page and try again)")
+
+    return check
+
+
+async def receive(request: Request, svc: Services, user: Caller) -> StreamedForm:
+    """Stream the posted form in; the CSRF token is checked before the file is written
+    and again after the body (for a form without a file part)."""
+    check = _csrf_checker(request)
+    form = await read_form(request.headers.get("content-type", ""), request.stream(),
+                           svc.blobs.tmp, max_file_bytes=svc.settings.max_upload_bytes,
+                           before_file=check)
+    try:
+        check(form.fields)
+    except Forbidden:
+        form.discard()
+        raise
+    return form
+
+
+def _record(svc: Services, user: Caller, sha256: str, size: int) -> None:
+    with svc.transaction() as conn:
+        q.insert_blob(conn, sha256, size, svc.clock(), user_id=user.user_id, worker_id=None)
+        q.add_blob_reader(conn, sha256, user.user_id)
+
+
+def _kept_scene(svc: Services, user: Caller, form: StreamedForm, state: SubmitForm) -> None:
+    """The .blend of this submit: the file just sent, else the one kept from a refused
+    submit (only if this user may read it)."""
+    upload = form.files.get(FILE_FIELD)
+    if upload is not None and upload.filename and upload.size > 0:
+        place(svc.blobs, upload)
+        _record(svc, user, upload.sha256, upload.size)
+        state.scene_sha, state.scene_file, state.scene_size = (
+            upload.sha256, upload.filename.replace("\\", "/").rsplit("/", 1)[-1],
+            upload.size)
+        return
+    form.discard()  # an empty file part: no file chosen
+    sha = form.fields.get("scene_sha", "")
+    if SHA256_RE.match(sha):
+        with svc.transaction() as conn:
+            readable = user.is_admin or sha in q.blobs_readable_by_user(conn, user.user_id, [sha])
+            size = q.blob_size(conn, sha)
+        if readable and size is not None:
+            state.scene_sha, state.scene_size = sha, size
+            state.scene_file = form.fields.get("scene_file", "") or "scene.blend"
+
+
+def _params(state: SubmitForm) -> dict[str, Any]:
+    params: dict[str, Any] = {"scene": state.scene_sha, "scene_file": state.scene_file}
+    for name in ("frames", "engine", "format"):
+        value = state.values.get(name, "").strip()
+        if value:
+            params[name] = value
+    for name in INT_FIELDS:
+        raw = state.values.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            params[name] = int(raw)
+        except ValueError:
+            state.errors[name] = "must be a whole number"
+    return params
+
+
+def _field_errors(exc: ValidationError) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    for err in exc.errors():
+        loc = err.get("loc") or ("",)
+        name = PARAM_FIELDS.get(str(loc[0]), str(loc[0]))
+        message = str(err.get("msg", "not valid")).removeprefix("Value error, ")
+        errors.setdefault(name or "form", message)
+    return errors
+
+
+def submit_render(svc: Services, user: Caller, form: StreamedForm) -> tuple[JobInfo | None,
+                                                                             SubmitForm]:
+    """Validate and submit; a refused form comes back with its errors by field."""
+    state = SubmitForm(values={k: form.fields.get(k, "") for k in (*TEXT_FIELDS, *INT_FIELDS)})
+    _kept_scene(svc, user, form, state)
+    params = _params(state)
+    if not state.scene_sha:
+        state.errors[FILE_FIELD] = "choose a .blend file to render"
+    if state.errors:
+        return None, state
+    kind = get_kind("render")
+    try:
+        checked = kind.check_inputs(RenderParams.model_validate(params), svc.blobs.read_prefix)
+    except ValidationError as exc:
+        state.errors.update(_field_errors(exc))
+        return None, state
+    except InvalidInput as exc:  # the header says it is not a .blend
+        state.errors[FILE_FIELD] = exc.message
+        state.scene_sha = state.scene_file = ""
+        return None, state
+    name = state.values.get("name", "").strip() or state.scene_file
+    body = JobSubmit(kind="render", params=checked.model_dump(mode="json", exclude_none=True),
+                     name=name[:200])
+    try:
+        return jobs.submit(svc, user, body), state
+    except InvalidInput as exc:  # e.g. more tasks than the coordinator allows
+        state.errors["form"] = exc.message
+        return None, state
+
+
+async def handle(request: Request, svc: Services, user: Caller) -> tuple[JobInfo | None,
+                                                                          SubmitForm]:
+    form = await receive(request, svc, user)
+    try:
+        return await run_in_threadpool(submit_render, svc, user, form)
+    finally:
+        form.discard()  # whatever was not placed in the store
