@@ -1,0 +1,133 @@
+"""``parallel_pilot.Executor`` against a real coordinator and real worker processes:
+``map`` equals the builtin ``map``, remote exceptions keep their type, cancelled futures
+cancel their tasks, a killed worker loses no result, a missing module is named."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from pathlib import Path
+
+import pytest
+
+from parallel_pilot import Client, Executor
+from parallel_pilot.client.python_calls import TaskFailed
+from tests.e2e.farm import Farm, wait_for
+
+ALLOW_PYTHON = ["--allow", "python"]
+
+
+@pytest.fixture(scope="module")
+def shared_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    farm = Farm(tmp_path_factory.mktemp("executor-farm"))
+    try:
+        farm.start_server()
+        for name in ("w1", "w2"):
+            farm.start_worker(name, extra=ALLOW_PYTHON)
+        farm.wait_workers_joined(2)
+        yield farm
+    finally:
+        farm.stop()
+
+
+def executor(farm: Farm, **options: object) -> Executor:
+    return Executor(client=Client(farm.url, farm.admin_token), **options)  # type: ignore[arg-type]
+
+
+def latest_job(farm: Farm) -> dict:
+    return farm.api("GET", "/jobs", params={"limit": 1})["jobs"][0]
+
+
+def test_map_over_500_items_equals_the_builtin_map(shared_farm: Farm) -> None:
+    offset = 7
+
+    def f(x: int, y: int) -> tuple[int, int]:  # a closure over `offset`
+        return (x * y + offset, x - y)
+
+    xs, ys = range(500), range(1000, 1500)
+    with executor(shared_farm) as pool:
+        assert list(pool.map(f, xs, ys, chunksize=25)) == list(map(f, xs, ys))
+        assert list(pool.map(lambda s: s.upper(), ["a", "b"])) == ["A", "B"]
+        assert pool.submit(lambda *a, **k: (a, k), 1, z=2).result(60) == ((1,), {"z": 2})
+    job = latest_job(shared_farm)
+    assert job["kind"] == "python" and job["state"] == "completed"
+
+
+def test_remote_exceptions_keep_their_type_and_traceback(shared_farm: Farm) -> None:
+    def parse(text: str) -> object:
+        return json.loads(text)
+
+    with executor(shared_farm) as pool:
+        bad = pool.submit(parse, "{not json")
+        zero = pool.submit(lambda: 1 / 0)
+        with pytest.raises(json.JSONDecodeError) as caught:
+            bad.result(60)
+        assert "Remote traceback" in str(caught.value) and "in parse" in str(caught.value)
+        with pytest.raises(ZeroDivisionError):
+            zero.result(60)
+        # in map, values before the failing item arrive, then its exception
+        results = pool.map(lambda x: 10 // (x - 3), range(6), chunksize=2)
+        assert [next(results) for _ in range(3)] == [-4, -5, -10]
+        with pytest.raises(ZeroDivisionError):
+            next(results)
+
+
+def test_a_missing_module_fails_the_task_naming_it(shared_farm: Farm) -> None:
+    with executor(shared_farm, requirements=("json", "no_such_module_for_pilot")) as pool:
+        future = pool.submit(lambda: 1)
+        with pytest.raises(TaskFailed, match="no_such_module_for_pilot"):
+            future.result(60)
+    job = latest_job(shared_farm)
+    assert job["state"] == "failed" and "no_such_module_for_pilot" in job["error"]
+
+
+def test_cancelling_futures_cancels_their_tasks(shared_farm: Farm) -> None:
+    with executor(shared_farm) as pool:
+        futures = [pool.submit(time.sleep, 120) for _ in range(5)]
+        job_id = wait_for(lambda: latest_job(shared_farm)["id"] if any(
+            t["state"] == "leased" for t in shared_farm.tasks(latest_job(shared_farm)["id"])
+        ) else None, 60, "a sleeping call to start")
+        keep = pool.submit(lambda: "still works")
+        assert all(f.cancel() for f in futures)
+        with pytest.raises(CancelledError):
+            futures[0].result()
+        assert keep.result(60) == "still works"
+
+        def all_cancelled() -> bool:
+            states = [t["state"] for t in shared_farm.tasks(job_id)]
+            return states == ["cancelled"] * 5
+        wait_for(all_cancelled, 30, "the five tasks to be cancelled on the coordinator")
+        wait_for(lambda: shared_farm.job(job_id)["state"] == "cancelled", 30,
+                 "the job to end cancelled")
+        # the running calls were stopped: both workers take new work at once
+        started = time.monotonic()
+        assert list(pool.map(abs, [-1, -2], chunksize=1)) == [1, 2]
+        assert time.monotonic() - started < 30
+
+
+def test_a_worker_killed_mid_task_loses_no_result(tmp_path: Path) -> None:
+    farm = Farm(tmp_path)
+    try:
+        farm.start_server()
+        for name in ("w1", "w2"):
+            farm.start_worker(name, extra=ALLOW_PYTHON)
+        farm.wait_workers_joined(2)
+        with executor(farm) as pool:
+            def slow_square(x: int) -> int:
+                time.sleep(0.5)
+                return x * x
+
+            futures = [pool.submit(slow_square, i) for i in range(12)]
+            job_id = wait_for(lambda: farm.api("GET", "/jobs")["jobs"][0]["id"]
+                              if farm.api("GET", "/jobs")["jobs"] else None, 30, "the job")
+            wait_for(lambda: any(t["worker"] == "w2" and t["state"] == "leased"
+                                 for t in farm.tasks(job_id)), 60, "w2 to hold a task")
+            farm.workers["w2"].send_signal(signal.SIGKILL)
+            farm.workers["w2"].wait(10)
+            assert [f.result(120) for f in futures] == [i * i for i in range(12)]
+        assert any(t["attempt"] >= 2 for t in farm.tasks(job_id)), "nothing was retried"
+    finally:
+        farm.stop()
