@@ -28,6 +28,11 @@ class TaskSpec:
     inputs: dict[str, str] = field(default_factory=dict)
     depends_on: list[int] = field(default_factory=list)
     requirements: dict[str, Any] = field(default_factory=dict)  # core.requirements fields
+    # ready once ``quorum`` deps are done and ``deadline_seconds`` passed since the first
+    # was (coordinator/services/quorum.py); None: wait for all deps
+    quorum: int | None = None
+    deadline_seconds: float | None = None
+    affinity: str | None = None  # a worker prefers tasks whose key matches ones it did
 
 
 @dataclass

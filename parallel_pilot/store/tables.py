@@ -98,6 +98,14 @@ tasks = sa.Table(
     sa.Column("result", sa.JSON),
     sa.Column("started_at", Time),
     sa.Column("finished_at", Time),
+    # quorum: ready once this many deps are done and the deadline (deadline_seconds after
+    # the first dep is done, set then in deadline_at) passed, or all deps settled
+    sa.Column("quorum", sa.Integer),
+    sa.Column("deadline_seconds", sa.Double),
+    sa.Column("deadline_at", Time),
+    # left out by its dependent's quorum (late or failed): does not hold up the job
+    sa.Column("skipped", sa.Boolean, nullable=False, default=False),
+    sa.Column("affinity", sa.String(200)),  # a worker that did a task of the same key prefers it
     sa.UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
     sa.Index("ix_tasks_claim", "state", sa.text("priority DESC"), "id"),
     sa.Index("ix_tasks_lease", "state", "lease_expires_at"),

@@ -60,7 +60,9 @@ def submit(svc: Services, caller: Caller, request: JobSubmit) -> JobInfo:
              "state": TaskState.BLOCKED if spec.depends_on else TaskState.READY,
              "priority": request.priority, "payload": spec.payload, "inputs": spec.inputs,
              "deps_left": len(spec.depends_on), "max_attempts": max_attempts,
-             "requirements": {**job_requirements, **spec.requirements} or None}
+             "requirements": {**job_requirements, **spec.requirements} or None,
+             "quorum": spec.quorum, "deadline_seconds": spec.deadline_seconds,
+             "affinity": spec.affinity}
             for i, spec in enumerate(specs)
         ])
         q.insert_task_deps(conn, [(task_ids[i], task_ids[d])
@@ -245,7 +247,9 @@ def finish_if_complete(conn: sa.Connection, svc: Services, job_id: int) -> None:
     all_tasks = q.list_tasks(conn, job_id)
     # tasks cancelled one by one (cancel_tasks) are settled; a failed task, or a cancel of
     # the whole job, decides the job's end elsewhere
-    if any(t.state not in (TaskState.DONE, TaskState.CANCELLED) for t in all_tasks):
+    # (a task a quorum went on without is settled too, even failed)
+    if any(t.state not in (TaskState.DONE, TaskState.CANCELLED) and not t.skipped
+           for t in all_tasks):
         return
     kind = get_kind(row.kind)
     params = kind.params_model.model_validate(row.params)

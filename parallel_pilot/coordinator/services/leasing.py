@@ -7,7 +7,7 @@ import logging
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import accounts, jobs
+from parallel_pilot.coordinator.services import accounts, jobs, quorum
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.core.protocol import (
@@ -25,11 +25,13 @@ from parallel_pilot.core.requirements import satisfies
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.errors import InvalidInput, StaleAttempt, TaskNotFound
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import quorum as qq
 
 log = logging.getLogger("pilot.leasing")
 
 CLAIM_OVERFETCH = 8  # candidate rows read per free slot (some may need more than it has)
 REAP_BATCH = 200  # expired leases handled per reaper pass
+AFFINITY_MEMORY = 20  # tasks a worker did lately whose affinity keys its claims prefer
 MAX_LOG_LINE_CHARS = 4000  # characters kept of one log line
 LOG_TRUNCATED = "[log truncated: limit {limit} bytes]"  # stored once when a task's log is full
 
@@ -60,7 +62,8 @@ def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
         candidates = q.claimable_tasks(conn, kinds=kinds, exclude_jobs=blocked,
                                        limit=slots * CLAIM_OVERFETCH, lock=svc.lock_claims)
         caps = Capabilities.model_validate(worker.capabilities)
-        ids = [c.id for c in candidates if satisfies(c.requirements, caps)][:slots]
+        fitting = [c for c in candidates if satisfies(c.requirements, caps)]
+        ids = [c.id for c in prefer_affinity(conn, worker.id, fitting)][:slots]
         rows = q.lease_tasks(conn, ids, worker_id=worker.id, now=now, expires_at=expires)
         q.mark_job_running(conn, (r.job_id for r in rows), now)
     return [
@@ -69,6 +72,22 @@ def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
                   heartbeat_seconds=svc.settings.heartbeat_seconds)
         for r in rows
     ]
+
+
+def prefer_affinity(conn: sa.Connection, worker_id: int,
+                    candidates: list[sa.Row]) -> list[sa.Row]:
+    """Candidates with the same (job, affinity key) as a task this worker did lately first
+    (the one done last first), the rest in claim order; only the candidate window is
+    reordered, so nothing waits longer than one claim for it."""
+    if not any(getattr(c, "affinity", None) for c in candidates):
+        return candidates
+    recent = qq.worker_recent_affinities(conn, worker_id, AFFINITY_MEMORY)
+    rank = {key: i for i, key in reversed(list(enumerate(recent)))}
+
+    def key(c: sa.Row) -> tuple[int, int]:
+        return -c.priority, rank.get((c.job_id, c.affinity), len(rank))
+
+    return sorted(candidates, key=key)
 
 
 def _held_task(conn: sa.Connection, worker: sa.Row, task_id: int, attempt: int) -> sa.Row:
@@ -161,6 +180,7 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
         q.add_worker_done(conn, worker.id)
         q.add_job_done(conn, task.job_id)
         q.unblock_dependents(conn, task_id)
+        quorum.after_dependency_done(conn, svc, task_id)
         jobs.finish_if_complete(conn, svc, task.job_id)
     svc.notifier.notify()
 
@@ -196,6 +216,8 @@ def _requeue_or_fail(conn: sa.Connection, svc: Services, task: sa.Row, reason: s
         q.requeue_task(conn, task.id, task.attempt, count_failure=True, error=reason)
         return
     if q.fail_task(conn, task.id, task.attempt, reason, svc.clock()):
+        if quorum.absorb_failure(conn, svc, task):
+            return  # its dependents' quorum decides whether the job goes on
         tried = f"after {task.failures + 1} attempts" if retry else "(not retryable)"
         jobs.fail_job(conn, svc, task.job_id, f"task {task.idx} ({task.name}) failed {tried}: "
                                               f"{reason}")
@@ -220,6 +242,7 @@ def reap(svc: Services) -> int:
     if handled:
         log.info("requeued %d task(s) whose lease expired", handled)
         svc.notifier.notify()
+    quorum.release_due(svc)
     return handled
 
 

@@ -58,7 +58,8 @@ def claimable_tasks(conn: sa.Connection, *, kinds: Sequence[str], exclude_jobs: 
     (PostgreSQL, MariaDB) the rows are locked with ``FOR UPDATE SKIP LOCKED`` so concurrent
     claims pass each other by. SQLite has no row locks: there the caller's
     ``BEGIN IMMEDIATE`` serialises claims."""
-    query = (sa.select(tasks.c.id, tasks.c.requirements)
+    query = (sa.select(tasks.c.id, tasks.c.requirements, tasks.c.job_id, tasks.c.priority,
+                       tasks.c.affinity)
              .where(tasks.c.state == TaskState.READY, tasks.c.kind.in_(list(kinds)))
              .order_by(tasks.c.priority.desc(), tasks.c.id).limit(limit))
     if exclude_jobs:
@@ -181,7 +182,8 @@ def cancel_open_tasks(conn: sa.Connection, job_id: int, now: float, reason: str)
 def reopenable_tasks(conn: sa.Connection, job_id: int) -> list[int]:
     return list(conn.execute(
         sa.select(tasks.c.id).where(tasks.c.job_id == job_id,
-                                    tasks.c.state.in_([TaskState.FAILED, TaskState.CANCELLED]))
+                                    tasks.c.state.in_([TaskState.FAILED, TaskState.CANCELLED]),
+                                    tasks.c.skipped.is_(False))  # a quorum went on without it
     ).scalars())
 
 
@@ -207,7 +209,7 @@ def reopen_tasks(conn: sa.Connection, task_ids: Sequence[int], deps_left: int) -
             tasks.update().where(tasks.c.id.in_(part),
                                  tasks.c.state.in_(_states(task_sources(target))))
             .values(state=target, failures=0, error=None, finished_at=None, worker_id=None,
-                    progress=None, deps_left=deps_left)
+                    progress=None, deps_left=deps_left, deadline_at=None)
         )
 
 
