@@ -397,6 +397,60 @@ class Client:
                 on_file(output, dest, fetched)
         return written
 
+    def submit_train(
+        self,
+        spec: Path,
+        *,
+        files: Mapping[str, Path] | Iterable[Path] = (),
+        workers: int = 4,
+        inner_steps: int = 50,
+        rounds: int | None = None,
+        total_steps: int | None = None,
+        batch_size: int | None = None,
+        inner_lr: float | None = None,
+        outer_lr: float | None = None,
+        outer_momentum: float | None = None,
+        seed: int | None = None,
+        quorum: int | None = None,
+        round_deadline_seconds: float | None = None,
+        options: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        priority: int = 0,
+        on_upload: Callable[[str, Path], None] | None = None,
+    ) -> JobInfo:
+        """Train the model of the spec file ``spec`` with DiLoCo across ``workers`` workers
+        (kind ``train``): each round every worker takes ``inner_steps`` AdamW steps on its
+        shard, then the weight changes are averaged and applied by an outer Nesterov step.
+
+        The spec defines ``build_model()``, ``shard_batches(shard, num_shards, batch_size,
+        seed)``, ``compute_loss(model, batch)`` and optionally ``evaluate(model)``. ``files``
+        are data files placed next to it (a mapping of name to local path, or paths named
+        relative to the current directory); each is uploaded only if the coordinator lacks
+        it. Give ``rounds`` or ``total_steps`` (inner steps over all workers). A round goes
+        ahead with ``quorum`` deltas once ``round_deadline_seconds`` passed since its first
+        delta arrived. ``options`` holds further parameters of kinds/train/params.py
+        (``weight_decay``, ``grad_clip``, ``nesterov``, ``max_delta_norm``, ...). The results
+        are ``model.safetensors`` and ``metrics.csv`` (``download``).
+        """
+        spec = Path(spec)
+        if not spec.is_file():
+            raise InvalidInput(f"no such file: {spec}")
+        data: dict[str, str] = {}
+        for job_name, path in name_files(files).items():
+            if on_upload is not None:
+                on_upload(job_name, path)
+            data[job_name] = self.upload(path)
+        if on_upload is not None:
+            on_upload(spec.name, spec)
+        params: dict[str, Any] = {"spec": self.upload(spec), "spec_file": spec.name,
+                                  "files": data, "workers": workers,
+                                  "inner_steps": inner_steps}
+        given = {"rounds": rounds, "total_steps": total_steps, "batch_size": batch_size,
+                 "inner_lr": inner_lr, "outer_lr": outer_lr, "outer_momentum": outer_momentum,
+                 "seed": seed, "quorum": quorum, "round_deadline_seconds": round_deadline_seconds}
+        params.update({k: v for k, v in given.items() if v is not None})
+        params.update(options or {})
+        return self.submit("train", params, priority=priority, name=name or spec.name)
 
     # ------------------------------------------------------------ accounts
 

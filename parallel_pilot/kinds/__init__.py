@@ -8,9 +8,10 @@ from parallel_pilot.kinds.python import PythonKind
 from parallel_pilot.kinds.render import RenderKind
 from parallel_pilot.kinds.sleep import SleepKind
 from parallel_pilot.kinds.sweep import SweepKind
+from parallel_pilot.kinds.train import TrainKind
 
 KINDS: dict[str, Kind] = {k.name: k for k in (SleepKind(), SweepKind(), RenderKind(),
-                                              PythonKind())}
+                                              PythonKind(), TrainKind())}
 
 
 def get_kind(name: str) -> Kind:

@@ -26,6 +26,7 @@ from parallel_pilot.client.cli.login import login_command
 from parallel_pilot.client.cli.render import render_command
 from parallel_pilot.client.cli.server import server_command, worker_command
 from parallel_pilot.client.cli.sweep import sweep_command
+from parallel_pilot.client.cli.train import train_command
 from parallel_pilot.client.cli.up import up_command
 
 
@@ -45,6 +46,7 @@ def cli(ctx: click.Context) -> None:
 
 for command in (
     server_command, worker_command, up_command, demo_command, login_command, sweep_command,
+    train_command,
     render_command,
     jobs_command, show_command, wait_command, logs_command, cancel_command, retry_command,
     download_command, workers_group, users_group, tokens_group, join_tokens_group,
