@@ -2,7 +2,7 @@
 
 The text (public domain) ships in ``examples/data/sonnets.txt``; upload it with the spec::
 
-    pilot train examples/train_charlm.py --file examples/data/sonnets.txt \\
+    cd examples && pilot train train_charlm.py --file data/sonnets.txt \\
         --workers 4 --inner-steps 50 --rounds 20
 
 The last 10 % of the text is held out for ``evaluate``; the rest is cut into one
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-TEXT_NAMES = ("sonnets.txt", "data/sonnets.txt")  # next to the spec, or in data/ beside it
+# where the text may lie, relative to this file: beside it, in data/ (``--file data/...``
+# run from examples/) or under examples/data/ (``--file examples/data/...`` from the root)
+TEXT_NAMES = ("sonnets.txt", "data/sonnets.txt", "examples/data/sonnets.txt")
 HELD_OUT = 0.1  # fraction of the text, from its end, kept for evaluate()
 SEQUENCE = 64  # characters per training window
 EMBEDDING = 32  # width of the character embedding
@@ -26,8 +28,8 @@ HIDDEN = 128  # GRU state size
 
 
 def _read_text() -> str:
-    for name in TEXT_NAMES:  # relative: load_spec imports with the spec's directory as cwd
-        path = Path(name)
+    for name in TEXT_NAMES:
+        path = Path(__file__).parent / name
         if path.is_file():
             return path.read_text(encoding="utf-8")
     raise FileNotFoundError(f"the training text was not found (looked for {TEXT_NAMES})")
