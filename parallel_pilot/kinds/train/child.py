@@ -45,12 +45,13 @@ def _finite_metrics(raw: Any) -> dict[str, float]:
 
 
 def run_init(request: dict[str, Any], out: Path) -> dict[str, Any]:
+    from parallel_pilot.kinds.train.spec import load_spec
+
+    spec = load_spec(Path(request["spec"]))  # first: a broken spec fails before torch loads
     import torch
 
     from parallel_pilot.kinds.train.diloco import model_tensors, save_safetensors
-    from parallel_pilot.kinds.train.spec import load_spec
 
-    spec = load_spec(Path(request["spec"]))
     torch.manual_seed(int(request["config"]["seed"]))
     model = spec.build_model()
     size = save_safetensors(out / "model.safetensors", model_tensors(model))
