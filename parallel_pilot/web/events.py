@@ -82,7 +82,8 @@ def jobs_events(request: Request, svc: ServicesDep, user: Viewer,
                 state: JobState | None = None) -> StreamingResponse:
     def snapshot() -> tuple[dict[str, str], bool]:
         rows = views.job_rows(svc, user, state)
-        return views.render_fragments(views.JOBS_FRAGMENTS, {"rows": rows}), False
+        return views.render_fragments(views.JOBS_FRAGMENTS, {"rows": rows,
+                                                             "viewer": user}), False
 
     return _response(request, snapshot)
 

@@ -76,7 +76,8 @@ def job_context(request: Request, view: views.JobPage) -> dict[str, object]:
 def job_page(request: Request, svc: ServicesDep, user: Viewer, job_id: JobId,
              task: Annotated[int | None, Query(ge=1, le=2**62)] = None) -> Response:
     view = views.job_page(svc, user, job_id, task)
-    return page(request, "job.html", job_context(request, view), viewer=user)
+    return page(request, "job.html", {**job_context(request, view), "task_param": task},
+                viewer=user)
 
 
 @router.post("/jobs/{job_id}/cancel")

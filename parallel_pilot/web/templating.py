@@ -51,7 +51,7 @@ def size(n: int | None) -> str:
 def clock(timestamp: float | None) -> str:
     if timestamp is None:
         return "–"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    return time.strftime("%b %d %H:%M", time.localtime(timestamp))
 
 
 def _environment() -> Environment:
