@@ -25,7 +25,8 @@ from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds.base import parse_params
 from parallel_pilot.kinds.python import PythonKind, PythonParams
 from parallel_pilot.kinds.python import calls as fmt
-from parallel_pilot.kinds.python.kind import RUNNER, check_interpreter, load_failure
+from parallel_pilot.kinds.python.kind import check_interpreter, load_failure
+from parallel_pilot.kinds.python.warm import RUNNER, RunnerPool
 
 SHA = "a" * 64
 
@@ -158,3 +159,41 @@ def test_an_exception_that_cannot_be_rebuilt_is_a_remote_error() -> None:
 
 def test_params_model_is_the_kinds_model() -> None:
     assert PythonKind.params_model is PythonParams
+
+
+def test_a_reused_child_runs_tasks_of_one_job_and_a_stopped_one_is_not_reused(
+        tmp_path: Path) -> None:
+    import threading
+
+    pool = RunnerPool()
+    params, blob, uploaded = encode(lambda x: x + 1, [((41,), {})])
+    lines: list[str] = []
+    try:
+        runner = pool.take(7, False, tmp_path)
+        for name in ("1-1", "2-1"):
+            task_dir = runner.task_dir(name)
+            (task_dir / fmt.FUNCTION_FILE).write_bytes(uploaded[params["functions"][0]])
+            (task_dir / fmt.CALLS_FILE).write_bytes(blob)
+            outcome = runner.run(name, log=lines.append, stop_event=threading.Event(),
+                                 timeout_seconds=30)
+            assert outcome.status == 0, outcome.stderr
+            data = (task_dir / fmt.RESULTS_FILE).read_bytes()
+            assert outcome_value(fmt.decode_outcomes(data)[0]) == 42
+        pool.give_back(runner)
+        assert pool.take(7, False, tmp_path) is runner  # the same job reuses the child
+        assert pool.take(8, False, tmp_path) is not runner  # another job gets its own
+
+        stop = threading.Event()
+        stop.set()
+        task_dir = runner.task_dir("3-1")
+        sleep = cloudpickle.dumps(lambda s: __import__("time").sleep(s))
+        (task_dir / fmt.FUNCTION_FILE).write_bytes(sleep)
+        calls = [([("v", cloudpickle.dumps(60))], {})]
+        (task_dir / fmt.CALLS_FILE).write_bytes(fmt.encode_chunk(calls))  # type: ignore[arg-type]
+        assert runner.run("3-1", log=lines.append, stop_event=stop, timeout_seconds=None).stopped
+        assert not runner.alive()
+        pool.give_back(runner)
+        assert pool.take(7, False, tmp_path) is not runner
+    finally:
+        pool.close()
+

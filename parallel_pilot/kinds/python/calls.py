@@ -30,6 +30,8 @@ CALLS_FILE = "calls.pkl"
 BLOBS_DIR = "blobs"
 RESULTS_FILE = "results.pkl"
 SUMMARY_FILE = "summary.json"
+TASKS_DIR = "tasks"  # a reused child's task folders, under its own directory
+DONE_MARKER = "\x1ePILOT-RUNNER-DONE"  # ends a task's output: "<marker> <task folder> <status>"
 LOAD_ERROR_EXIT = 3  # the child's exit code when the function or arguments cannot be loaded
 
 

@@ -3,10 +3,10 @@
 On the coordinator the parameters name the function blobs, the calls blob and how it is cut
 into chunks; ``plan`` makes one task per chunk. On a worker, ``run`` checks the Python
 version and the packages the client said the function needs, lays the function, the chunk
-and its shared argument blobs out in the working directory, and runs
-``kinds.python.runner`` in a child process (in bwrap when the worker sandboxes). The
-worker process never unpickles anything itself. Small results come back inline in the
-task's result; larger ones as an output blob.
+and its shared argument blobs out in a folder of a ``runner.py --serve`` child process
+reused across the job's tasks (``warm``; in bwrap when the worker sandboxes), and has it
+run them. The worker process never unpickles anything itself. Small results come back
+inline in the task's result; larger ones as an output blob.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import os
 import re
-import sys
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from parallel_pilot.core.protocol import TaskLease, check_sha256
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
-from parallel_pilot.kinds.process import run_process
 from parallel_pilot.kinds.python.calls import (
     BLOBS_DIR,
     CALLS_FILE,
@@ -36,13 +34,11 @@ from parallel_pilot.kinds.python.calls import (
     SUMMARY_FILE,
     python_version,
 )
-from parallel_pilot.kinds.sandbox import bwrap_argv
+from parallel_pilot.kinds.python.warm import POOL, WarmRunner
 
 MAX_CHUNKS = 100_000  # tasks (chunks) one python job may have
 MAX_CALLS_PER_CHUNK = 1_000_000  # calls one chunk may hold
 INLINE_RESULT_BYTES = 48 * 1024  # results up to this size travel inside the task's result
-STDERR_CAP = 64 * 1024  # bytes of the child's stderr kept for a failure reason
-RUNNER = Path(__file__).with_name("runner.py")  # run as a file: a light start
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NO_MODULE = re.compile(r"No module named '([^']+)'")
 
@@ -172,48 +168,62 @@ class PythonKind:
     def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         payload = task.payload
         check_interpreter(payload)
-        workdir = ctx.workdir
-        ctx.copy_input("function", workdir / FUNCTION_FILE)
-        with open(ctx.input_path("calls"), "rb") as f:
-            f.seek(int(payload["offset"]))
-            chunk = f.read(int(payload["length"]))
-        if len(chunk) != int(payload["length"]):
-            raise InvalidInput("the calls blob is shorter than the task's chunk")
-        (workdir / CALLS_FILE).write_bytes(chunk)
-        for name in task.inputs:
-            if name.startswith(BLOBS_DIR + "/"):
-                ctx.copy_input(name, workdir / name)
-        argv = [sys.executable, str(RUNNER), str(workdir)]
-        if ctx.sandbox:
-            argv = bwrap_argv(argv, workdir)
-        env = dict(os.environ)
-        env.update({"PILOT_JOB": str(task.job_id), "PILOT_TASK": str(task.task_id)})
-        proc = run_process(
-            argv, cwd=workdir, env=env, stop_event=ctx.stop_event,
-            timeout_seconds=payload.get("timeout_seconds"), output_cap=STDERR_CAP,
-            on_stdout=ctx.log, on_stderr=lambda line: ctx.log(f"[stderr] {line}"),
-        )
-        if proc.stopped:
-            return {}
-        if proc.timed_out:
-            raise InvalidInput(f"the calls ran past the time limit of "
-                               f"{payload.get('timeout_seconds')} s")
-        if proc.exit_code == LOAD_ERROR_EXIT:
-            raise InvalidInput(load_failure(proc.stderr))
-        results = workdir / RESULTS_FILE
-        if proc.exit_code != 0 or not results.is_file():
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"the Python child process exited with code {proc.exit_code} "
-                               f"without results\n{tail}".rstrip())
-        summary = json.loads((workdir / SUMMARY_FILE).read_text())
+        runner = POOL.take(task.job_id, bool(ctx.sandbox), ctx.workdir.parent)
+        try:
+            return self._run_in(runner, task, ctx)
+        finally:
+            POOL.give_back(runner)  # closed (not reused) when it was stopped or died
+
+    def _run_in(self, runner: WarmRunner, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
+        payload = task.payload
+        name = f"{task.task_id}-{task.attempt}"
+        task_dir = runner.task_dir(name)
+        try:
+            ctx.copy_input("function", ctx.workdir / FUNCTION_FILE)
+            shutil.copyfile(ctx.workdir / FUNCTION_FILE, task_dir / FUNCTION_FILE)
+            with open(ctx.input_path("calls"), "rb") as f:
+                f.seek(int(payload["offset"]))
+                chunk = f.read(int(payload["length"]))
+            if len(chunk) != int(payload["length"]):
+                raise InvalidInput("the calls blob is shorter than the task's chunk")
+            (task_dir / CALLS_FILE).write_bytes(chunk)
+            for input_name in task.inputs:
+                shared = runner.dir / input_name
+                if input_name.startswith(BLOBS_DIR + "/") and not shared.exists():
+                    shared.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(ctx.input_path(input_name), shared)
+            outcome = runner.run(name, log=ctx.log, stop_event=ctx.stop_event,
+                                 timeout_seconds=payload.get("timeout_seconds"))
+            if outcome.stopped:
+                return {}
+            if outcome.timed_out:
+                raise InvalidInput(f"the calls ran past the time limit of "
+                                   f"{payload.get('timeout_seconds')} s")
+            if outcome.status == LOAD_ERROR_EXIT:
+                raise InvalidInput(load_failure(outcome.stderr))
+            results = task_dir / RESULTS_FILE
+            if outcome.status != 0 or not results.is_file():
+                tail = "\n".join(outcome.stderr.strip().splitlines()[-15:])
+                raise RuntimeError(f"the Python child process ended (exit code "
+                                   f"{outcome.exited}, status {outcome.status}) without "
+                                   f"results\n{tail}".rstrip())
+            return self._result(payload, ctx, task_dir)
+        finally:
+            shutil.rmtree(task_dir, ignore_errors=True)
+
+    def _result(self, payload: dict[str, Any], ctx: RunContext,
+                task_dir: Path) -> dict[str, Any]:
+        summary = json.loads((task_dir / SUMMARY_FILE).read_text())
         result: dict[str, Any] = {"count": int(summary["count"]),
                                   "errors": int(summary["errors"]),
                                   "seconds": float(summary["seconds"])}
+        results = task_dir / RESULTS_FILE
         if results.stat().st_size <= INLINE_RESULT_BYTES:
             result["results"] = base64.b64encode(results.read_bytes()).decode()
         else:
-            result["results_blob"] = ctx.upload_output(
-                f"results/{payload['chunk']}.pkl", results)
+            kept = ctx.workdir / RESULTS_FILE  # outlives the task folder while uploading
+            shutil.copyfile(results, kept)
+            result["results_blob"] = ctx.upload_output(f"results/{payload['chunk']}.pkl", kept)
         return result
 
     def finalize(self, params: BaseModel, tasks: list[FinishedTask]) -> dict[str, bytes]:

@@ -1,4 +1,5 @@
-"""The child process of a ``python`` task: ``python .../kinds/python/runner.py DIR``.
+"""The child process of ``python`` tasks: ``python .../kinds/python/runner.py DIR`` runs the
+task laid out in DIR; ``runner.py --serve ROOT`` is reused across a job's tasks (``serve``).
 
 It loads the function and the chunk of calls from ``DIR`` (see ``calls``), runs each call,
 and writes one outcome per call. An exception raised by a call is an outcome, not a
@@ -26,8 +27,8 @@ else:  # run as a file by the worker: the child starts without importing the pac
 class _Loader:
     """Argument slots -> objects; a shared blob is read and unpickled once per process."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+    def __init__(self, root: Path) -> None:
+        self.root = root
         self._blobs: dict[str, Any] = {}
 
     def arg(self, slot: calls.ArgSlot) -> Any:
@@ -36,7 +37,7 @@ class _Loader:
             return cloudpickle.loads(value)
         sha = str(value)
         if sha not in self._blobs:
-            path = self.workdir / calls.BLOBS_DIR / sha
+            path = self.root / calls.BLOBS_DIR / sha
             self._blobs[sha] = cloudpickle.loads(path.read_bytes())
         return self._blobs[sha]
 
@@ -53,10 +54,9 @@ def error_outcome(exc: BaseException) -> calls.Outcome:
     return (calls.ERROR, pickled, name, str(exc), tb)
 
 
-def run_calls(workdir: Path) -> tuple[list[calls.Outcome], int]:
-    function = cloudpickle.loads((workdir / calls.FUNCTION_FILE).read_bytes())
-    chunk = calls.decode_chunk((workdir / calls.CALLS_FILE).read_bytes())
-    loader = _Loader(workdir)
+def run_calls(task_dir: Path, loader: _Loader) -> tuple[list[calls.Outcome], int]:
+    function = cloudpickle.loads((task_dir / calls.FUNCTION_FILE).read_bytes())
+    chunk = calls.decode_chunk((task_dir / calls.CALLS_FILE).read_bytes())
     outcomes: list[calls.Outcome] = []
     errors = 0
     for args_slots, kwargs_slots in chunk:
@@ -73,11 +73,11 @@ def run_calls(workdir: Path) -> tuple[list[calls.Outcome], int]:
     return outcomes, errors
 
 
-def main(argv: list[str]) -> int:
-    workdir = Path(argv[1]) if len(argv) > 1 else Path.cwd()
+def run_task(task_dir: Path, loader: _Loader) -> int:
+    """Run the chunk in ``task_dir`` and write its results there; the exit status."""
     started = time.monotonic()
     try:
-        outcomes, errors = run_calls(workdir)
+        outcomes, errors = run_calls(task_dir, loader)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:  # loading failed: report it, the worker fails the task
@@ -85,13 +85,38 @@ def main(argv: list[str]) -> int:
                          f"{type(exc).__name__}: {exc}\n")
         traceback.print_exc()
         return calls.LOAD_ERROR_EXIT
-    tmp = workdir / (calls.RESULTS_FILE + ".part")
+    tmp = task_dir / (calls.RESULTS_FILE + ".part")
     tmp.write_bytes(calls.encode_outcomes(outcomes))
-    os.replace(tmp, workdir / calls.RESULTS_FILE)
+    os.replace(tmp, task_dir / calls.RESULTS_FILE)
     summary = {"count": len(outcomes), "errors": errors,
                "seconds": round(time.monotonic() - started, 6)}
-    (workdir / calls.SUMMARY_FILE).write_text(json.dumps(summary))
+    (task_dir / calls.SUMMARY_FILE).write_text(json.dumps(summary))
     return 0
+
+
+def serve(root: Path) -> int:
+    """Reused across a job's tasks: read task folder names (under ``root/tasks``) from
+    stdin, run each, and end each with a ``DONE_MARKER`` line on stdout. Shared argument
+    blobs (``root/blobs``) stay loaded between tasks. Ends when stdin closes."""
+    commands = os.fdopen(os.dup(0), "r")
+    sys.stdin = open(os.devnull)  # user code must not read the commands
+    loader = _Loader(root)
+    for line in commands:
+        name = line.strip()
+        if not name:
+            continue
+        status = run_task(root / calls.TASKS_DIR / name, loader)
+        sys.stderr.flush()
+        sys.stdout.write(f"{calls.DONE_MARKER} {name} {status}\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 2 and argv[1] == "--serve":
+        return serve(Path(argv[2]))
+    workdir = Path(argv[1]) if len(argv) > 1 else Path.cwd()
+    return run_task(workdir, _Loader(workdir))
 
 
 if __name__ == "__main__":
