@@ -61,6 +61,16 @@ SPEC = textwrap.dedent('''
 
 
     def evaluate(model):
+        flag = os.environ.get("SPEC_FAIL_FLAG")
+        if flag and os.path.exists(flag):
+            with open(flag) as f:
+                fail_from = int(f.read())
+            with open(flag, "a") as f:
+                f.write("\\n")
+            with open(flag) as f:
+                calls = len(f.read().splitlines())
+            if calls >= fail_from:
+                raise RuntimeError(f"evaluate failed on purpose (call {calls})")
         x, y = _data()
         with torch.no_grad():
             pred = model(x[TRAIN_ROWS:])
@@ -172,3 +182,41 @@ def test_a_worker_killed_mid_round_does_not_stop_the_job(farm: Farm) -> None:
     if skipped:
         # the round went ahead on its quorum; the shard left out is trained again next round
         assert any(a["shards_retrained"] >= 1 for a in aggregates), aggregates
+
+
+def test_job_survives_a_coordinator_restart_and_resumes_after_a_failure(farm: Farm) -> None:
+    require_torch()
+    flag = farm.root / "fail-flag"
+    flag.write_text("3")  # evaluate fails from its 3rd call on: round 2's aggregate
+    farm.setenv("SPEC_FAIL_FLAG", str(flag))
+    start_farm(farm, ["w1", "w2"])
+    project = write_project(farm.root)
+    out = farm.pilot("train", "spec.py", "--file", "data.csv", "--workers", "2",
+                     "--inner-steps", "10", "--rounds", "3", "--batch-size", "16",
+                     "--inner-lr", "0.003", "--no-wait", "--json", cwd=project)
+    job_id = int(json.loads(out.stdout)["job"])
+
+    def round_done(name: str) -> bool:
+        return any(t["name"] == name and t["state"] == "done" for t in farm.tasks(job_id))
+
+    wait_for(lambda: round_done("round 1 aggregate"), 120, "round 1 to finish")
+    farm.kill_server()  # the coordinator crashes mid-job and comes back
+    farm.start_server()
+    waited = json.loads(farm.pilot("wait", str(job_id), "--json", check=False,
+                                   timeout=240).stdout)
+    assert waited["state"] == "failed" and "evaluate failed on purpose" in waited["error"]
+    done_before = {t["name"] for t in farm.tasks(job_id) if t["state"] == "done"}
+    assert "round 1 aggregate" in done_before and "round 2 aggregate" not in done_before
+
+    flag.unlink()
+    farm.pilot("retry", str(job_id))
+    waited = json.loads(farm.pilot("wait", str(job_id), "--json", timeout=240).stdout)
+    assert waited["state"] == "completed", waited
+    tasks = {t["name"]: t for t in farm.tasks(job_id)}
+    # resumed from the last completed round: what was done stays done, not trained again
+    for name in done_before:
+        assert tasks[name]["attempt"] == 1, name
+    metrics = farm.pilot("download", str(job_id), "--out", "result", cwd=project)
+    assert "metrics.csv" in metrics.stdout
+    with open(project / "result" / "metrics.csv") as f:
+        assert [int(r["round"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]

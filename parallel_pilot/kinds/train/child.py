@@ -192,8 +192,9 @@ def main(argv: list[str]) -> int:
         result = STEPS[request["step"]](request, out)
     except Exception as exc:
         traceback.print_exc()
-        (out / "error.txt").write_text(f"{type(exc).__name__}: {exc}")
-        return EXIT_SPEC_ERROR if isinstance(exc, TrainSpecError) else EXIT_ERROR
+        spec_error = isinstance(exc, TrainSpecError)  # its message says what is wrong
+        (out / "error.txt").write_text(str(exc) if spec_error else f"{type(exc).__name__}: {exc}")
+        return EXIT_SPEC_ERROR if spec_error else EXIT_ERROR
     (out / "result.json").write_text(json.dumps(result))
     return 0
 
