@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from parallel_pilot.kinds import known_kinds
 from tests.integration.conftest import Coordinator
 
 API = "/api/v1"
@@ -42,7 +43,9 @@ def test_unknown_kind(sqlite_coordinator: Coordinator) -> None:
     r = submit(sqlite_coordinator, {}, kind="teleport")
     assert r.status_code == 400
     assert r.json() == {"error": "unknown_kind",
-                        "message": "unknown job kind 'teleport'; known kinds: render, sleep, sweep"}
+                        "message": "unknown job kind 'teleport'; known kinds: "
+                                   + ", ".join(known_kinds())}
+    assert {"render", "sleep", "sweep", "python"} <= set(known_kinds())
 
 
 def test_missing_files_are_named(sqlite_coordinator: Coordinator) -> None:
