@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Path, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -26,6 +26,7 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 Viewer = Annotated[Caller, Depends(require_viewer)]
 FormUser = Annotated[Caller, Depends(form_user)]
 ServicesDep = Annotated[Services, Depends(services)]
+RowId = Annotated[int, Path(ge=1, le=2**62)]
 DAY = 86400  # seconds in a day: token expiries are asked for in days
 
 
@@ -112,7 +113,7 @@ def create_token(request: Request, svc: ServicesDep, user: FormUser,
 
 
 @router.post("/account/tokens/{token_id}/revoke")
-def revoke_token(svc: ServicesDep, user: FormUser, token_id: int) -> Response:
+def revoke_token(svc: ServicesDep, user: FormUser, token_id: RowId) -> Response:
     accounts.revoke_token(svc, user, token_id)
     return RedirectResponse("/account", status_code=303)
 
@@ -151,7 +152,7 @@ def create_join_token(request: Request, svc: ServicesDep, user: FormUser,
 
 
 @router.post("/account/join-tokens/{token_id}/revoke")
-def revoke_join_token(svc: ServicesDep, user: FormUser, token_id: int) -> Response:
+def revoke_join_token(svc: ServicesDep, user: FormUser, token_id: RowId) -> Response:
     accounts.revoke_join_token(svc, user, token_id)
     return RedirectResponse("/account", status_code=303)
 
@@ -159,5 +160,6 @@ def revoke_join_token(svc: ServicesDep, user: FormUser, token_id: int) -> Respon
 def _message(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return describe_validation(exc)
-    return str(exc).removeprefix("invalid literal for int() with base 10: ") \
-        if not str(exc).startswith("invalid literal") else "uses must be a whole number"
+    if str(exc).startswith("invalid literal for int()"):
+        return "uses must be a whole number"
+    return str(exc)

@@ -16,6 +16,15 @@ from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.coordinator.sessions import CSRF_COOKIE, CSRF_FORM_FIELD
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+# pages load only their own scripts, styles and media, and may not be framed
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; media-src 'self'; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'; object-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -74,7 +83,7 @@ def page(request: Request, name: str, context: dict[str, Any], *,
     full = {"viewer": viewer, "csrf_token": request.cookies.get(CSRF_COOKIE, ""),
             "csrf_field": CSRF_FORM_FIELD, "path": request.url.path, **context}
     return TEMPLATES.TemplateResponse(request, name, full, status_code=status_code,
-                                      headers=headers)
+                                      headers={**PAGE_HEADERS, **(headers or {})})
 
 
 def fragment(name: str, context: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -60,7 +61,6 @@ class _Parser:
         self._name = ""
         self._data = bytearray()
         self._file: UploadedFile | None = None
-        self._handle: object | None = None
         self._digest = hashlib.sha256()
         self.pending: list[bytes] = []  # file bytes parsed but not yet written
 
@@ -131,7 +131,7 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], tmp_dir: Path
         "on_header_value": state.on_header_value, "on_header_end": state.on_header_end,
         "on_headers_finished": state.on_headers_finished,
     })
-    handles: dict[Path, object] = {}
+    handles: dict[Path, BinaryIO] = {}
     try:
         async for chunk in body:
             parser.write(chunk)
@@ -147,20 +147,21 @@ async def read_form(content_type: str, body: AsyncIterator[bytes], tmp_dir: Path
         raise
     finally:
         for handle in handles.values():
-            handle.close()  # type: ignore[attr-defined]
+            handle.close()
     for upload in state.form.files.values():
         if not upload.tmp.exists():
             upload.tmp.touch()  # an empty file part still gets a (empty) file
     return state.form
 
 
-def _append(handles: dict[Path, object], form: StreamedForm, chunks: list[bytes]) -> None:
+def _append(handles: dict[Path, BinaryIO], form: StreamedForm, chunks: list[bytes]) -> None:
+    """Write parsed bytes of the (one) file part; runs in a thread, off the event loop."""
     upload = next(iter(form.files.values()))
     handle = handles.get(upload.tmp)
     if handle is None:
         handle = handles[upload.tmp] = open(upload.tmp, "wb")  # noqa: SIM115
     for chunk in chunks:
-        handle.write(chunk)  # type: ignore[attr-defined]
+        handle.write(chunk)
 
 
 def place(store: BlobStore, upload: UploadedFile) -> str:

@@ -82,21 +82,21 @@ class PageRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError:
-                return _error_page(request, NotFound("no such page"))
+                return await _error_page(request, NotFound("no such page"))
             except Unauthorized as exc:
                 if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                     return login_redirect(request)
-                return _error_page(request, exc)
+                return await _error_page(request, exc)
             except PilotError as exc:
-                return _error_page(request, exc)
+                return await _error_page(request, exc)
 
         return run
 
 
-def _error_page(request: Request, exc: PilotError) -> Response:
+async def _error_page(request: Request, exc: PilotError) -> Response:
     status = http_status(exc)
     titles = {400: "That did not work", 401: "Please log in", 403: "Not allowed",
               404: "Not found", 409: "Conflict", 413: "Too large", 429: "Slow down"}
     return page(request, "error.html", {"title": titles.get(status, "Error"),
                                         "message": exc.message, "status": status},
-                viewer=None, status_code=status)
+                viewer=await viewer(request), status_code=status)

@@ -49,9 +49,12 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-def new_page(browser: Any, base_url: str) -> Any:
-    """A page in a fresh context (its own cookies), with downloads allowed."""
-    context = browser.new_context(base_url=base_url, viewport=VIEWPORT, accept_downloads=True)
+def new_page(browser: Any, base_url: str, *, bypass_csp: bool = True) -> Any:
+    """A page in a fresh context (its own cookies), with downloads allowed. The test's own
+    scripts (waits, axe-core) are let past the pages' Content-Security-Policy, which
+    forbids evaluating strings."""
+    context = browser.new_context(base_url=base_url, viewport=VIEWPORT, accept_downloads=True,
+                                  bypass_csp=bypass_csp)
     context.set_default_timeout(20_000)
     return context.new_page()
 

@@ -98,11 +98,22 @@ def test_render_from_the_browser(farm: Farm, scene: Path, chrome: Any) -> None:
     page.get_by_label("Render engine").select_option("CYCLES")
     page.get_by_label("Job name").fill("browser render")
     page.get_by_label("Blender file (.blend)").set_input_files(str(scene))
+    # a slow link (bytes per second), so that the upload bar has something to show
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1,
+        "uploadThroughput": max(scene.stat().st_size // 2, 50_000)})
     with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/jobs/new")) \
             as posted:
         page.get_by_role("button", name="Upload and render").click()
     assert posted.value.headers.get("x-csrf-token"), "the form was not sent by the script"
+    page.wait_for_function("(p => p && p.value > 0 && p.value < 100)"
+                           "(document.getElementById('upload-progress'))")
+    assert "% · " in page.locator("#upload-text").inner_text()
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     job_id = int(page.url.rsplit("/", 1)[1])
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
 
@@ -166,16 +177,24 @@ def test_a_second_user_cannot_open_the_first_users_job(farm: Farm, scene: Path,
                                                         chrome: Any) -> None:
     for name in ("alice", "bob"):
         farm.api("POST", "/users", json={"name": name, "password": PASSWORD})
-    alice = new_page(chrome, farm.url)
+    # alice's browser enforces the pages' Content-Security-Policy: their scripts (upload,
+    # live updates) must work under it
+    alice = new_page(chrome, farm.url, bypass_csp=False)
+    refused: list[str] = []
+    alice.on("console", lambda m: refused.append(m.text)
+             if "Content Security Policy" in m.text else None)
     log_in(alice, "alice", PASSWORD)
     alice.goto("/jobs/new")
     alice.get_by_label("Blender file (.blend)").set_input_files(str(scene))
     alice.get_by_label("Frames", exact=True).fill("1-2")
-    alice.get_by_role("button", name="Upload and render").click()
+    with alice.expect_request(lambda r: r.method == "POST") as posted:
+        alice.get_by_role("button", name="Upload and render").click()
+    assert posted.value.headers.get("x-csrf-token"), "the form was not sent by the script"
     alice.wait_for_url(re.compile(r"/jobs/\d+$"))
     job_url = alice.url
     job_id = job_url.rsplit("/", 1)[1]
-    alice.locator("#job-summary").wait_for()
+    alice.locator("#live-status.on").wait_for()  # the live stream runs under the policy
+    assert refused == []
     bob = new_page(chrome, farm.url)
     log_in(bob, "bob", PASSWORD)
     response = bob.goto(job_url)

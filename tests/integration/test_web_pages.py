@@ -233,3 +233,16 @@ def test_account_page_tokens_and_admin_sections(coordinator: Coordinator,
     web.cookies.clear()
     login(web, "carol", PASSWORD)
     assert "Worker join tokens" not in web.get("/account").text
+
+
+def test_a_file_over_the_upload_limit_is_refused(tmp_path: Path) -> None:
+    coord = make_coordinator(f"sqlite:///{tmp_path / 'pilot.db'}", tmp_path,
+                             cookie_secure=False, max_upload_bytes=1000)
+    with coord.client as web:
+        web.headers["accept"] = "text/html"
+        csrf = login(web, "admin", _password(coord))
+        response = submit(web, csrf, {"frames": "1-2"})
+        assert response.status_code == 413
+        assert "at most 1000 bytes" in response.text
+    assert list(coord.services.blobs.tmp.iterdir()) == []
+    coord.services.engine.dispose()
