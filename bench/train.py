@@ -14,13 +14,15 @@ of k real workers as the slowest worker of each round plus the aggregation (for 
 slowest worker of each step). Bytes for sync count each worker sending its fp32 gradient to
 an averager once per step (a ring all-reduce would send about twice that).
 
-    python bench/train.py [--quick] [--rounds R] [--inner-steps H] [--workers K] [--json]
+    python bench/train.py [--quick] [--rounds R] [--inner-steps H] [--workers K]
+                          [--inner-lr 1e-3,3e-3] [--seeds N] [--spec FILE] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -106,6 +108,7 @@ def run_rounds(setup: Setup, name: str, outer: OuterConfig, scratch: Path) -> Ar
     momentum: dict[str, torch.Tensor] | None = None
     cursors: list[dict[str, int] | None] = [None] * setup.workers
     states: list[dict[str, Any] | None] = [None] * setup.workers
+    sent_total = 0  # bytes of all workers' deltas
     started = time.perf_counter()
     for round_number in range(setup.rounds):
         deltas, samples, slowest = [], [], 0.0
@@ -118,7 +121,7 @@ def run_rounds(setup: Setup, name: str, outer: OuterConfig, scratch: Path) -> Ar
                                 config=setup.inner, optimizer_state=states[shard])
             cursors[shard], states[shard] = inner.cursor, inner.optimizer_state
             path = scratch / f"{name}-r{round_number}-s{shard}.safetensors"
-            result.bytes_per_worker += save_safetensors(path, inner.delta, dtype=torch.float16)
+            sent_total += save_safetensors(path, inner.delta, dtype=torch.float16)
             slowest = max(slowest, time.perf_counter() - worker_started)
             delta, _ = load_safetensors(path)
             reason = check_delta(delta, params)
@@ -132,6 +135,7 @@ def run_rounds(setup: Setup, name: str, outer: OuterConfig, scratch: Path) -> Ar
         result.curve.append(setup.evaluate(model))
         result.parallel_s += slowest + time.perf_counter() - aggregate_started
     result.wall_s = time.perf_counter() - started
+    result.bytes_per_worker = sent_total // setup.workers
     return result
 
 
@@ -178,24 +182,51 @@ def run_sync(setup: Setup) -> ArmResult:
     return result
 
 
-def print_table(results: list[ArmResult], setup: Setup, out: Callable[[str], None]) -> None:
+@dataclass
+class ArmSummary:
+    """One arm at one inner lr, over seeds: means of the final figures."""
+
+    name: str
+    inner_lr: float
+    runs: list[ArmResult]
+
+    def mean(self, values: list[float]) -> float:
+        return statistics.fmean(values)
+
+    def final(self, key: str) -> list[float]:
+        return [r.curve[-1][key] for r in self.runs]
+
+    @property
+    def loss(self) -> float:
+        return self.mean(self.final("loss"))
+
+    def curve(self) -> list[float]:
+        return [self.mean([r.curve[i]["loss"] for r in self.runs])
+                for i in range(len(self.runs[0].curve))]
+
+
+def print_table(summaries: list[ArmSummary], setup: Setup, seeds: list[int],
+                out: Callable[[str], None]) -> None:
     out(f"workers k={setup.workers}, rounds={setup.rounds}, inner steps H={setup.inner_steps} "
         f"(= {setup.rounds * setup.inner_steps} steps per worker), batch {setup.batch_size}, "
-        f"seed {setup.seed}")
-    metric = next((k for k in results[0].curve[-1] if k != "loss"), None)
-    head = f"{'arm':<8} {'inner lr':>8} {'eval loss':>10} {(metric or ''):>10} {'best loss':>10} " \
-           f"{'bytes/worker':>13} {'wall s':>8} {'parallel s':>11}"
+        f"seeds {','.join(map(str, seeds))} (figures are means over seeds)")
+    metric = next((k for k in summaries[0].runs[0].curve[-1] if k != "loss"), None)
+    head = (f"{'arm':<7} {'inner lr':>8} {'eval loss':>9} {'(sd)':>7} {(metric or '')[:9]:>9} "
+            f"{'best loss':>9} {'bytes/worker':>13} {'wall s':>7} {'parallel s':>10}")
     out(head)
     out("-" * len(head))
-    for r in results:
-        final = r.curve[-1]
-        best = min(c["loss"] for c in r.curve)
-        value = f"{final[metric]:.4f}" if metric else ""
-        out(f"{r.name:<8} {r.inner_lr:>8g} {final['loss']:>10.4f} {value:>10} {best:>10.4f} "
-            f"{r.bytes_per_worker:>13,} {r.wall_s:>8.1f} {r.parallel_s:>11.1f}")
-    out("eval loss after each round:")
-    for r in results:
-        out(f"  {r.name:<8} " + " ".join(f"{c['loss']:.3f}" for c in r.curve))
+    for s in summaries:
+        losses = s.final("loss")
+        spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        value = f"{s.mean(s.final(metric)):.4f}" if metric else ""
+        best = s.mean([min(c["loss"] for c in r.curve) for r in s.runs])
+        out(f"{s.name:<7} {s.inner_lr:>8g} {s.loss:>9.4f} {spread:>7.4f} {value:>9} "
+            f"{best:>9.4f} {s.runs[0].bytes_per_worker:>13,} "
+            f"{s.mean([r.wall_s for r in s.runs]):>7.1f} "
+            f"{s.mean([r.parallel_s for r in s.runs]):>10.1f}")
+    out("mean eval loss after each round:")
+    for s in summaries:
+        out(f"  {s.name:<7} " + " ".join(f"{v:.3f}" for v in s.curve()))
 
 
 def run_arm(arm: str, setup: Setup, args: argparse.Namespace, scratch: Path) -> ArmResult:
@@ -232,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                              "and reports its own best final eval loss")
     parser.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo outer SGD lr")
     parser.add_argument("--outer-momentum", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="runs per arm and lr, with seeds 0..N-1 (model init and data)")
     parser.add_argument("--arms", default="single,diloco,sync,fedavg",
                         help="comma-separated subset of single,diloco,sync,fedavg")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 10 steps")
@@ -242,24 +274,30 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.inner_steps = 3, 10
     torch.set_num_threads(1)  # one core per simulated worker, as on a volunteer's machine
     grid = [float(value) for value in args.inner_lr.split(",")]
+    seeds = list(range(args.seeds))
     setup = Setup(spec=load_spec(args.spec), workers=args.workers, rounds=args.rounds,
-                  inner_steps=args.inner_steps, batch_size=args.batch_size, seed=args.seed,
+                  inner_steps=args.inner_steps, batch_size=args.batch_size, seed=0,
                   inner=InnerConfig(lr=grid[0]))
     warm_up(setup)
-    results: list[ArmResult] = []
+    summaries: list[ArmSummary] = []
     with tempfile.TemporaryDirectory(prefix="pilot-bench-train-") as scratch:
         for arm in args.arms.split(","):
             tried = []
             for lr in grid:
-                setup.inner = InnerConfig(lr=lr)
-                tried.append(run_arm(arm, setup, args, Path(scratch)))
-                print(f"... {arm} lr {lr:g}: eval loss {tried[-1].curve[-1]['loss']:.4f} "
-                      f"in {tried[-1].wall_s:.1f} s", file=sys.stderr)
-            results.append(min(tried, key=lambda r: r.curve[-1]["loss"]))
+                runs = []
+                for seed in seeds:
+                    setup.inner, setup.seed = InnerConfig(lr=lr), seed
+                    runs.append(run_arm(arm, setup, args, Path(scratch)))
+                tried.append(ArmSummary(arm, lr, runs))
+                print(f"... {arm} lr {lr:g}: mean eval loss {tried[-1].loss:.4f} in "
+                      f"{sum(r.wall_s for r in runs):.1f} s", file=sys.stderr)
+            # every arm gets its own best lr of the same grid, chosen the same way
+            summaries.append(min(tried, key=lambda summary: summary.loss))
     if args.json:
-        print(json.dumps([r.__dict__ for r in results], indent=2))
+        print(json.dumps([{"arm": s.name, "inner_lr": s.inner_lr,
+                           "runs": [r.__dict__ for r in s.runs]} for s in summaries], indent=2))
     else:
-        print_table(results, setup, print)
+        print_table(summaries, setup, seeds, print)
     return 0
 
 
