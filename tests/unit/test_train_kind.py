@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import FinishedTask, parse_params
 from parallel_pilot.kinds.train.kind import metrics_csv, metrics_rows
 from parallel_pilot.kinds.train.params import TrainParams, delta_path, model_path
-from parallel_pilot.kinds.train.tasks import _thin
+from parallel_pilot.kinds.train.tasks import _kept_round, _thin
 
 SHA = "a" * 64
 DATA = "b" * 64
@@ -130,3 +131,10 @@ def test_loss_curve_is_thinned_keeping_the_last_point() -> None:
     thin = _thin(curve, 200)
     assert len(thin) == 200 and thin[0] == 0.0 and thin[-1] == 999.0
     assert _thin([1.0, 2.0], 200) == [1.0, 2.0]
+
+
+def test_kept_optimizer_state_is_resumed_only_by_a_later_round(tmp_path: Path) -> None:
+    kept = tmp_path / "shard-0000.safetensors"
+    assert _kept_round(kept) > 10**9  # no record: never resumed
+    kept.with_suffix(".json").write_text('{"round": 3}')
+    assert _kept_round(kept) == 3  # resumed by round 4 on, not by a retry of round 3

@@ -78,7 +78,7 @@ def _train(task: TaskLease, ctx: RunContext, request: dict[str, Any],
     request.update(round=r, shard=shard, cursor=state.get("cursors", {}).get(str(shard)),
                    model=str(_fetch_output(ctx, model_path(r), io_dir / "theta.safetensors")))
     kept = _optimizer_file(ctx, task.job_id, shard)
-    if kept is not None and kept.is_file():
+    if kept is not None and kept.is_file() and _kept_round(kept) < r:
         shutil.copyfile(kept, io_dir / "optimizer-in.safetensors")
         request["optimizer"] = str(io_dir / "optimizer-in.safetensors")
         ctx.log(f"resuming the AdamW state kept for shard {shard}")
@@ -89,6 +89,7 @@ def _train(task: TaskLease, ctx: RunContext, request: dict[str, Any],
         partial = kept.with_name(f".{kept.name}.{os.getpid()}")
         shutil.copyfile(io_dir / "optimizer.safetensors", partial)
         os.replace(partial, kept)
+        kept.with_suffix(".json").write_text(json.dumps({"round": r}))
     losses: list[float] = result["losses"]
     return {"step": "train", "round": r, "shard": shard, "samples": result["samples"],
             "loss": sum(losses) / len(losses), "losses": _thin(losses, MAX_LOSSES_REPORTED),
@@ -208,6 +209,15 @@ def _optimizer_file(ctx: RunContext, job_id: int, shard: int) -> Path | None:
     if root is None:
         return None
     return Path(root).parent / STATE_DIR_NAME / f"job-{job_id}" / f"shard-{shard:04d}.safetensors"
+
+
+def _kept_round(kept: Path) -> int:
+    """The round whose training left the kept AdamW state (a state from this round or a
+    later one, e.g. of an attempt whose report was lost, is not resumed)."""
+    try:
+        return int(json.loads(kept.with_suffix(".json").read_text())["round"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1 << 62
 
 
 def _thin(values: list[float], limit: int) -> list[float]:
