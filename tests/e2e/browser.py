@@ -49,12 +49,13 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-def new_page(browser: Any, base_url: str, *, bypass_csp: bool = True) -> Any:
+def new_page(browser: Any, base_url: str, *, bypass_csp: bool = True,
+             javascript: bool = True) -> Any:
     """A page in a fresh context (its own cookies), with downloads allowed. The test's own
     scripts (waits, axe-core) are let past the pages' Content-Security-Policy, which
     forbids evaluating strings."""
     context = browser.new_context(base_url=base_url, viewport=VIEWPORT, accept_downloads=True,
-                                  bypass_csp=bypass_csp)
+                                  bypass_csp=bypass_csp, java_script_enabled=javascript)
     context.set_default_timeout(20_000)
     return context.new_page()
 

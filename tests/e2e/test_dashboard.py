@@ -149,6 +149,16 @@ def test_render_from_the_browser(farm: Farm, scene: Path, chrome: Any) -> None:
     screenshot(page, "job-finished")
     check_accessibility(page, "a finished job")
 
+    # without JavaScript the pages still read: rendered on the server
+    plain = new_page(chrome, farm.url, javascript=False)
+    log_in(plain, "admin", (farm.data_dir / "admin-password").read_text().strip())
+    assert plain.locator(f'tr[data-job="{job_id}"]').count() == 1
+    plain.goto(f"/jobs/{job_id}")
+    assert plain.locator("#task-grid .cell.st-done").count() == SCENE_FRAMES // 2 + 1
+    assert plain.locator("#job-video").count() == 1
+    assert plain.locator("#job-thumbs img").count() == SCENE_FRAMES
+    plain.context.close()
+
     page.get_by_role("link", name="Workers", exact=True).click()
     assert page.locator("#workers-rows").inner_text().count("w1") == 1
     check_accessibility(page, "the workers page")

@@ -246,3 +246,38 @@ def test_a_file_over_the_upload_limit_is_refused(tmp_path: Path) -> None:
         assert "at most 1000 bytes" in response.text
     assert list(coord.services.blobs.tmp.iterdir()) == []
     coord.services.engine.dispose()
+
+
+def test_a_sweep_shows_its_results_failure_and_the_workers(coordinator: Coordinator,
+                                                          web: TestClient) -> None:
+    csrf = login(web, "admin", _password(coordinator))
+    job = web.post("/api/v1/jobs", headers=coordinator.user(), json={
+        "kind": "sweep", "params": {"command": ["echo", "{item}"], "items": "a,b,c"}}).json()
+    worker = coordinator.register_worker(kinds=["sweep"], name="gpu-box")
+    leased = web.post("/api/v1/workers/lease", headers=worker,
+                      json={"slots": 3, "wait_seconds": 0}).json()["tasks"]
+    assert len(leased) == 3
+    running = web.get("/workers").text
+    assert "gpu-box" in running and 'class="badge st-busy"' in running
+    assert f"/jobs/{job['id']}?task=" in running  # its current task, linked
+    for task, item in zip(leased[:2], "ab", strict=True):
+        web.post(f"/api/v1/attempts/{task['task_id']}/{task['attempt']}/heartbeat",
+                 headers=worker, json={"log_lines": [f"working on {item}"]})
+        web.post(f"/api/v1/attempts/{task['task_id']}/{task['attempt']}/complete",
+                 headers=worker, json={"result": {"item": item, "exit_code": 0,
+                                                  "stdout": f"out-{item}\n", "files": {}}})
+    last = leased[2]
+    web.post(f"/api/v1/attempts/{last['task_id']}/{last['attempt']}/fail", headers=worker,
+             json={"reason": "disk full on gpu-box", "retryable": False})
+    page = web.get(f"/jobs/{job['id']}").text
+    table = page.split('aria-label="Sweep results"', 1)[1]
+    assert "out-a" in table and "out-b" in table and table.count('class="badge st-done"') == 2
+    assert "disk full on gpu-box" in page  # the failure reason, next to the failed task
+    assert 'class="cell st-failed selected"' in page  # the failed task is shown first
+    assert "Retry failed tasks" in page and "Cancel job" not in page
+    first_log = web.get(f"/jobs/{job['id']}?task={leased[0]['task_id']}").text
+    assert "working on a" in first_log
+    web.post(f"/jobs/{job['id']}/retry", data={"csrf_token": csrf})
+    assert 'class="cell st-ready' in web.get(f"/jobs/{job['id']}").text
+    assert web.get("/jobs/999999").status_code == 404
+    assert web.get("/jobs/abc").status_code == 404
