@@ -74,6 +74,7 @@ def progress_value(page: Any) -> float:
 def test_render_from_the_browser(farm: Farm, scene: Path, chrome: Any) -> None:
     page = new_page(chrome, farm.url)
     page.goto("/login")
+    screenshot(page, "login")
     check_accessibility(page, "the login page")
     log_in(page, "admin", (farm.data_dir / "admin-password").read_text().strip())
     check_accessibility(page, "the empty jobs list")
@@ -89,6 +90,7 @@ def test_render_from_the_browser(farm: Farm, scene: Path, chrome: Any) -> None:
     assert "greater than or equal to 1" in error.inner_text()
     assert page.get_by_label("Frames per task").get_attribute("aria-invalid") == "true"
     assert "Kept from your last try" in page.locator("#scene-hint").inner_text()
+    screenshot(page, "submit-errors")
     check_accessibility(page, "the submit form with errors")
 
     # the real submit, sent by the page's script (upload progress, CSRF header)
@@ -161,8 +163,10 @@ def test_render_from_the_browser(farm: Farm, scene: Path, chrome: Any) -> None:
 
     page.get_by_role("link", name="Workers", exact=True).click()
     assert page.locator("#workers-rows").inner_text().count("w1") == 1
+    screenshot(page, "workers")
     check_accessibility(page, "the workers page")
     page.get_by_role("link", name="Account", exact=True).click()
+    screenshot(page, "account")
     check_accessibility(page, "the account page")
 
     # the jobs list stays live across a coordinator restart
