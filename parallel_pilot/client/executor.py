@@ -17,6 +17,7 @@ import functools
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future, InvalidStateError
@@ -117,6 +118,7 @@ class Executor(_BaseExecutor):
         self._submitting = 0  # jobs being submitted outside the lock
         self._shutdown = False
         self._thread: threading.Thread | None = None
+        self._workers_checked = False
 
     # ------------------------------------------------------------ the Executor API
 
@@ -204,6 +206,7 @@ class Executor(_BaseExecutor):
             for chunk in live:
                 _fail(chunk.future, exc)
             return
+        self._warn_without_workers()
         job = _Job(info.id, {})
         with self._cond:
             for task, chunk in zip(tasks, live, strict=True):
@@ -216,6 +219,21 @@ class Executor(_BaseExecutor):
                 self._jobs[info.id] = job
             self._start_thread()
             self._cond.notify_all()
+
+    def _warn_without_workers(self) -> None:
+        """Once: warn when no online worker allows ``python`` (the calls would wait)."""
+        if self._workers_checked:
+            return
+        self._workers_checked = True
+        try:
+            workers = self.client.workers()
+        except Exception:  # only a hint; the calls are submitted either way
+            return
+        if not any(w.state in ("idle", "busy") and "python" in w.capabilities.kinds
+                   for w in workers):
+            warnings.warn(f"no online worker of {self.client.server} allows python tasks; "
+                          "the calls wait until one started with --allow python joins",
+                          RuntimeWarning, stacklevel=2)
 
     def _future_done(self, chunk: _Chunk, _future: Future[Any]) -> None:
         """A future was cancelled by its user: cancel its task too (once submitted)."""

@@ -18,7 +18,7 @@ import pytest
 import parallel_pilot
 from parallel_pilot.client.executor import Executor
 from parallel_pilot.client.python_calls import TaskFailed
-from parallel_pilot.core.protocol import JobInfo, TaskCancelled, TaskInfo
+from parallel_pilot.core.protocol import JobInfo, TaskCancelled, TaskInfo, WorkerInfo
 from parallel_pilot.kinds.python import calls as fmt
 from parallel_pilot.kinds.python.runner import _Loader, run_task
 
@@ -34,6 +34,14 @@ class FakeFarm:
         self.cancelled: list[int] = []
         self.fail_job: str | None = None
         self.lock = threading.Lock()
+        self.server = "http://farm.invalid"
+        self.worker_kinds = ["python"]
+
+    def workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo.model_validate({
+            "id": 1, "name": "w1", "state": "idle", "current_tasks": [], "tasks_done": 0,
+            "last_seen": 0, "created_at": 0,
+            "capabilities": {"cpu_cores": 1, "ram_bytes": 1, "kinds": self.worker_kinds}})]
 
     def upload_bytes(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
@@ -167,12 +175,15 @@ def test_a_future_cancelled_after_submission_cancels_its_task(farm: FakeFarm) ->
     pool = executor(farm, batch_seconds=0.0)
     futures = [pool.submit(abs, -i) for i in range(3)]
     deadline = time.monotonic() + 10
-    while 1 not in pool._jobs:  # the job is submitted and its task ids are known
+    # wait until every call is submitted and its task id known
+    while sum(len(job.open) for job in list(pool._jobs.values())) < 3:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     pool.shutdown(wait=False, cancel_futures=True)
+    submitted = sorted(t["id"] for tasks in farm.tasks_by_job.values() for t in tasks)
+    assert len(submitted) == 3
     deadline = time.monotonic() + 10
-    while sorted(farm.cancelled) != [100, 101, 102]:
+    while sorted(farm.cancelled) != submitted:
         assert time.monotonic() < deadline, farm.cancelled
         time.sleep(0.01)
     assert all(f.cancelled() for f in futures)
@@ -186,6 +197,14 @@ def test_a_failed_job_fails_its_futures_with_the_reason(farm: FakeFarm) -> None:
         future = pool.submit(abs, 1)
         with pytest.raises(TaskFailed, match="nope"):
             future.result(10)
+
+
+def test_a_farm_without_python_workers_is_warned_about(farm: FakeFarm) -> None:
+    farm.worker_kinds = ["render"]
+    with executor(farm) as pool, pytest.warns(RuntimeWarning, match="--allow python"):
+        future = pool.submit(abs, -3)
+        run_until(farm, [future])
+    assert future.result() == 3
 
 
 def test_public_surface_is_documented() -> None:
