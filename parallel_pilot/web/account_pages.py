@@ -30,12 +30,19 @@ RowId = Annotated[int, Path(ge=1, le=2**62)]
 DAY = 86400  # seconds in a day: token expiries are asked for in days
 
 
+def _cookie_lost(svc: Services, request: Request) -> bool:
+    """Whether a browser would drop the session cookie: it is marked Secure but this page
+    came over plain http (a remote address without TLS)."""
+    return request.url.scheme == "http" and sessions.cookie_secure(svc, request)
+
+
 @router.get("/login")
-async def login_page(request: Request, next: str = "/jobs") -> Response:
+async def login_page(request: Request, svc: ServicesDep, next: str = "/jobs") -> Response:
     user = await find_viewer(request)
     if user is not None:
         return RedirectResponse(safe_next(next), status_code=303)
-    return page(request, "login.html", {"next": safe_next(next), "name": "", "error": ""},
+    return page(request, "login.html", {"next": safe_next(next), "name": "", "error": "",
+                                        "cookie_lost": _cookie_lost(svc, request)},
                 viewer=None)
 
 
@@ -52,7 +59,8 @@ def login(request: Request, svc: ServicesDep, name: Annotated[str, Form(max_leng
     except (Unauthorized, RateLimited) as exc:
         status = 429 if isinstance(exc, RateLimited) else 401
         return page(request, "login.html", {"next": safe_next(next), "name": name,
-                                            "error": exc.message},
+                                            "error": exc.message,
+                                            "cookie_lost": _cookie_lost(svc, request)},
                     viewer=None, status_code=status)
     response = RedirectResponse(safe_next(next), status_code=303)
     sessions.set_cookies(svc, request, response, done)

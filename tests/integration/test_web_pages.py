@@ -70,6 +70,8 @@ def test_pages_need_a_login_and_login_sets_the_session(coordinator: Coordinator,
     assert response.headers["location"] == "/login?next=%2Fjobs%3Fstate%3Drunning"
     page = web.get("/login")
     assert '<label for="login-name">' in page.text and 'id="login-name"' in page.text
+    assert "PILOT_COOKIE_SECURE" not in page.text  # cookies are not Secure here
+    assert "default-src 'self'" in page.headers["content-security-policy"]
     bad = web.post("/login", data={"name": "admin", "password": "wrong password"})
     assert bad.status_code == 401 and "wrong user name or password" in bad.text
     login(web, "admin", _password(coordinator))
@@ -281,3 +283,10 @@ def test_a_sweep_shows_its_results_failure_and_the_workers(coordinator: Coordina
     assert 'class="cell st-ready' in web.get(f"/jobs/{job['id']}").text
     assert web.get("/jobs/999999").status_code == 404
     assert web.get("/jobs/abc").status_code == 404
+
+
+def test_login_warns_when_the_browser_would_drop_the_session_cookie(
+        sqlite_coordinator: Coordinator) -> None:
+    # plain http to a host that is not local: the cookie is Secure, the browser drops it
+    page = sqlite_coordinator.client.get("/login")
+    assert "PILOT_COOKIE_SECURE=false" in page.text
