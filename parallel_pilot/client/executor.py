@@ -41,6 +41,7 @@ MAX_BATCH_CALLS = 10_000  # calls one submit() batch holds at most
 POLL_MIN = 0.02  # seconds between polls of a job right after it changed
 POLL_MAX = 1.0  # seconds between polls of a job at most (the backoff's bound)
 POLL_GROWTH = 1.5  # factor the poll interval grows by while a job does not change
+WARN_AFTER = 10.0  # seconds a job may wait untouched before workers are looked at
 ERROR_PAUSE = 1.0  # seconds to wait after the coordinator could not be reached
 
 log = logging.getLogger("pilot.executor")
@@ -66,6 +67,7 @@ class _Job:
     seen: tuple[Any, ...] = ()
     interval: float = POLL_MIN
     next_poll: float = 0.0
+    submitted_at: float = 0.0
 
 
 class Executor(_BaseExecutor):
@@ -206,8 +208,7 @@ class Executor(_BaseExecutor):
             for chunk in live:
                 _fail(chunk.future, exc)
             return
-        self._warn_without_workers()
-        job = _Job(info.id, {})
+        job = _Job(info.id, {}, submitted_at=time.monotonic())
         with self._cond:
             for task, chunk in zip(tasks, live, strict=True):
                 chunk.job_id, chunk.task_id = info.id, task.id
@@ -221,7 +222,7 @@ class Executor(_BaseExecutor):
             self._cond.notify_all()
 
     def _warn_without_workers(self) -> None:
-        """Once: warn when no online worker allows ``python`` (the calls would wait)."""
+        """Once, when a job waits: warn if no online worker allows ``python``."""
         if self._workers_checked:
             return
         self._workers_checked = True
@@ -319,6 +320,8 @@ class Executor(_BaseExecutor):
                                                    f"{info.error or 'no reason given'}"))
         else:
             job.interval = min(self.poll_max, job.interval * POLL_GROWTH)
+            if time.monotonic() - job.submitted_at > WARN_AFTER and not info.tasks_done:
+                self._warn_without_workers()
         job.next_poll = time.monotonic() + job.interval
         with self._cond:
             if not job.open:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import parallel_pilot
+from parallel_pilot.client import executor as executor_module
 from parallel_pilot.client.executor import Executor
 from parallel_pilot.client.python_calls import TaskFailed
 from parallel_pilot.core.protocol import JobInfo, TaskCancelled, TaskInfo, WorkerInfo
@@ -199,10 +200,16 @@ def test_a_failed_job_fails_its_futures_with_the_reason(farm: FakeFarm) -> None:
             future.result(10)
 
 
-def test_a_farm_without_python_workers_is_warned_about(farm: FakeFarm) -> None:
+def test_a_farm_without_python_workers_is_warned_about(farm: FakeFarm,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     farm.worker_kinds = ["render"]
+    monkeypatch.setattr(executor_module, "WARN_AFTER", 0.0)
     with executor(farm) as pool, pytest.warns(RuntimeWarning, match="--allow python"):
         future = pool.submit(abs, -3)
+        deadline = time.monotonic() + 10
+        while not pool._workers_checked:  # the waiting job made it look at the workers
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         run_until(farm, [future])
     assert future.result() == 3
 
