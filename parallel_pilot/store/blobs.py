@@ -65,10 +65,18 @@ class BlobStore:
 
     def write_bytes(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
-        final = self.path(sha256)
-        if not final.exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
+        if not self.exists(sha256):
             tmp = self.tmp / f"{sha256}.{uuid.uuid4().hex}.part"
             tmp.write_bytes(data)
-            os.replace(tmp, final)
+            self.adopt(tmp, sha256)
         return sha256
+
+    def adopt(self, tmp: Path, sha256: str) -> None:
+        """Move a file whose SHA-256 the caller computed into the store (on the same file
+        system, e.g. under ``self.tmp``); when the blob exists already the file is dropped."""
+        final = self.path(sha256)
+        if final.is_file():
+            tmp.unlink(missing_ok=True)
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)

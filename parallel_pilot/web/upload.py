@@ -9,7 +9,6 @@ byte is written."""
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -166,10 +165,5 @@ def _append(handles: dict[Path, BinaryIO], form: StreamedForm, chunks: list[byte
 
 def place(store: BlobStore, upload: UploadedFile) -> str:
     """Move a hashed upload into the store under its SHA-256 (de-duplicated)."""
-    final = store.path(upload.sha256)
-    if final.is_file():
-        upload.tmp.unlink(missing_ok=True)
-    else:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(upload.tmp, final)
+    store.adopt(upload.tmp, upload.sha256)
     return upload.sha256
