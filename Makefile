@@ -11,7 +11,7 @@ EXTRAS := postgres,mysql,render,train,examples,dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install test demo lint bench clean distclean
+.PHONY: help install test demo lint bench bench-train clean distclean
 
 help:
 	@echo "make install   create $(VENV) and install the project with [$(EXTRAS)]"
@@ -19,6 +19,7 @@ help:
 	@echo "make demo      install, then run a sweep across local workers"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     dispatch benchmark (bench/dispatch.py)"
+	@echo "make bench-train  DiLoCo vs one worker, sync data parallel, FedAvg (bench/train.py)"
 	@echo "make clean     remove caches and build output; distclean also removes $(VENV)"
 
 install: $(INSTALL_STAMP)
@@ -46,6 +47,9 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
+
+bench-train: install
+	$(BIN)/python bench/train.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output test-artifacts
