@@ -53,17 +53,6 @@ class TaskFailed(PilotError):
     code = "task_failed"
 
 
-class RemoteTraceback(Exception):
-    """Carries the remote traceback text as the ``__cause__`` of a rebuilt exception."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return f"\n\"\"\"\n{self.tb}\"\"\""
-
-
 class CallEncoder:
     """Turns chunks of calls into ``python`` job parameters, uploading what they need."""
 
@@ -168,8 +157,8 @@ def outcome_value(outcome: Outcome) -> Any:
 
 def rebuild_exception(outcome: Outcome) -> BaseException:
     """The remote exception with its own type when it unpickles here (the remote traceback
-    added to its message, or as a note where the message is not plain text), else a
-    ``RemoteError`` naming the type."""
+    added to its message, or as a note where the message is not plain text, and kept as
+    its ``remote_traceback``), else a ``RemoteError`` naming the type."""
     _, pickled, type_name, message, tb = outcome
     exc: BaseException | None = None
     if pickled is not None:
@@ -187,5 +176,5 @@ def rebuild_exception(outcome: Outcome) -> BaseException:
         exc.args = (f"{args[0]}\n\n{text}",)
     else:
         exc.add_note(text)
-    exc.__cause__ = RemoteTraceback(tb)
+    exc.remote_traceback = tb  # type: ignore[attr-defined]  # also for code that looks
     return exc

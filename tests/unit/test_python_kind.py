@@ -155,6 +155,7 @@ def test_an_exception_that_cannot_be_rebuilt_is_a_remote_error() -> None:
                                    "'k'", "TB"))
     assert isinstance(key_error, KeyError) and key_error.args == ("k",)
     assert any("TB" in note for note in key_error.__notes__)
+    assert key_error.remote_traceback == "TB"  # type: ignore[attr-defined]
 
 
 def test_params_model_is_the_kinds_model() -> None:
