@@ -187,12 +187,12 @@ def test_a_worker_killed_mid_round_does_not_stop_the_job(farm: Farm) -> None:
 def test_job_survives_a_coordinator_restart_and_resumes_after_a_failure(farm: Farm) -> None:
     require_torch()
     flag = farm.root / "fail-flag"
-    flag.write_text("3")  # evaluate fails from its 3rd call on: round 2's aggregate
+    flag.write_text("3")  # evaluate fails from its 3rd call on: round 2's (the last)
     farm.setenv("SPEC_FAIL_FLAG", str(flag))
     start_farm(farm, ["w1", "w2"])
     project = write_project(farm.root)
     out = farm.pilot("train", "spec.py", "--file", "data.csv", "--workers", "2",
-                     "--inner-steps", "10", "--rounds", "3", "--batch-size", "16",
+                     "--inner-steps", "10", "--rounds", "2", "--batch-size", "16",
                      "--inner-lr", "0.003", "--no-wait", "--json", cwd=project)
     job_id = int(json.loads(out.stdout)["job"])
 
@@ -219,4 +219,4 @@ def test_job_survives_a_coordinator_restart_and_resumes_after_a_failure(farm: Fa
     metrics = farm.pilot("download", str(job_id), "--out", "result", cwd=project)
     assert "metrics.csv" in metrics.stdout
     with open(project / "result" / "metrics.csv") as f:
-        assert [int(r["round"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+        assert [int(r["round"]) for r in csv.DictReader(f)] == [0, 1, 2]
