@@ -15,6 +15,7 @@ sandboxes), stream its progress, and upload what it made.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -49,6 +50,11 @@ class TrainStepFailed(PilotError):
 
 
 def run_task(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("safetensors") is None:
+        # not the job's fault: another worker may take it (this one is kept off the job
+        # after a few such failures)
+        raise TrainStepFailed("this worker allows train tasks but lacks torch or safetensors; "
+                              "install the [train] extra (torch==2.13.0, safetensors)")
     payload = task.payload
     step = payload["step"]
     config = payload["config"]
