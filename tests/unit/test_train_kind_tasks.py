@@ -122,6 +122,7 @@ class Job:
         self.specs = TrainKind().plan(params)
         self.outputs: dict[str, str] = {}
         self.contexts: list[FakeContext] = []
+        self.sandboxed = False
         self.init: dict[str, Any] = {}
         self.first: list[dict[str, Any]] = []
 
@@ -131,6 +132,7 @@ class Job:
                           name=spec.name, payload=spec.payload, inputs=spec.inputs,
                           lease_expires_at=0.0, heartbeat_seconds=1.0)
         ctx = FakeContext(self.root, self.blobs, self.outputs, lease)
+        ctx.sandbox = self.sandboxed
         self.contexts.append(ctx)
         return run_task(lease, ctx)
 
@@ -206,3 +208,20 @@ def test_a_spec_without_compute_loss_fails_without_retry(tmp_path: Path) -> None
     job = Job(tmp_path, broken, workers=1, rounds=1)
     with pytest.raises(TrainSpecError, match="compute_loss"):
         job.run(0)
+
+
+def test_init_runs_inside_the_sandbox_when_the_worker_sandboxes(tmp_path: Path) -> None:
+    from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
+
+    require(sandbox_unavailable_reason())
+    escape = tmp_path / "escaped.txt"  # outside the task's working directory
+    job = Job(tmp_path, SPEC + textwrap.indent(textwrap.dedent(f"""
+        try:
+            open({str(escape)!r}, "w").write("out")
+        except OSError:
+            pass
+    """), "    "), workers=1, rounds=1)
+    job.sandboxed = True
+    result = job.run(0)
+    assert result["parameters"] == 4 and model_path(0) in job.outputs
+    assert not escape.exists()
