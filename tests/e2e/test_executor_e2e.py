@@ -15,6 +15,8 @@ import pytest
 
 from parallel_pilot import Client, Executor
 from parallel_pilot.client.python_calls import TaskFailed
+from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
+from tests.conftest import require
 from tests.e2e.farm import Farm, wait_for
 
 ALLOW_PYTHON = ["--allow", "python"]
@@ -27,7 +29,10 @@ def shared_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         farm.start_server()
         for name in ("w1", "w2"):
             farm.start_worker(name, extra=ALLOW_PYTHON)
-        farm.wait_workers_joined(2)
+        sandboxed = sandbox_unavailable_reason() is None
+        if sandboxed:
+            farm.start_worker("sandboxed", extra=[*ALLOW_PYTHON, "--sandbox"])
+        farm.wait_workers_joined(3 if sandboxed else 2)
         yield farm
     finally:
         farm.stop()
@@ -106,6 +111,31 @@ def test_cancelling_futures_cancels_their_tasks(shared_farm: Farm) -> None:
         started = time.monotonic()
         assert list(pool.map(abs, [-1, -2], chunksize=1)) == [1, 2]
         assert time.monotonic() - started < 30
+
+
+def test_sandboxed_calls_have_no_network_and_no_view_of_the_host(shared_farm: Farm) -> None:
+    require(sandbox_unavailable_reason())
+    port = int(shared_farm.url.rsplit(":", 1)[1])
+    probe_file = shared_farm.root / "written-from-a-sandbox.txt"
+
+    def probe(port: int, path: str) -> tuple[str, str]:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            net = "connected"
+        except OSError as exc:
+            net = type(exc).__name__
+        with open(path, "w") as f:  # /tmp is the sandbox's own
+            f.write("x")
+        return net, __import__("os").getcwd()
+
+    with executor(shared_farm, require_sandbox=True) as pool:
+        net, cwd = pool.submit(probe, port, str(probe_file)).result(60)
+    assert net != "connected"
+    assert "sandboxed" in str(cwd) and not probe_file.exists()
+    tasks = shared_farm.tasks(latest_job(shared_farm)["id"])
+    assert shared_farm.job(tasks[0]["job_id"])["state"] == "completed"
 
 
 def test_a_worker_killed_mid_task_loses_no_result(tmp_path: Path) -> None:
