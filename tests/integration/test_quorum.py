@@ -206,3 +206,25 @@ def test_claim_prefers_the_workers_own_affinity(coordinator: Coordinator) -> Non
     for i in reversed(range(PARTS)):
         [again] = lease(coordinator, ws[i])
         assert again["payload"] == first[i]["payload"], (i, again["name"])
+
+
+def test_retry_after_a_quorum_round_failed_reruns_its_join(coordinator: Coordinator) -> None:
+    job_id = submit(coordinator)
+    ws = workers(coordinator, PARTS)
+    parts = [lease(coordinator, w)[0] for w in ws]
+    for w, t in zip(ws[:2], parts[:2], strict=True):
+        report(coordinator, w, t, "complete", result={})
+    coordinator.clock.advance(DEADLINE + 1)
+    report(coordinator, ws[2], parts[2], "heartbeat")
+    leasing.reap(coordinator.services)  # goes ahead without part 2
+    [joined] = lease(coordinator, ws[0])
+    report(coordinator, ws[0], joined, "fail", reason="evaluate crashed", retryable=False)
+    assert job(coordinator, job_id)["state"] == "failed"
+    r = coordinator.client.post(f"{API}/jobs/{job_id}/retry", headers=coordinator.user())
+    assert r.status_code == 200, r.text
+    # the skipped part is settled: the join is ready again at once, not waiting for it
+    assert states(coordinator, job_id) == {"r0 part 0": "done", "r0 part 1": "done",
+                                           "r0 part 2": "cancelled", "r0 join": "ready"}
+    [joined] = lease(coordinator, ws[1])
+    report(coordinator, ws[1], joined, "complete", result={})
+    assert job(coordinator, job_id)["state"] == "completed"

@@ -194,7 +194,9 @@ def unmet_dependency_counts(conn: sa.Connection, task_ids: Sequence[int]) -> dic
         for task_id, unmet in conn.execute(
             sa.select(task_deps.c.task_id, sa.func.count())
             .join(dep, dep.c.id == task_deps.c.depends_on_id)
-            .where(task_deps.c.task_id.in_(part), dep.c.state != TaskState.DONE)
+            # a dep its quorum went on without is settled: it is not waited for again
+            .where(task_deps.c.task_id.in_(part), dep.c.state != TaskState.DONE,
+                   dep.c.skipped.is_(False))
             .group_by(task_deps.c.task_id)
         ):
             out[task_id] = unmet
