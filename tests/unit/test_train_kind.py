@@ -18,6 +18,7 @@ from parallel_pilot.kinds.base import FinishedTask, parse_params
 from parallel_pilot.kinds.train.kind import metrics_csv, metrics_rows
 from parallel_pilot.kinds.train.params import TrainParams, delta_path, model_path
 from parallel_pilot.kinds.train.tasks import _kept_round, _thin
+from tests.unit.test_client_cli import fake, run  # noqa: F401 - the CLI fixtures
 
 SHA = "a" * 64
 DATA = "b" * 64
@@ -138,3 +139,17 @@ def test_kept_optimizer_state_is_resumed_only_by_a_later_round(tmp_path: Path) -
     assert _kept_round(kept) > 10**9  # no record: never resumed
     kept.with_suffix(".json").write_text('{"round": 3}')
     assert _kept_round(kept) == 3  # resumed by round 4 on, not by a retry of round 3
+
+
+def test_pilot_train_refuses_bad_command_lines_before_any_request(
+    fake, run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("train", "nope.py")
+    assert result.exit_code == 2 and result.stderr.strip() == "error: no such file: nope.py"
+    Path("spec.py").write_text("def build_model(): ...\n")
+    result = run("train", "spec.py", "--rounds", "2", "--total-steps", "10")
+    assert result.exit_code == 2 and "give --rounds or --total-steps, not both" in result.stderr
+    result = run("train", "spec.py", "--file", "missing.csv")
+    assert result.exit_code == 2 and "no such file: missing.csv" in result.stderr
+    assert fake.requests == []
