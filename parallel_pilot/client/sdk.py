@@ -353,8 +353,6 @@ class Client:
     def upload_bytes(self, data: bytes) -> str:
         """Upload bytes as a blob unless the coordinator has them; returns the SHA-256."""
         sha = hashlib.sha256(data).hexdigest()
-        if self.connection.has_blob(sha):
-            return sha
         with tempfile.TemporaryDirectory(prefix="pilot-upload-") as tmp:
             path = Path(tmp) / "blob"
             path.write_bytes(data)
@@ -484,6 +482,7 @@ class Client:
         return self.connection.call("GET", "/tokens", TokenList).tokens
 
     def revoke_token(self, token_id: int) -> None:
+        """Revoke one of this user's API tokens by its id."""
         self.connection.call("DELETE", f"/tokens/{int(token_id)}", Ack)
 
     def create_join_token(self, name: str = "", *, uses: int | None = None,
@@ -494,9 +493,11 @@ class Client:
                                     retry=False)
 
     def join_tokens(self) -> list[JoinTokenInfo]:
+        """Every join token with its state (admin only); never the secret itself."""
         return self.connection.call("GET", "/join-tokens", JoinTokenList).join_tokens
 
     def revoke_join_token(self, token_id: int) -> None:
+        """Revoke a join token (admin only): no new worker can join with it."""
         self.connection.call("DELETE", f"/join-tokens/{int(token_id)}", Ack)
 
     def revoke_worker(self, worker_id: int) -> None:
@@ -538,7 +539,6 @@ def check_job_file_name(name: str) -> str:
     return name
 
 
-        """Revoke one of this user's API tokens by its id."""
 def _relative_name(path: Path) -> str:
     if path.is_absolute():
         try:
@@ -549,11 +549,9 @@ def _relative_name(path: Path) -> str:
                 "contains it, or pass files as a mapping of name -> path"
             ) from None
     return os.path.normpath(path).replace(os.sep, "/")
-        """Every join token with its state (admin only); never the secret itself."""
 
 
 def safe_destination(root: Path, relative: str) -> Path:
-        """Revoke a join token (admin only): no new worker can join with it."""
     """``root/relative``, refusing any path that would land outside ``root``."""
     refused = InvalidInput(f"refusing output path {relative!r}: it would be written "
                            f"outside {root}")
