@@ -176,8 +176,6 @@ def cancel(svc: Services, caller: Caller, job_id: int) -> JobInfo:
         return job_info(conn, svc, job_id)
 
 
-def retry(svc: Services, caller: Caller, job_id: int) -> JobInfo:
-    """Put a failed or cancelled job's unfinished tasks back in the queue."""
 def cancel_tasks(svc: Services, caller: Caller, job_id: int,
                  task_ids: list[int]) -> tuple[list[int], JobInfo]:
     """Cancel some open tasks of a job (the SDK's cancelled futures); the rest go on.
@@ -218,6 +216,8 @@ def _id_list(ids: list[int], shown: int = 10) -> str:
     return ", ".join(str(i) for i in ids[:shown]) + more
 
 
+def retry(svc: Services, caller: Caller, job_id: int) -> JobInfo:
+    """Put a failed or cancelled job's unfinished tasks back in the queue."""
     with svc.transaction() as conn:
         row = _visible_job(conn, caller, job_id)
         if row.state not in (JobState.FAILED, JobState.CANCELLED):
