@@ -5,6 +5,7 @@ cancel their tasks, a killed worker loses no result, a missing module is named."
 from __future__ import annotations
 
 import json
+import platform
 import signal
 import time
 from collections.abc import Iterator
@@ -59,6 +60,10 @@ def test_map_over_500_items_equals_the_builtin_map(shared_farm: Farm) -> None:
         assert pool.submit(lambda *a, **k: (a, k), 1, z=2).result(60) == ((1,), {"z": 2})
     job = latest_job(shared_farm)
     assert job["kind"] == "python" and job["state"] == "completed"
+    # the client's Python is in the job, the worker's in each task's result
+    here = platform.python_version()
+    assert job["params"]["python"] == here.rsplit(".", 1)[0]
+    assert {t["result"]["python"] for t in shared_farm.tasks(job["id"])} == {here}
 
 
 def test_remote_exceptions_keep_their_type_and_traceback(shared_farm: Farm) -> None:

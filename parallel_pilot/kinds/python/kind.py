@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import platform
 import re
 import shutil
 from collections.abc import Callable
@@ -216,7 +217,8 @@ class PythonKind:
         summary = json.loads((task_dir / SUMMARY_FILE).read_text())
         result: dict[str, Any] = {"count": int(summary["count"]),
                                   "errors": int(summary["errors"]),
-                                  "seconds": float(summary["seconds"])}
+                                  "seconds": float(summary["seconds"]),
+                                  "python": platform.python_version()}  # the worker's
         results = task_dir / RESULTS_FILE
         if results.stat().st_size <= INLINE_RESULT_BYTES:
             result["results"] = base64.b64encode(results.read_bytes()).decode()
