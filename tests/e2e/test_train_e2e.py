@@ -129,6 +129,8 @@ def test_training_run_lowers_eval_loss_and_the_model_reproduces_it(farm: Farm) -
 
     farm.pilot("download", str(report["job"]), "--out", "result", cwd=project)
     result = project / "result"
+    # the results only: the rounds' working state stays with the job
+    assert sorted(p.name for p in result.iterdir()) == ["metrics.csv", "model.safetensors"]
     with open(result / "metrics.csv") as f:
         table = list(csv.DictReader(f))
     assert [int(r["round"]) for r in table] == [0, 1, 2, 3]

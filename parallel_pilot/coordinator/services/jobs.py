@@ -154,9 +154,13 @@ def tasks(svc: Services, caller: Caller, job_id: int) -> list[TaskInfo]:
 
 
 def outputs(svc: Services, caller: Caller, job_id: int) -> list[sa.Row]:
+    """The job's results; a kind's working state (``internal_outputs``: path prefixes, e.g.
+    a training job's per-round weights and deltas) is left out of the listing."""
     with svc.transaction() as conn:
-        _visible_job(conn, caller, job_id)
-        return q.job_outputs(conn, job_id)
+        row = _visible_job(conn, caller, job_id)
+        hidden = tuple(getattr(get_kind(row.kind), "internal_outputs", ()))
+        return [r for r in q.job_outputs(conn, job_id)
+                if not (hidden and r.path.startswith(hidden))]
 
 
 def logs(svc: Services, caller: Caller, job_id: int, task_id: int | None, after_id: int,

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
-from parallel_pilot.kinds.train.params import METRICS_CSV, TrainParams
+from parallel_pilot.kinds.train.params import METRICS_CSV, ROUNDS_PREFIX, TrainParams
 
 INIT, TRAIN, AGGREGATE = "init", "train", "aggregate"
 METRIC_COLUMNS = ("round", "train_loss", "eval_loss")  # then the other eval metrics, then:
@@ -94,6 +94,9 @@ class TrainKind:
     name: ClassVar[str] = "train"
     params_model: ClassVar[type[BaseModel]] = TrainParams
     in_process: ClassVar[bool] = False
+    # the rounds' weights, momentum, deltas and cursors are working state for the workers;
+    # a user's listing (pilot download) shows the results: model.safetensors, metrics.csv
+    internal_outputs: ClassVar[tuple[str, ...]] = (ROUNDS_PREFIX,)
 
     def input_blobs(self, params: BaseModel) -> dict[str, str]:
         assert isinstance(params, TrainParams)

@@ -120,9 +120,12 @@ FINAL_MODEL = "model.safetensors"  # the trained weights (job output, from the l
 METRICS_CSV = "metrics.csv"  # one row per round (made when the job completes)
 
 
+ROUNDS_PREFIX = "rounds/"  # working state of the rounds (not listed to users)
+
+
 def round_dir(round_index: int) -> str:
     """Where the global state before round ``round_index`` lives (round 0: the init)."""
-    return f"rounds/{round_index:04d}/"
+    return f"{ROUNDS_PREFIX}{round_index:04d}/"
 
 
 def model_path(round_index: int) -> str:
