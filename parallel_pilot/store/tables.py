@@ -109,6 +109,7 @@ tasks = sa.Table(
     sa.UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
     sa.Index("ix_tasks_claim", "state", sa.text("priority DESC"), "id"),
     sa.Index("ix_tasks_lease", "state", "lease_expires_at"),
+    sa.Index("ix_tasks_deadline", "state", "deadline_at"),  # quorum deadlines (reaper)
     sa.Index("ix_tasks_worker", "worker_id"),
     sa.Index("ix_tasks_job_state", "job_id", "state"),
 )

@@ -24,9 +24,11 @@ def upgrade() -> None:
         batch.add_column(sa.Column("skipped", sa.Boolean, nullable=False,
                                    server_default=sa.false()))
         batch.add_column(sa.Column("affinity", sa.String(200)))
+    op.create_index("ix_tasks_deadline", "tasks", ["state", "deadline_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tasks_deadline", table_name="tasks")
     with op.batch_alter_table("tasks") as batch:
         for name in ("affinity", "skipped", "deadline_at", "deadline_seconds", "quorum"):
             batch.drop_column(name)
