@@ -8,6 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,48 @@ def test_a_reused_child_runs_tasks_of_one_job_and_a_stopped_one_is_not_reused(
     finally:
         pool.close()
 
+
+
+def test_a_reused_child_ends_when_its_worker_is_killed_mid_call(tmp_path: Path) -> None:
+    import os
+    import signal
+    import textwrap
+
+    root = tmp_path / "runner"
+    task_dir = root / fmt.TASKS_DIR / "1-1"
+    task_dir.mkdir(parents=True)
+    (task_dir / fmt.FUNCTION_FILE).write_bytes(
+        cloudpickle.dumps(lambda s: __import__("time").sleep(s)))
+    calls = [([("v", cloudpickle.dumps(120))], {})]
+    (task_dir / fmt.CALLS_FILE).write_bytes(fmt.encode_chunk(calls))  # type: ignore[arg-type]
+    # a stand-in worker: starts the child, hands it a 2-minute call, prints its pid, waits
+    worker = textwrap.dedent(f"""
+        import subprocess, sys, time
+        import os
+        child = subprocess.Popen([sys.executable, {str(RUNNER)!r}, "--serve", {str(root)!r},
+                                  "--worker-pid", str(os.getpid())],
+                                 stdin=subprocess.PIPE, start_new_session=True)
+        child.stdin.write(b"1-1\\n"); child.stdin.flush()
+        print(child.pid, flush=True)
+        time.sleep(300)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", worker], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{child}").exists() and "Z" not in _state(child):
+            assert time.monotonic() < deadline, "the child outlived its worker"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return "Z"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +24,9 @@ if __package__:
     from parallel_pilot.kinds.python import calls
 else:  # run as a file by the worker: the child starts without importing the package
     import calls  # type: ignore[no-redef]  # calls.py lies next to this file
+
+PARENT_CHECK_SECONDS = 0.5  # how often a reused child checks that its worker still lives
+
 
 class _Loader:
     """Argument slots -> objects; a shared blob is read and unpickled once per process."""
@@ -94,12 +98,16 @@ def run_task(task_dir: Path, loader: _Loader) -> int:
     return 0
 
 
-def serve(root: Path) -> int:
+def serve(root: Path, worker_pid: int | None = None) -> int:
     """Reused across a job's tasks: read task folder names (under ``root/tasks``) from
     stdin, run each, and end each with a ``DONE_MARKER`` line on stdout. Shared argument
-    blobs (``root/blobs``) stay loaded between tasks. Ends when stdin closes."""
+    blobs (``root/blobs``) stay loaded between tasks. Ends when stdin closes, or when the
+    process ``worker_pid`` is no longer its parent (bwrap's --die-with-parent does that
+    in a sandbox, where the parent's pid is not visible)."""
     commands = os.fdopen(os.dup(0), "r")
     sys.stdin = open(os.devnull)  # user code must not read the commands
+    if worker_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(worker_pid,), daemon=True).start()
     loader = _Loader(root)
     for line in commands:
         name = line.strip()
@@ -112,9 +120,18 @@ def serve(root: Path) -> int:
     return 0
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker killed outright leaves its children to init: end with it, even in the
+    middle of a long call (the closed stdin is only noticed between tasks)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 2 and argv[1] == "--serve":
-        return serve(Path(argv[2]))
+        worker_pid = int(argv[4]) if len(argv) > 4 and argv[3] == "--worker-pid" else None
+        return serve(Path(argv[2]), worker_pid)
     workdir = Path(argv[1]) if len(argv) > 1 else Path.cwd()
     return run_task(workdir, _Loader(workdir))
 

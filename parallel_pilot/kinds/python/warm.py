@@ -53,7 +53,9 @@ class WarmRunner:
         (self.dir / TASKS_DIR).mkdir()
         argv = [sys.executable, str(RUNNER), "--serve", str(self.dir)]
         if sandbox:
-            argv = bwrap_argv(argv, self.dir)
+            argv = bwrap_argv(argv, self.dir)  # --die-with-parent
+        else:
+            argv += ["--worker-pid", str(os.getpid())]  # it ends when this process dies
         self.proc = subprocess.Popen(
             argv, cwd=self.dir, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
