@@ -79,9 +79,10 @@ def prefer_affinity(conn: sa.Connection, worker_id: int,
     """Candidates with the same (job, affinity key) as a task this worker did lately first
     (the one done last first), the rest in claim order; only the candidate window is
     reordered, so nothing waits longer than one claim for it."""
-    if not any(getattr(c, "affinity", None) for c in candidates):
+    jobs_with_keys = sorted({c.job_id for c in candidates if c.affinity is not None})
+    if not jobs_with_keys:
         return candidates
-    recent = qq.worker_recent_affinities(conn, worker_id, AFFINITY_MEMORY)
+    recent = qq.worker_recent_affinities(conn, worker_id, jobs_with_keys, AFFINITY_MEMORY)
     rank = {key: i for i, key in reversed(list(enumerate(recent)))}
 
     def key(c: sa.Row) -> tuple[int, int]:

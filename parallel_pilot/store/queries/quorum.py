@@ -90,12 +90,13 @@ def release_quorum_task(conn: sa.Connection, task_id: int) -> bool:
     ).rowcount)
 
 
-def worker_recent_affinities(conn: sa.Connection, worker_id: int,
+def worker_recent_affinities(conn: sa.Connection, worker_id: int, job_ids: Sequence[int],
                              limit: int) -> list[tuple[int, str]]:
-    """(job id, affinity key) of the tasks this worker finished last, newest first."""
+    """(job id, affinity key) of the tasks of these jobs this worker finished last, newest
+    first."""
     return [(r.job_id, r.affinity) for r in conn.execute(
         sa.select(tasks.c.job_id, tasks.c.affinity)
         .where(tasks.c.worker_id == worker_id, tasks.c.state == TaskState.DONE,
-               tasks.c.affinity.is_not(None))
+               tasks.c.job_id.in_(list(job_ids)), tasks.c.affinity.is_not(None))
         .order_by(tasks.c.finished_at.desc()).limit(limit)
     )]
