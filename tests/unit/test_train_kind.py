@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import FinishedTask, parse_params
 from parallel_pilot.kinds.train.kind import metrics_csv, metrics_rows
 from parallel_pilot.kinds.train.params import TrainParams, delta_path, model_path
-from parallel_pilot.kinds.train.tasks import _kept_round, _thin
+from parallel_pilot.kinds.train.tasks import _kept_round, _thin, prune_kept_states
 from tests.unit.test_client_cli import fake, run  # noqa: F401 - the CLI fixtures
 
 SHA = "a" * 64
@@ -153,3 +154,16 @@ def test_pilot_train_refuses_bad_command_lines_before_any_request(
     result = run("train", "spec.py", "--file", "missing.csv")
     assert result.exit_code == 2 and "no such file: missing.csv" in result.stderr
     assert fake.requests == []
+
+
+def test_kept_states_of_jobs_idle_for_a_week_are_removed(tmp_path: Path) -> None:
+    old, recent = tmp_path / "job-1", tmp_path / "job-2"
+    for job_dir in (old, recent):
+        job_dir.mkdir()
+        (job_dir / "shard-0000.safetensors").write_bytes(b"x")
+    now = 2_000_000_000.0
+    os.utime(old / "shard-0000.safetensors", (now - 8 * 86400, now - 8 * 86400))
+    os.utime(recent / "shard-0000.safetensors", (now - 86400, now - 86400))
+    prune_kept_states(tmp_path, now)
+    assert not old.exists() and recent.exists()
+    prune_kept_states(tmp_path / "missing", now)  # no folder yet: nothing to do

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from parallel_pilot.kinds.train.spec import TrainSpecError
 
 CHILD_MODULE = "parallel_pilot.kinds.train.child"
 STATE_DIR_NAME = "train-state"  # next to the worker's blob cache: AdamW state per (job, shard)
+KEPT_STATE_SECONDS = 7 * 24 * 3600.0  # a job's kept AdamW states untouched this long go
 MAX_LOSSES_REPORTED = 200  # loss curve points kept in a train task's result
 CHILD_OUTPUT_CAP = 256 * 1024  # bytes of the child's stdout/stderr kept for the reason
 
@@ -84,6 +86,8 @@ def _train(task: TaskLease, ctx: RunContext, request: dict[str, Any],
     request.update(round=r, shard=shard, cursor=state.get("cursors", {}).get(str(shard)),
                    model=str(_fetch_output(ctx, model_path(r), io_dir / "theta.safetensors")))
     kept = _optimizer_file(ctx, task.job_id, shard)
+    if kept is not None:
+        prune_kept_states(kept.parent.parent, time.time())
     if kept is not None and kept.is_file() and _kept_round(kept) < r:
         shutil.copyfile(kept, io_dir / "optimizer-in.safetensors")
         request["optimizer"] = str(io_dir / "optimizer-in.safetensors")
@@ -215,6 +219,21 @@ def _optimizer_file(ctx: RunContext, job_id: int, shard: int) -> Path | None:
     if root is None:
         return None
     return Path(root).parent / STATE_DIR_NAME / f"job-{job_id}" / f"shard-{shard:04d}.safetensors"
+
+
+def prune_kept_states(root: Path, now: float, max_age: float = KEPT_STATE_SECONDS) -> None:
+    """Remove the kept AdamW states of jobs this worker has not trained for ``max_age``
+    seconds (the worker is not told when a job ends)."""
+    if not root.is_dir():
+        return
+    for job_dir in root.glob("job-*"):
+        try:
+            newest = max((f.stat().st_mtime for f in job_dir.iterdir()),
+                         default=job_dir.stat().st_mtime)
+            if now - newest > max_age:
+                shutil.rmtree(job_dir, ignore_errors=True)
+        except OSError:
+            continue  # another task of this worker removed it first
 
 
 def _kept_round(kept: Path) -> int:
