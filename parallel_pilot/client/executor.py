@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import threading
 import time
 import warnings
@@ -110,8 +111,10 @@ class Executor(_BaseExecutor):
         self.require_sandbox = require_sandbox
         self.batch_seconds = batch_seconds
         self.poll_max = poll_max
+        # one random session per Executor: workers reuse a child process across its jobs
         self._encoder = CallEncoder(self.client.upload_bytes, share_bytes=share_bytes,
-                                    packages=requirements, timeout_seconds=timeout_seconds)
+                                    packages=requirements, timeout_seconds=timeout_seconds,
+                                    session=secrets.token_hex(16))
         self._cond = threading.Condition()
         self._pending: list[_Chunk] = []
         self._pending_since = 0.0

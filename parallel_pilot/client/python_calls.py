@@ -57,8 +57,10 @@ class CallEncoder:
     """Turns chunks of calls into ``python`` job parameters, uploading what they need."""
 
     def __init__(self, upload: Callable[[bytes], str], *, share_bytes: int = SHARE_BYTES,
-                 packages: Iterable[str] = (), timeout_seconds: float | None = None) -> None:
+                 packages: Iterable[str] = (), timeout_seconds: float | None = None,
+                 session: str | None = None) -> None:
         self.upload = upload
+        self.session = session
         self.share_bytes = share_bytes
         self.packages = list(packages)
         self.timeout_seconds = timeout_seconds
@@ -116,6 +118,8 @@ class CallEncoder:
         }
         if self.timeout_seconds is not None:
             params["timeout_seconds"] = self.timeout_seconds
+        if self.session is not None:
+            params["session"] = self.session
         return params, bytes(buf)
 
     def _slot(self, obj: Any, memo: dict[int, tuple[Any, ArgSlot]], shared: list[str],

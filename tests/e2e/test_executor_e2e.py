@@ -66,6 +66,22 @@ def test_map_over_500_items_equals_the_builtin_map(shared_farm: Farm) -> None:
     assert {t["result"]["python"] for t in shared_farm.tasks(job["id"])} == {here}
 
 
+def test_an_executor_reuses_worker_processes_across_its_jobs(shared_farm: Farm) -> None:
+    def process_token(_: int) -> str:  # one random token per worker child process
+        import builtins
+        import uuid
+
+        return builtins.__dict__.setdefault("_pilot_test_token", uuid.uuid4().hex)
+
+    workers = len(shared_farm.workers)  # one slot each
+    with executor(shared_farm) as pool:
+        first = set(pool.map(process_token, range(12)))
+        second = set(pool.map(process_token, range(12)))  # another job, same session
+    assert len(first | second) <= workers
+    with executor(shared_farm) as other:  # another client never shares a child
+        assert not set(other.map(process_token, range(12))) & (first | second)
+
+
 def test_remote_exceptions_keep_their_type_and_traceback(shared_farm: Farm) -> None:
     def parse(text: str) -> object:
         return json.loads(text)

@@ -171,7 +171,7 @@ def test_a_reused_child_runs_tasks_of_one_job_and_a_stopped_one_is_not_reused(
     params, blob, uploaded = encode(lambda x: x + 1, [((41,), {})])
     lines: list[str] = []
     try:
-        runner = pool.take(7, False, tmp_path)
+        runner = pool.take("job-7", False, tmp_path)
         for name in ("1-1", "2-1"):
             task_dir = runner.task_dir(name)
             (task_dir / fmt.FUNCTION_FILE).write_bytes(uploaded[params["functions"][0]])
@@ -182,8 +182,8 @@ def test_a_reused_child_runs_tasks_of_one_job_and_a_stopped_one_is_not_reused(
             data = (task_dir / fmt.RESULTS_FILE).read_bytes()
             assert outcome_value(fmt.decode_outcomes(data)[0]) == 42
         pool.give_back(runner)
-        assert pool.take(7, False, tmp_path) is runner  # the same job reuses the child
-        assert pool.take(8, False, tmp_path) is not runner  # another job gets its own
+        assert pool.take("job-7", False, tmp_path) is runner  # the same job reuses the child
+        assert pool.take("job-8", False, tmp_path) is not runner  # another job gets its own
 
         stop = threading.Event()
         stop.set()
@@ -195,7 +195,7 @@ def test_a_reused_child_runs_tasks_of_one_job_and_a_stopped_one_is_not_reused(
         assert runner.run("3-1", log=lines.append, stop_event=stop, timeout_seconds=None).stopped
         assert not runner.alive()
         pool.give_back(runner)
-        assert pool.take(7, False, tmp_path) is not runner
+        assert pool.take("job-7", False, tmp_path) is not runner
     finally:
         pool.close()
 

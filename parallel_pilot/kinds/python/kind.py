@@ -70,6 +70,9 @@ class PythonParams(BaseModel):
     packages: list[str] = Field(default_factory=list, max_length=200,
                                 description="modules the function needs on the worker")
     timeout_seconds: float | None = Field(default=None, gt=0)
+    session: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description=(
+        "a random key of the client's Executor: a worker reuses one child process for "
+        "the tasks of all jobs that carry it"))
 
     @field_validator("functions", "shared")
     @classmethod
@@ -154,7 +157,7 @@ class PythonKind:
     def plan(self, params: BaseModel) -> list[TaskSpec]:
         assert isinstance(params, PythonParams)
         common = {"python": params.python, "packages": params.packages,
-                  "timeout_seconds": params.timeout_seconds}
+                  "timeout_seconds": params.timeout_seconds, "session": params.session}
         specs = []
         for i, chunk in enumerate(params.chunks):
             inputs = {"function": params.functions[chunk.function], "calls": params.calls}
@@ -169,7 +172,8 @@ class PythonKind:
     def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         payload = task.payload
         check_interpreter(payload)
-        runner = POOL.take(task.job_id, bool(ctx.sandbox), ctx.workdir.parent)
+        reuse = str(payload.get("session") or f"job-{task.job_id}")
+        runner = POOL.take(reuse, bool(ctx.sandbox), ctx.workdir.parent)
         try:
             return self._run_in(runner, task, ctx)
         finally:

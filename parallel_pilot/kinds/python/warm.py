@@ -2,8 +2,10 @@
 
 Starting Python and cloudpickle costs a task about 50-100 ms, more than a small call
 itself, so a worker keeps one ``runner.py --serve`` child per running task slot of a job
-and hands it the next task of the same job. A child lives in a directory of its own
-(bwrap binds only that one when the worker sandboxes); each task gets a folder under it.
+(or of an ``Executor`` session: its jobs carry a random session key) and hands it the next
+task of the same job or session; code of different users never shares a child. A child
+lives in a directory of its own (bwrap binds only that one when the worker sandboxes);
+each task gets a folder under it.
 A child that was stopped, timed out or died is killed and never reused; idle ones are
 killed after ``IDLE_SECONDS`` or when more than ``MAX_IDLE`` wait.
 """
@@ -19,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +48,7 @@ class TaskOutcome:
 class WarmRunner:
     """One ``runner.py --serve`` child with its directory."""
 
-    def __init__(self, key: tuple[int, bool], parent: Path | None, sandbox: bool,
+    def __init__(self, key: tuple[str, bool], parent: Path | None, sandbox: bool,
                  env: Mapping[str, str]) -> None:
         self.key = key
         self.dir = Path(tempfile.mkdtemp(prefix="pilot-python-",
@@ -148,21 +151,27 @@ class WarmRunner:
 
 
 class RunnerPool:
-    """Idle children by (job, sandboxed); ``take`` one or start one, ``give_back`` after."""
+    """Idle children by (reuse key, sandboxed); ``take`` one or start one, ``give_back``."""
 
     def __init__(self) -> None:
         self._idle: list[WarmRunner] = []
         self._lock = threading.Lock()
+        # children are started from one long-lived thread: bwrap's --die-with-parent
+        # (PR_SET_PDEATHSIG) fires when the *thread* that started it ends, and a task's
+        # thread ends with the task
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="pilot-python-spawn")
 
-    def take(self, job_id: int, sandbox: bool, parent: Path | None) -> WarmRunner:
-        key = (job_id, sandbox)
+    def take(self, reuse_key: str, sandbox: bool, parent: Path | None) -> WarmRunner:
+        """An idle child started for the same ``reuse_key`` (a job, or the client's
+        session), else a new one."""
+        key = (reuse_key, sandbox)
         with self._lock:
             self._expire()
             for runner in self._idle:
                 if runner.key == key and runner.alive():
                     self._idle.remove(runner)
                     return runner
-        return WarmRunner(key, parent, sandbox, os.environ)
+        return self._spawner.submit(WarmRunner, key, parent, sandbox, os.environ).result()
 
     def give_back(self, runner: WarmRunner) -> None:
         if not runner.alive():
