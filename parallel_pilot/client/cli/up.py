@@ -35,7 +35,9 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 @click.option("--slots", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Tasks each worker runs at once.")
 def up_command(workers: int | None, port: int, data_dir: Path, slots: int) -> None:
-    """Run a coordinator and local workers (which may run sleep and sweep jobs) until Ctrl-C."""
+    """Run a coordinator and local workers until Ctrl-C.
+
+    The workers are yours, so they run every kind: render, sweep, python and train."""
     count = default_worker_count() if workers is None else workers
     cluster = LocalCluster(data_dir, port=port, workers=count, slots=slots)
     previous = signal.signal(signal.SIGTERM, _raise_stop)
