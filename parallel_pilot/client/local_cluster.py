@@ -36,7 +36,8 @@ LOCAL_HOST = "127.0.0.1"  # the embedded cluster listens on loopback only
 START_TIMEOUT = 60.0  # seconds the coordinator may take to answer /health and write tokens
 STOP_TIMEOUT = 20.0  # seconds a child may take to exit after SIGTERM before SIGKILL
 HEALTH_POLL = 0.1  # seconds between /health probes while starting
-LOCAL_WORKER_KINDS = ("render", "sleep", "sweep", "python", "train")  # on your own machine you are the owner
+# on your own machine you are the owner: its workers run every kind
+LOCAL_WORKER_KINDS = ("render", "sleep", "sweep", "python", "train")
 _PR_SET_PDEATHSIG = 1  # prctl option: signal the child when its parent dies
 
 

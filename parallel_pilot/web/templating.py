@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse
 
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.coordinator.sessions import CSRF_COOKIE, CSRF_FORM_FIELD
+from parallel_pilot.core.units import human_bytes
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 # pages load only their own scripts, styles and media, and may not be framed
@@ -47,14 +48,7 @@ def ago(timestamp: float | None, now: float | None = None) -> str:
 
 
 def size(n: int | None) -> str:
-    if n is None:
-        return "–"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return human_bytes(n, missing="–")
 
 
 def clock(timestamp: float | None) -> str:

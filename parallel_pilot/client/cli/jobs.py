@@ -17,7 +17,6 @@ from parallel_pilot.client.cli.common import (
     console,
     duration,
     err_console,
-    human_bytes,
     json_option,
     pass_client,
     print_json,
@@ -26,6 +25,7 @@ from parallel_pilot.client.cli.progress import follow
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.protocol import JobInfo, OutputInfo
 from parallel_pilot.core.states import JobState, TaskState
+from parallel_pilot.core.units import human_bytes
 
 MAX_FAILURES_SHOWN = 20  # failed tasks listed by `pilot show`
 
