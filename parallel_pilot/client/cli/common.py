@@ -118,6 +118,16 @@ def json_option(f: F) -> F:
                         help="Print only JSON on stdout.")(f)
 
 
+def submit_options(f: F) -> F:
+    """--priority, --no-wait, --wait-timeout and --json, shared by the submitting commands."""
+    f = json_option(f)
+    f = click.option("--wait-timeout", type=click.FloatRange(min=0),
+                     help="Stop waiting after this many seconds (the job keeps running).")(f)
+    f = click.option("--no-wait", is_flag=True, help="Submit and return at once.")(f)
+    return click.option("--priority", type=click.IntRange(-100, 100), default=0,
+                        show_default=True, help="Jobs with a higher priority run first.")(f)
+
+
 def print_json(data: Any) -> None:
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")

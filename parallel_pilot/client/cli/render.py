@@ -22,8 +22,8 @@ from parallel_pilot.client.cli.common import (
     duration,
     err_console,
     get_client,
-    json_option,
     print_json,
+    submit_options,
 )
 from parallel_pilot.client.sdk import Client, safe_destination
 from parallel_pilot.core.protocol import JobInfo, OutputInfo
@@ -59,11 +59,7 @@ FORMATS = ("PNG", "JPEG", "OPEN_EXR")
               help="X.mp4 for the video (frames in X_frames/), or a folder "
               "(default: render-<job>).")
 @click.option("--name", help="Job name (default: the file name).")
-@click.option("--priority", type=click.IntRange(-100, 100), default=0, show_default=True)
-@click.option("--no-wait", is_flag=True, help="Submit and return at once.")
-@click.option("--wait-timeout", type=click.FloatRange(min=0),
-              help="Stop waiting after this many seconds (the job keeps running).")
-@json_option
+@submit_options
 @connection_options
 def render_command(scene: Path, frames: str | None, chunk: int | None, engine: str | None,
                    samples: int | None, resolution: int | None, image_format: str | None,

@@ -13,8 +13,8 @@ from parallel_pilot.client.cli.common import (
     console,
     err_console,
     get_client,
-    json_option,
     print_json,
+    submit_options,
 )
 from parallel_pilot.client.cli.jobs import report_finished
 from parallel_pilot.client.cli.progress import follow
@@ -40,13 +40,9 @@ MAX_NAME = 80  # characters of a command line used as the default job name
 @click.option("--timeout", "timeout_seconds", type=click.FloatRange(min=0, min_open=True),
               help="Seconds one run may take.")
 @click.option("--name", help="Job name.")
-@click.option("--priority", type=click.IntRange(-100, 100), default=0, show_default=True)
-@click.option("--no-wait", is_flag=True, help="Submit and return at once.")
-@click.option("--wait-timeout", type=click.FloatRange(min=0),
-              help="Stop waiting after this many seconds (the job keeps running).")
 @click.option("--require-sandbox", is_flag=True,
               help="Run only on workers that sandbox commands (pilot worker --sandbox).")
-@json_option
+@submit_options
 @connection_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def sweep_command(items: str | None, items_file: Path | None, files: tuple[str, ...],
@@ -59,7 +55,7 @@ def sweep_command(items: str | None, items_file: Path | None, files: tuple[str, 
     pilot sweep --items 1-100 --file sim.py --collect 'out/*.csv' -- python sim.py --seed {item}
     """
     item_spec = _items(items, items_file)
-    named = _named_files(files)
+    named = named_files(files)
     client = get_client()
     job = client.submit_sweep(
         list(command), item_spec, files=named, collect=collect,
@@ -110,7 +106,7 @@ def _items(items: str | None, items_file: Path | None) -> str | list[str]:
     return items
 
 
-def _named_files(files: tuple[str, ...]) -> dict[str, Path]:
+def named_files(files: tuple[str, ...]) -> dict[str, Path]:
     """Expand folders into their files and name each relative to the current directory;
     every problem is reported before anything is uploaded."""
     paths: list[Path] = []

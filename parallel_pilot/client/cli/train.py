@@ -16,11 +16,11 @@ from parallel_pilot.client.cli.common import (
     console,
     err_console,
     get_client,
-    json_option,
     print_json,
+    submit_options,
 )
 from parallel_pilot.client.cli.jobs import report_finished
-from parallel_pilot.client.cli.sweep import _named_files
+from parallel_pilot.client.cli.sweep import named_files
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.protocol import JobInfo, TaskInfo
 from parallel_pilot.core.states import JobState, TaskState
@@ -53,11 +53,7 @@ MAX_METRICS_SHOWN = 3  # eval metrics besides the loss on one progress line
 @click.option("--round-deadline", type=click.FloatRange(min=0, min_open=True),
               help="Seconds a round waits for late deltas after its first (600).")
 @click.option("--name", help="Job name.")
-@click.option("--priority", type=click.IntRange(-100, 100), default=0, show_default=True)
-@click.option("--no-wait", is_flag=True, help="Submit and return at once.")
-@click.option("--wait-timeout", type=click.FloatRange(min=0),
-              help="Stop following after this many seconds (the job keeps running).")
-@json_option
+@submit_options
 @connection_options
 def train_command(spec: Path, files: tuple[str, ...], workers: int, inner_steps: int,
                   rounds: int | None, total_steps: int | None, batch_size: int | None,
@@ -76,7 +72,7 @@ def train_command(spec: Path, files: tuple[str, ...], workers: int, inner_steps:
         raise UsageFailure(f"no such file: {spec}")
     if rounds is not None and total_steps is not None:
         raise UsageFailure("give --rounds or --total-steps, not both")
-    named = _named_files(files)
+    named = named_files(files)
     client = get_client()
     job = client.submit_train(
         spec, files=named, workers=workers, inner_steps=inner_steps, rounds=rounds,
