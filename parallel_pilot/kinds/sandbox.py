@@ -46,10 +46,12 @@ def sandbox_unavailable_reason() -> str | None:
 
 
 def interpreter_paths() -> list[Path]:
-    """Paths the Python running the worker lives in (the venv and its base installation),
-    which a sandboxed command may use and so must stay readable."""
+    """Paths the Python running the worker lives in (the venv, its base installation and
+    this package, which an editable install may keep under /tmp), which a sandboxed
+    command may use and so must stay readable."""
+    package = Path(__file__).resolve().parents[1]
     paths = {Path(sys.executable).resolve().parent, Path(sys.prefix).resolve(),
-             Path(sys.base_prefix).resolve(), Path(sys.executable).parent.absolute()}
+             Path(sys.base_prefix).resolve(), Path(sys.executable).parent.absolute(), package}
     return sorted(paths)
 
 
