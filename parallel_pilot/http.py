@@ -10,8 +10,9 @@ Tests swap the transport (``httpx.ASGITransport`` or ``httpx.MockTransport``).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ READ_TIMEOUT = 60.0  # seconds to wait for a response (long polls add their own 
 RETRY_SECONDS = 120.0  # how long a request keeps retrying while the coordinator is down
 RETRY_BACKOFF_MAX = 5.0  # seconds between retries at most
 CHUNK_BYTES = 1024 * 1024  # bytes per read when streaming blobs
+EVENT_READ_TIMEOUT = 60.0  # seconds an event stream may stay silent (servers ping every 10)
 
 
 def sha256_file(path: Path) -> str:
@@ -92,8 +94,6 @@ class Connection:
         if isinstance(body, BaseModel):
             content = body.model_dump_json().encode()
         elif body is not None:
-            import json
-
             content = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if content is not None else {}
         request_timeout = (httpx.Timeout(timeout, connect=CONNECT_TIMEOUT) if timeout
@@ -205,6 +205,29 @@ class Connection:
             raise BlobMismatch(f"downloaded blob {sha256[:12]} has the wrong hash")
         tmp.replace(dest)
         return dest
+
+
+    # ------------------------------------------------------------ event streams
+
+    def events(self, path: str, params: dict[str, Any] | None = None,
+               read_timeout: float = EVENT_READ_TIMEOUT) -> Iterator[tuple[str, Any]]:
+        """The ``(event, data)`` pairs of one server-sent event stream until the server
+        ends it (``data`` parsed as JSON); comments (pings) and ``retry:`` are skipped."""
+        timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
+        with self._client.stream("GET", path, params=params, timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error(response)
+            name, data = "message", list[str]()
+            for line in response.iter_lines():
+                if not line:  # a blank line ends an event
+                    if data:
+                        yield name, json.loads("\n".join(data))
+                    name, data = "message", []
+                elif line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
 
 
 def _error(response: httpx.Response) -> PilotError:

@@ -10,7 +10,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -50,11 +50,12 @@ from parallel_pilot.core.protocol import (
     WorkerList,
 )
 from parallel_pilot.core.settings import ClientSettings
-from parallel_pilot.errors import InvalidInput
+from parallel_pilot.errors import InvalidInput, ServerUnavailable, error_from_body
 from parallel_pilot.http import RETRY_SECONDS, Connection, sha256_file
 
 DEFAULT_POLL_SECONDS = 0.5  # seconds between polls of a job's state in wait()
 POLL_TIMEOUT = 30.0  # seconds one poll request may take
+WATCH_STREAM_SECONDS = 300.0  # one event stream of watch() lasts at most this; then reopened
 LOG_PAGE_LINES = 10_000  # log lines asked for per request (the coordinator's maximum)
 MAX_LOG_PAGES = 1_000  # pages logs() fetches at most, so a runaway log cannot loop forever
 
@@ -341,6 +342,40 @@ class Client:
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
             self._sleep(pause)
+
+    def watch(self, job_id: int, *, timeout: float | None = None) -> Iterator[JobInfo]:
+        """The job each time it changes, pushed by the coordinator (server-sent events,
+        ``GET /jobs/{id}/events``), until it has finished; the last one yielded is final.
+
+        Streams that end early (the server's time limit, a restart) are reopened. Raises
+        ``TimeoutError`` when ``timeout`` seconds pass before the job finishes.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failing_since: float | None = None
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")
+            params = {"seconds": min(left, WATCH_STREAM_SECONDS) if left
+                      else WATCH_STREAM_SECONDS}
+            try:
+                for event, data in self.connection.events(f"/jobs/{int(job_id)}/events",
+                                                          params=params):
+                    if event == "job":
+                        info = JobInfo.model_validate(data["job"])
+                        yield info
+                        if info.state.finished:
+                            return
+                    elif event == "gone":
+                        raise error_from_body(404, data)
+                failing_since = None
+            except httpx.TransportError as exc:
+                # dropped: reopen (the server sends the whole job again), for a while
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self.connection.retry_seconds:
+                    raise ServerUnavailable(f"lost the event stream of job {job_id}: "
+                                            f"{exc}") from None
+                self._sleep(1.0)
 
     # ------------------------------------------------------------ blobs
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from parallel_pilot.coordinator import sse
 from parallel_pilot.coordinator.sessions import CSRF_COOKIE, SESSION_COOKIE
 from parallel_pilot.web import events
 from tests.integration.conftest import Coordinator, make_coordinator
@@ -187,7 +188,7 @@ def test_streams_send_fragments_and_end(coordinator: Coordinator,
                                         web: TestClient,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "STREAM_SECONDS", 0.3)
-    monkeypatch.setattr(events, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(sse, "POLL_SECONDS", 0.05)
     csrf = login(web, "admin", _password(coordinator))
     job_id = int(submit(web, csrf, {"frames": "1-3"}).headers["location"].rsplit("/")[-1])
     for url, ids in ((f"/events/jobs/{job_id}", {"job-summary", "task-grid", "job-preview"}),

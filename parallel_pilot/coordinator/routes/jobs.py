@@ -1,13 +1,15 @@
-"""Job endpoints for users: submit, list, show, cancel (whole or some tasks), retry, tasks,
-outputs, logs."""
+"""Job endpoints for users: submit, list, show, a stream of changes (server-sent events),
+cancel (whole or some tasks), retry, tasks, outputs, logs."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
 from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
 from parallel_pilot.coordinator.limits import AfterId, JobId, TaskFilter
 from parallel_pilot.coordinator.services import jobs
+from parallel_pilot.coordinator.sse import stream_changes
 from parallel_pilot.core.protocol import (
     JobInfo,
     JobList,
@@ -26,6 +28,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 DEFAULT_JOBS_LISTED = 100  # jobs listed when no limit is given
 MAX_LOG_LINES = 10_000  # log lines one request returns at most
+DEFAULT_EVENT_SECONDS = 300.0  # how long a job's event stream lasts unless asked otherwise
+MAX_EVENT_SECONDS = 3600.0
 
 
 @router.post("", response_model=JobInfo, status_code=201)
@@ -59,6 +63,23 @@ def cancel_tasks(svc: ServicesDep, user: CurrentUser, job_id: JobId,
 @router.post("/{job_id}/retry", response_model=JobInfo)
 def retry(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> JobInfo:
     return jobs.retry(svc, user, job_id)
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses={200: {
+    "content": {"text/event-stream": {}},
+    "description": "Server-sent events: `job` (data `{\"job\": JobInfo}`) whenever the job "
+                   "changes, then `done` once it has finished; `gone` if it stops being "
+                   "visible. The stream ends after `seconds`; reconnect to go on."}})
+def job_events(request: Request, svc: ServicesDep, user: CurrentUser, job_id: JobId,
+               seconds: float = Query(DEFAULT_EVENT_SECONDS, gt=0, le=MAX_EVENT_SECONDS),
+               ) -> StreamingResponse:
+    jobs.get(svc, user, job_id)  # 404 now, before the stream starts
+
+    def snapshot() -> tuple[dict[str, object], bool]:
+        info = jobs.get(svc, user, job_id)
+        return {"job": info.model_dump(mode="json")}, info.state.finished
+
+    return stream_changes(request, snapshot, event="job", seconds=seconds)
 
 
 @router.get("/{job_id}/tasks", response_model=TaskList)
