@@ -11,7 +11,7 @@ EXTRAS := postgres,mysql,render,train,examples,dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install test demo lint bench bench-train clean distclean
+.PHONY: help install test demo lint bench bench-executor bench-render bench-train clean distclean
 
 help:
 	@echo "make install   create $(VENV) and install the project with [$(EXTRAS)]"
@@ -19,6 +19,8 @@ help:
 	@echo "make demo      install, then run a sweep across local workers"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     dispatch benchmark (bench/dispatch.py)"
+	@echo "make bench-executor  Executor.map vs ProcessPoolExecutor and Dask (bench/executor.py)"
+	@echo "make bench-render    frames per second with 1 and 2 workers (bench/render.py)"
 	@echo "make bench-train  DiLoCo vs one worker, sync data parallel, FedAvg (bench/train.py)"
 	@echo "make clean     remove caches and build output; distclean also removes $(VENV)"
 
@@ -34,7 +36,7 @@ $(INSTALL_STAMP): pyproject.toml Makefile
 test: install
 	@# Without root a missing package fails only under CI; locally its tests skip with a reason.
 	scripts/install-system-deps.sh || [ "$${CI:-}" != true ]
-	$(BIN)/ruff check parallel_pilot tests bench
+	$(BIN)/ruff check parallel_pilot tests bench examples
 	$(BIN)/mypy parallel_pilot
 	$(BIN)/python -m pytest tests -q -rs -p no:cacheprovider --timeout=600 --durations=10 $(PYTEST_ARGS)
 
@@ -42,11 +44,17 @@ demo: install
 	$(BIN)/pilot demo
 
 lint: install
-	$(BIN)/ruff check parallel_pilot tests
+	$(BIN)/ruff check parallel_pilot tests bench examples
 	$(BIN)/mypy parallel_pilot
 
 bench: install
 	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
+
+bench-executor: install
+	$(BIN)/python bench/executor.py $(BENCH_ARGS)
+
+bench-render: install
+	$(BIN)/python bench/render.py $(BENCH_ARGS)
 
 bench-train: install
 	$(BIN)/python bench/train.py $(BENCH_ARGS)
