@@ -50,6 +50,7 @@ from parallel_pilot.kinds.train.diloco import (
 from parallel_pilot.kinds.train.spec import TrainSpec, load_spec
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "examples" / "train_digits.py"
+TAIL_ROUNDS = 5  # rounds averaged for the "last-N" loss, which also picks each arm's lr
 
 
 @dataclass
@@ -200,6 +201,12 @@ class ArmSummary:
     def loss(self) -> float:
         return self.mean(self.final("loss"))
 
+    @property
+    def tail_loss(self) -> float:
+        """Mean eval loss over the last TAIL_ROUNDS rounds: less luck than the final one."""
+        return self.mean([statistics.fmean(c["loss"] for c in r.curve[-TAIL_ROUNDS:])
+                          for r in self.runs])
+
     def curve(self) -> list[float]:
         return [self.mean([r.curve[i]["loss"] for r in self.runs])
                 for i in range(len(self.runs[0].curve))]
@@ -212,7 +219,8 @@ def print_table(summaries: list[ArmSummary], setup: Setup, seeds: list[int],
         f"seeds {','.join(map(str, seeds))} (figures are means over seeds)")
     metric = next((k for k in summaries[0].runs[0].curve[-1] if k != "loss"), None)
     head = (f"{'arm':<7} {'inner lr':>8} {'eval loss':>9} {'(sd)':>7} {(metric or '')[:9]:>9} "
-            f"{'best loss':>9} {'bytes/worker':>13} {'wall s':>7} {'parallel s':>10}")
+            f"{'last-' + str(TAIL_ROUNDS):>7} {'best loss':>9} {'bytes/worker':>13} "
+            f"{'wall s':>7} {'parallel s':>10}")
     out(head)
     out("-" * len(head))
     for s in summaries:
@@ -221,7 +229,7 @@ def print_table(summaries: list[ArmSummary], setup: Setup, seeds: list[int],
         value = f"{s.mean(s.final(metric)):.4f}" if metric else ""
         best = s.mean([min(c["loss"] for c in r.curve) for r in s.runs])
         out(f"{s.name:<7} {s.inner_lr:>8g} {s.loss:>9.4f} {spread:>7.4f} {value:>9} "
-            f"{best:>9.4f} {s.runs[0].bytes_per_worker:>13,} "
+            f"{s.tail_loss:>7.4f} {best:>9.4f} {s.runs[0].bytes_per_worker:>13,} "
             f"{s.mean([r.wall_s for r in s.runs]):>7.1f} "
             f"{s.mean([r.parallel_s for r in s.runs]):>10.1f}")
     out("mean eval loss after each round:")
@@ -260,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--inner-lr", default="1e-3",
                         help="AdamW lr, or a comma-separated grid: every arm runs with each "
-                             "and reports its own best final eval loss")
+                             "and reports the lr with its best mean loss over the last rounds")
     parser.add_argument("--outer-lr", type=float, default=0.7, help="DiLoCo outer SGD lr")
     parser.add_argument("--outer-momentum", type=float, default=0.9)
     parser.add_argument("--seeds", type=int, default=1,
@@ -291,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                 tried.append(ArmSummary(arm, lr, runs))
                 print(f"... {arm} lr {lr:g}: mean eval loss {tried[-1].loss:.4f} in "
                       f"{sum(r.wall_s for r in runs):.1f} s", file=sys.stderr)
-            # every arm gets its own best lr of the same grid, chosen the same way
-            summaries.append(min(tried, key=lambda summary: summary.loss))
+            # every arm gets its own best lr of the same grid, chosen the same way: by the
+            # mean loss of the last rounds, so that one lucky final round does not decide
+            summaries.append(min(tried, key=lambda summary: summary.tail_loss))
     if args.json:
         print(json.dumps([{"arm": s.name, "inner_lr": s.inner_lr,
                            "runs": [r.__dict__ for r in s.runs]} for s in summaries], indent=2))
