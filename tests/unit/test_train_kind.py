@@ -74,6 +74,8 @@ def test_plan_has_init_then_rounds_of_shards_and_a_quorum_aggregate() -> None:
     assert (specs[4].quorum, specs[4].deadline_seconds) == (2, 30)
     assert all(s.depends_on == [4] for s in specs[5:8])
     assert specs[8].depends_on == [5, 6, 7]
+    # the last round has no next one to retrain a late shard in: it waits for every shard
+    assert (specs[8].quorum, specs[8].deadline_seconds) == (None, None)
     assert [s.affinity for s in specs[5:8]] == ["shard-0", "shard-1", "shard-2"]
     assert [s.payload.get("last") for s in (specs[4], specs[8])] == [False, True]
     assert all(s.inputs == {"spec.py": SHA, "data.csv": DATA} for s in specs)

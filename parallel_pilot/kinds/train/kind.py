@@ -9,7 +9,8 @@ The plan (static, made at submit; coordinator side, no torch):
   the *k* with a quorum: it runs when all *k* deltas are in, or when ``quorum`` of them are
   and the round deadline passed (coordinator/services/quorum.py). The train tasks it went
   ahead without are cancelled; their shards keep their cursor and are trained again in the
-  next round, so no data is skipped.
+  next round, so no data is skipped. The last round has no next one, so its aggregate
+  waits for all *k* (a lost worker's task is retried elsewhere after its lease expires).
 - the last aggregate also stores the final ``model.safetensors``; ``finalize`` writes
   ``metrics.csv`` from the aggregates' results.
 
@@ -50,11 +51,14 @@ def plan_rounds(params: TrainParams) -> list[TaskSpec]:
                 name=f"round {r + 1} shard {shard}", inputs=inputs, depends_on=[previous],
                 affinity=f"shard-{shard}",
                 payload={"step": TRAIN, "round": r, "shard": shard, "config": config}))
+        last = r == rounds - 1
         specs.append(TaskSpec(
             name=f"round {r + 1} aggregate", inputs=inputs,
             depends_on=list(range(first, first + k)),
-            quorum=params.round_quorum(), deadline_seconds=params.round_deadline_seconds,
-            payload={"step": AGGREGATE, "round": r, "last": r == rounds - 1,
+            # the last round has no next one to retrain a late shard in: it waits for all
+            quorum=None if last else params.round_quorum(),
+            deadline_seconds=None if last else params.round_deadline_seconds,
+            payload={"step": AGGREGATE, "round": r, "last": last,
                      "config": config}))
         previous = len(specs) - 1
     return specs
