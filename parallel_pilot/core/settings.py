@@ -38,6 +38,8 @@ class CoordinatorSettings(BaseSettings):
     heartbeat_seconds: float = Field(default=DEFAULT_HEARTBEAT_SECONDS, gt=0)
     reaper_seconds: float = Field(default=DEFAULT_REAPER_SECONDS, gt=0)
     long_poll_seconds: float = Field(default=DEFAULT_LONG_POLL_SECONDS, ge=0)
+    # an API event stream (GET /jobs/{id}/events) lasts at most this; clients reconnect
+    max_event_stream_seconds: float = Field(default=3600.0, gt=0)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
     worker_block_failures: int = Field(default=DEFAULT_WORKER_BLOCK_FAILURES, ge=1)
     offline_seconds: float = Field(default=DEFAULT_OFFLINE_SECONDS, gt=0)

@@ -38,6 +38,7 @@ def _coordinator() -> Coordinator:
     tmp = Path(tempfile.mkdtemp(prefix="pilot-fuzz-"))
     coord = make_coordinator(f"sqlite:///{tmp / 'pilot.db'}", tmp)
     coord.services.settings.long_poll_seconds = 0  # a lease answers at once
+    coord.services.settings.max_event_stream_seconds = 0.2  # event streams end at once
     return coord
 
 

@@ -29,7 +29,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 DEFAULT_JOBS_LISTED = 100  # jobs listed when no limit is given
 MAX_LOG_LINES = 10_000  # log lines one request returns at most
 DEFAULT_EVENT_SECONDS = 300.0  # how long a job's event stream lasts unless asked otherwise
-MAX_EVENT_SECONDS = 3600.0
+MAX_EVENT_SECONDS = 3600.0  # the most a client may ask for (the settings may cap it lower)
 
 
 @router.post("", response_model=JobInfo, status_code=201)
@@ -79,6 +79,7 @@ def job_events(request: Request, svc: ServicesDep, user: CurrentUser, job_id: Jo
         info = jobs.get(svc, user, job_id)
         return {"job": info.model_dump(mode="json")}, info.state.finished
 
+    seconds = min(seconds, svc.settings.max_event_stream_seconds)
     return stream_changes(request, snapshot, event="job", seconds=seconds)
 
 
