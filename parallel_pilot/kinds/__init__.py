@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parallel_pilot.errors import UnknownKind
+from parallel_pilot.errors import InvalidInput, UnknownKind
 from parallel_pilot.kinds.base import Kind
 from parallel_pilot.kinds.python import PythonKind
 from parallel_pilot.kinds.render import RenderKind
@@ -24,3 +24,15 @@ def get_kind(name: str) -> Kind:
 
 def known_kinds() -> list[str]:
     return sorted(KINDS)
+
+
+def check_allowed_kinds(allow: list[str]) -> list[str]:
+    """A worker's allow list, refused when empty or naming a kind this installation lacks."""
+    known = known_kinds()
+    unknown = [kind for kind in allow if kind not in known]
+    if unknown:
+        raise InvalidInput(f"unknown kind(s) to allow: {', '.join(unknown)}; "
+                           f"known kinds: {', '.join(known)}")
+    if not allow:
+        raise InvalidInput(f"the worker allows no kind; known kinds: {', '.join(known)}")
+    return allow

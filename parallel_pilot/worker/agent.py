@@ -30,7 +30,7 @@ from parallel_pilot.errors import (
     Unauthorized,
 )
 from parallel_pilot.http import Connection
-from parallel_pilot.kinds import known_kinds
+from parallel_pilot.kinds import check_allowed_kinds
 from parallel_pilot.kinds.blender import use_blender
 from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
 from parallel_pilot.worker.cache import BlobCache
@@ -61,16 +61,6 @@ def default_name() -> str:
     suffix = secrets.token_hex(2)
     host = socket.gethostname().split(".")[0] or "worker"
     return f"{host[: NAME_MAX - len(suffix) - 1]}-{suffix}"
-
-
-def check_allowed_kinds(allow: list[str]) -> None:
-    known = known_kinds()
-    unknown = [kind for kind in allow if kind not in known]
-    if unknown:
-        raise InvalidInput(f"unknown kind(s) to allow: {', '.join(unknown)}; "
-                           f"known kinds: {', '.join(known)}")
-    if not allow:
-        raise InvalidInput(f"the worker allows no kind; known kinds: {', '.join(known)}")
 
 
 class Worker:

@@ -204,7 +204,7 @@ def fake_agent(monkeypatch: pytest.MonkeyPatch) -> list:
 def test_worker_unknown_kind_exits_2(fake_agent: list, run) -> None:
     result = run("worker", "--join-token", "j", "--allow", "sleep,bogus")
     assert result.exit_code == 2
-    assert "unknown job kind(s) in --allow: bogus" in result.stderr
+    assert "--allow: unknown kind(s) to allow: bogus" in result.stderr
     from parallel_pilot.kinds import known_kinds
 
     assert f"known kinds: {', '.join(known_kinds())}" in result.stderr

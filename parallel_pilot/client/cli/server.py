@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from parallel_pilot.client.cli.common import UsageFailure, split_list
 from parallel_pilot.core.settings import CoordinatorSettings, WorkerSettings
+from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds.base import describe_validation
 
 
@@ -43,17 +44,12 @@ def server_command(**flags: Any) -> None:
 
 def parse_allow(value: str) -> list[str]:
     """A comma-separated list of job kinds, each one this installation knows."""
-    from parallel_pilot.kinds import known_kinds
+    from parallel_pilot.kinds import check_allowed_kinds
 
-    kinds = split_list(value)
-    known = known_kinds()
-    unknown = [k for k in kinds if k not in known]
-    if unknown:
-        raise UsageFailure(f"unknown job kind(s) in --allow: {', '.join(unknown)}; "
-                           f"known kinds: {', '.join(known)}")
-    if not kinds:
-        raise UsageFailure(f"--allow needs at least one kind; known kinds: {', '.join(known)}")
-    return kinds
+    try:
+        return check_allowed_kinds(split_list(value))
+    except InvalidInput as exc:
+        raise UsageFailure(f"--allow: {exc.message}") from None
 
 
 @click.command("worker")
