@@ -93,13 +93,14 @@ class FakeContext:
         self.lines.append(line)
 
     def upload_output(self, path: str, file: Path) -> str:
-        return store(self.blobs, file, self.outputs, path)
+        return store(self.blobs, file, self.outputs, path, self.workdir.parent / "blobs")
 
 
-def store(blobs: dict[str, Path], file: Path, outputs: dict[str, str], path: str) -> str:
+def store(blobs: dict[str, Path], file: Path, outputs: dict[str, str], path: str,
+          blob_dir: Path) -> str:
     data = file.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
-    kept = file.parent.parent.parent / "blobs" / sha
+    kept = blob_dir / sha
     kept.parent.mkdir(exist_ok=True)
     kept.write_bytes(data)
     blobs[sha] = kept
@@ -110,8 +111,8 @@ def store(blobs: dict[str, Path], file: Path, outputs: dict[str, str], path: str
 class Job:
     """One train job's tasks run in plan order through ``run_task``."""
 
-    def __init__(self, root: Path, spec_text: str, **extra: Any) -> None:
-        self.root = root
+    def __init__(self, root: Path, spec_text: str, job_id: int = 7, **extra: Any) -> None:
+        self.root, self.job_id = root, job_id
         spec = root / "spec.py"
         spec.write_text(textwrap.dedent(spec_text))
         self.blobs: dict[str, Path] = {}
@@ -126,14 +127,16 @@ class Job:
         self.init: dict[str, Any] = {}
         self.first: list[dict[str, Any]] = []
 
-    def run(self, index: int) -> dict[str, Any]:
+    def run(self, index: int, stop_after: float | None = None) -> dict[str, Any]:
         spec = self.specs[index]
-        lease = TaskLease(task_id=len(self.contexts) + 1, attempt=1, job_id=7, kind="train",
-                          name=spec.name, payload=spec.payload, inputs=spec.inputs,
-                          lease_expires_at=0.0, heartbeat_seconds=1.0)
+        lease = TaskLease(task_id=len(self.contexts) + 1, attempt=1, job_id=self.job_id,
+                          kind="train", name=spec.name, payload=spec.payload,
+                          inputs=spec.inputs, lease_expires_at=0.0, heartbeat_seconds=1.0)
         ctx = FakeContext(self.root, self.blobs, self.outputs, lease)
         ctx.sandbox = self.sandboxed
         self.contexts.append(ctx)
+        if stop_after is not None:
+            threading.Timer(stop_after, ctx.stop_event.set).start()
         return run_task(lease, ctx)
 
     def read_json(self, path: str) -> dict[str, Any]:
@@ -143,7 +146,7 @@ class Job:
 
 @pytest.fixture(scope="module")
 def first_round(tmp_path_factory: pytest.TempPathFactory) -> Job:
-    """A job of 2 workers whose init and round-1 train tasks ran (3 child processes)."""
+    """A job of 2 workers whose init and round-1 train tasks ran (in one reused child)."""
     require(None if importlib.util.find_spec("torch") else "torch is not installed")
     job = Job(tmp_path_factory.mktemp("train"), SPEC, workers=2, inner_steps=3, rounds=2,
               batch_size=4, inner_lr=0.05)
@@ -195,12 +198,67 @@ def test_a_refused_delta_leaves_its_shard_to_be_trained_again(first_round: Job,
     bad = tmp_path / "upload" / "x" / "bad.safetensors"
     bad.parent.mkdir(parents=True)
     save_safetensors(bad, delta, dtype=torch.float16, metadata=meta)
-    store(job.blobs, bad, job.outputs, delta_path(0, 1))
+    store(job.blobs, bad, job.outputs, delta_path(0, 1), tmp_path / "blobs")
     agg = job.run(3)
     assert (agg["deltas_accepted"], agg["deltas_rejected"], agg["shards_retrained"]) == (1, 1, 1)
     assert "non-finite" in agg["rejected"]["1"]
     cursors = job.read_json(state_path(1))["cursors"]
     assert cursors == {"0": {"epoch": 0, "batch": 3}}  # shard 1 starts again where it was
+
+
+def test_a_jobs_tasks_reuse_one_child_and_another_job_gets_its_own(first_round: Job,
+                                                                   tmp_path: Path) -> None:
+    job = first_round
+    pids = {job.init["child_pid"], *(r["child_pid"] for r in job.first)}
+    assert len(pids) == 1  # init and both train tasks ran in one warm child
+    other = Job(tmp_path, SPEC, job_id=8, workers=1, rounds=1)
+    assert other.run(0)["child_pid"] not in pids
+
+
+def test_a_killed_warm_child_is_replaced(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    require(None if importlib.util.find_spec("torch") else "torch is not installed")
+    job = Job(tmp_path, SPEC, job_id=9, workers=1, inner_steps=2, rounds=1, batch_size=4)
+    first = job.run(0)["child_pid"]
+    os.kill(first, signal.SIGKILL)  # dies while idle, between two tasks of the job
+    _wait_dead(first)
+    second = job.run(1)
+    assert second["child_pid"] != first and second["samples"] == 8
+    assert job.run(2)["child_pid"] == second["child_pid"]  # the new one is reused in turn
+
+
+def _wait_dead(pid: int) -> None:
+    """Until the killed child (of this process) can be reaped: SIGKILL is delivered, and its
+    threads end, asynchronously. WNOWAIT leaves the reaping to its Popen."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return
+        time.sleep(0.02)
+
+
+def test_a_stop_kills_the_warm_child_at_once(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from parallel_pilot.kinds.train.tasks import TrainStepFailed
+
+    require(None if importlib.util.find_spec("torch") else "torch is not installed")
+    slow = SPEC.replace("x, y = batch", "x, y = batch\n        __import__('time').sleep(60)")
+    job = Job(tmp_path, slow, job_id=10, workers=1, inner_steps=2, rounds=1)
+    pid = job.run(0)["child_pid"]
+    started = time.monotonic()
+    with pytest.raises(TrainStepFailed, match="stopped"):
+        job.run(1, stop_after=1.0)
+    assert time.monotonic() - started < 15
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped, not left running the 60 s step
+    assert job.run(0)["child_pid"] != pid  # the job's next task gets a fresh child
 
 
 def test_a_spec_without_compute_loss_fails_without_retry(tmp_path: Path) -> None:
@@ -224,4 +282,28 @@ def test_init_runs_inside_the_sandbox_when_the_worker_sandboxes(tmp_path: Path) 
     job.sandboxed = True
     result = job.run(0)
     assert result["parameters"] == 4 and model_path(0) in job.outputs
+    assert not escape.exists()
+
+
+def test_sandboxed_tasks_of_a_job_share_one_warm_child_and_stay_confined(
+        tmp_path: Path) -> None:
+    from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
+
+    require(sandbox_unavailable_reason())
+    escape = tmp_path / "escaped.txt"  # outside the child's directory
+    returned = '''        return {"loss": float(((model(x) - (-0.5)) ** 2).mean())}'''
+    assert returned in SPEC
+    counted = SPEC.replace(returned, f'''
+        import builtins
+        builtins.evals = getattr(builtins, "evals", 0) + 1  # lives as long as the process
+        try:
+            open({str(escape)!r}, "w").write("out")
+        except OSError:
+            pass
+        return {{"loss": float(((model(x) - (-0.5)) ** 2).mean()), "evals": builtins.evals}}''')
+    job = Job(tmp_path, counted, job_id=11, workers=1, inner_steps=2, rounds=1, batch_size=4)
+    job.sandboxed = True
+    assert job.run(0)["eval"]["evals"] == 1
+    assert job.run(1)["samples"] == 8  # a new task folder, seen by the same sandboxed child
+    assert job.run(2)["eval"]["evals"] == 2  # the init's child evaluated again
     assert not escape.exists()

@@ -1,201 +1,28 @@
-"""Child processes reused across the tasks of one ``python`` job on a worker.
-
-Starting Python and cloudpickle costs a task about 50-100 ms, more than a small call
-itself, so a worker keeps one ``runner.py --serve`` child per running task slot of a job
-(or of an ``Executor`` session: its jobs carry a random session key) and hands it the next
-task of the same job or session; code of different users never shares a child. A child
-lives in a directory of its own (bwrap binds only that one when the worker sandboxes);
-each task gets a folder under it.
-A child that was stopped, timed out or died is killed and never reused; idle ones are
-killed after ``IDLE_SECONDS`` or when more than ``MAX_IDLE`` wait.
-"""
+"""The ``python`` kind's reused children: one ``runner.py --serve`` child per running task
+slot of a job or of an ``Executor`` session (its jobs carry a random session key), kept by
+the worker-wide ``POOL`` under the rules of ``kinds/warm.py``."""
 
 from __future__ import annotations
 
-import os
-import queue
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from parallel_pilot.kinds.process import kill_group
 from parallel_pilot.kinds.python.calls import DONE_MARKER, TASKS_DIR
-from parallel_pilot.kinds.sandbox import bwrap_argv
+from parallel_pilot.kinds.warm import ChildCommand, TaskOutcome, WarmRunner
+from parallel_pilot.kinds.warm import RunnerPool as _Pool
+
+__all__ = ["POOL", "RUNNER", "RunnerPool", "TaskOutcome", "WarmRunner"]
 
 RUNNER = Path(__file__).with_name("runner.py")  # run as a file: the child skips our imports
-IDLE_SECONDS = 30.0  # an idle child is killed after this many seconds without a task
-MAX_IDLE = 8  # idle children kept at most per worker process
-WAIT_STEP = 0.01  # seconds between checks of the stop event while a task runs
-STDERR_KEEP = 64 * 1024  # characters of a task's stderr kept for its failure reason
+COMMAND = ChildCommand(argv=(sys.executable, str(RUNNER)), done_marker=DONE_MARKER,
+                       tasks_dir=TASKS_DIR, prefix="pilot-python-")
 
 
-@dataclass
-class TaskOutcome:
-    status: int | None  # the runner's status for the task; None if it did not finish
-    stderr: str
-    stopped: bool = False
-    timed_out: bool = False
-    exited: int | None = None  # the child's exit code when it died
-
-
-class WarmRunner:
-    """One ``runner.py --serve`` child with its directory."""
-
-    def __init__(self, key: tuple[str, bool], parent: Path | None, sandbox: bool,
-                 env: Mapping[str, str]) -> None:
-        self.key = key
-        self.dir = Path(tempfile.mkdtemp(prefix="pilot-python-",
-                                         dir=str(parent) if parent else None)).resolve()
-        (self.dir / TASKS_DIR).mkdir()
-        argv = [sys.executable, str(RUNNER), "--serve", str(self.dir)]
-        if sandbox:
-            argv = bwrap_argv(argv, self.dir)  # --die-with-parent
-        else:
-            argv += ["--worker-pid", str(os.getpid())]  # it ends when this process dies
-        self.proc = subprocess.Popen(
-            argv, cwd=self.dir, env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True,
-        )
-        self.idle_since = time.monotonic()
-        self._done: queue.Queue[tuple[str, int]] = queue.Queue()
-        self._sink: Callable[[str], None] = lambda line: None
-        self._stderr: list[str] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def task_dir(self, name: str) -> Path:
-        path = self.dir / TASKS_DIR / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def run(self, name: str, *, log: Callable[[str], None], stop_event: threading.Event,
-            timeout_seconds: float | None) -> TaskOutcome:
-        """Run the task folder ``name``; output lines go to ``log`` while it runs."""
-        with self._lock:
-            self._sink, self._stderr = log, []
-        started = time.monotonic()
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(f"{name}\n".encode())
-            self.proc.stdin.flush()
-        except OSError:
-            return TaskOutcome(None, self._stderr_text(), exited=self.proc.poll())
-        while True:
-            try:
-                done_name, status = self._done.get(timeout=WAIT_STEP)
-            except queue.Empty:
-                if stop_event.is_set():
-                    self.close()
-                    return TaskOutcome(None, self._stderr_text(), stopped=True)
-                if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
-                    self.close()
-                    return TaskOutcome(None, self._stderr_text(), timed_out=True)
-                if not self.alive() and self._done.empty():
-                    return TaskOutcome(None, self._stderr_text(), exited=self.proc.returncode)
-                continue
-            if done_name == name:
-                with self._lock:
-                    self._sink = lambda line: None
-                return TaskOutcome(status, self._stderr_text())
-
-    def close(self) -> None:
-        """Kill the child and remove its directory."""
-        if self.proc.stdin is not None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-        if self.alive():
-            kill_group(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in iter(self.proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            before, marker, rest = line.partition(DONE_MARKER)
-            if before:
-                self._emit(before)
-            if marker:
-                name, _, status = rest.strip().rpartition(" ")
-                self._done.put((name, int(status)))
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in iter(self.proc.stderr.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            with self._lock:
-                if sum(len(s) for s in self._stderr) < STDERR_KEEP:
-                    self._stderr.append(line)
-            self._emit(f"[stderr] {line}")
-
-    def _emit(self, line: str) -> None:
-        with self._lock:
-            sink = self._sink
-        sink(line)
-
-    def _stderr_text(self) -> str:
-        with self._lock:
-            return "\n".join(self._stderr)
-
-
-class RunnerPool:
-    """Idle children by (reuse key, sandboxed); ``take`` one or start one, ``give_back``."""
+class RunnerPool(_Pool):
+    """The pool of ``runner.py --serve`` children."""
 
     def __init__(self) -> None:
-        self._idle: list[WarmRunner] = []
-        self._lock = threading.Lock()
-        # children are started from one long-lived thread: bwrap's --die-with-parent
-        # (PR_SET_PDEATHSIG) fires when the *thread* that started it ends, and a task's
-        # thread ends with the task
-        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="pilot-python-spawn")
-
-    def take(self, reuse_key: str, sandbox: bool, parent: Path | None) -> WarmRunner:
-        """An idle child started for the same ``reuse_key`` (a job, or the client's
-        session), else a new one."""
-        key = (reuse_key, sandbox)
-        with self._lock:
-            self._expire()
-            for runner in self._idle:
-                if runner.key == key and runner.alive():
-                    self._idle.remove(runner)
-                    return runner
-        return self._spawner.submit(WarmRunner, key, parent, sandbox, os.environ).result()
-
-    def give_back(self, runner: WarmRunner) -> None:
-        if not runner.alive():
-            runner.close()
-            return
-        runner.idle_since = time.monotonic()
-        with self._lock:
-            self._idle.append(runner)
-            self._expire()
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for runner in idle:
-            runner.close()
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        keep = [r for r in self._idle if r.alive() and now - r.idle_since < IDLE_SECONDS]
-        keep = keep[-MAX_IDLE:]
-        for runner in self._idle:
-            if runner not in keep:
-                runner.close()
-        self._idle = keep
+        super().__init__(COMMAND)
 
 
 POOL = RunnerPool()  # the worker process's reused children

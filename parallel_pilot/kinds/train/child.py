@@ -6,24 +6,52 @@ in the task's working directory (the spec, the weights, the deltas), does one st
 ``aggregate`` (check, average, outer Nesterov step, evaluate) — writes its files and
 ``result.json`` next to the request, and prints ``PILOT_PROGRESS fraction message`` lines.
 Exit code 2: the user's spec is at fault (retrying elsewhere cannot help).
+
+``child.py --serve ROOT`` is the same child reused across a job's tasks (``kinds/warm.py``):
+it reads task folder names (under ``ROOT/tasks``, each holding a ``request.json``) from
+stdin and ends each task with a ``DONE_MARKER name status`` line, so torch is imported and
+the spec loaded once per job on a worker slot, not once per task.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from parallel_pilot.kinds.train.spec import TrainSpecError
+from parallel_pilot.kinds.train.spec import TrainSpec, TrainSpecError, load_spec
 
 PROGRESS_PREFIX = "PILOT_PROGRESS"
 EXIT_SPEC_ERROR = 2  # the spec (user code) is wrong: not retryable
 EXIT_ERROR = 1
 PROGRESS_EVERY = 0.5  # seconds between progress lines at most
+TASKS_DIR = "tasks"  # a reused child's task folders, under its own directory
+REQUEST_FILE = "request.json"  # in a task folder: what the worker asks of the child
+DONE_MARKER = "\x1ePILOT-TRAIN-DONE"  # ends a task's output: "<marker> <task folder> <status>"
+PARENT_CHECK_SECONDS = 0.5  # how often a reused child checks that its worker still lives
+
+_specs: dict[tuple[str, str], TrainSpec] = {}  # (path, sha256 of the file) -> loaded spec
+
+
+def spec_of(request: dict[str, Any]) -> TrainSpec:
+    """The request's spec, imported once per process (a reused child serves one job; a
+    changed file is imported again)."""
+    path = Path(request["spec"])
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return load_spec(path)  # it says what is missing
+    key = (str(path), digest)
+    if key not in _specs:
+        _specs[key] = load_spec(path)
+    return _specs[key]
 
 
 def progress(fraction: float, message: str) -> None:
@@ -45,9 +73,7 @@ def _finite_metrics(raw: Any) -> dict[str, float]:
 
 
 def run_init(request: dict[str, Any], out: Path) -> dict[str, Any]:
-    from parallel_pilot.kinds.train.spec import load_spec
-
-    spec = load_spec(Path(request["spec"]))  # first: a broken spec fails before torch loads
+    spec = spec_of(request)  # first: a broken spec fails before torch loads
     import torch
 
     from parallel_pilot.kinds.train.diloco import model_tensors, save_safetensors
@@ -75,10 +101,9 @@ def run_train(request: dict[str, Any], out: Path) -> dict[str, Any]:
         save_safetensors,
     )
     from parallel_pilot.kinds.train.optimizer_state import load_optimizer, save_optimizer
-    from parallel_pilot.kinds.train.spec import load_spec
 
     config = request["config"]
-    spec = load_spec(Path(request["spec"]))
+    spec = spec_of(request)
     torch.manual_seed(int(config["seed"]))
     model = spec.build_model()
     weights, _ = load_safetensors(Path(request["model"]))
@@ -127,7 +152,6 @@ def run_aggregate(request: dict[str, Any], out: Path) -> dict[str, Any]:
         outer_step,
         save_safetensors,
     )
-    from parallel_pilot.kinds.train.spec import load_spec
 
     config = request["config"]
     params, _ = load_safetensors(Path(request["model"]))
@@ -169,7 +193,7 @@ def run_aggregate(request: dict[str, Any], out: Path) -> dict[str, Any]:
     save_safetensors(out / "model.safetensors", params)
     if momentum is not None:
         save_safetensors(out / "momentum.safetensors", momentum)
-    spec = load_spec(Path(request["spec"]))
+    spec = spec_of(request)
     if spec.evaluate is not None:
         progress(0.6, "evaluating")
         torch.manual_seed(int(config["seed"]))
@@ -184,8 +208,8 @@ def run_aggregate(request: dict[str, Any], out: Path) -> dict[str, Any]:
 STEPS = {"init": run_init, "train": run_train, "aggregate": run_aggregate}
 
 
-def main(argv: list[str]) -> int:
-    request_path = Path(argv[0])
+def run_request(request_path: Path) -> int:
+    """Do the step ``request_path`` asks for; its exit status."""
     request = json.loads(request_path.read_text())
     out = request_path.parent
     try:
@@ -195,8 +219,43 @@ def main(argv: list[str]) -> int:
         spec_error = isinstance(exc, TrainSpecError)  # its message says what is wrong
         (out / "error.txt").write_text(str(exc) if spec_error else f"{type(exc).__name__}: {exc}")
         return EXIT_SPEC_ERROR if spec_error else EXIT_ERROR
+    # the pid shows which tasks one reused child ran (inside bwrap: its PID namespace's)
+    result["child_pid"] = os.getpid()
     (out / "result.json").write_text(json.dumps(result))
     return 0
+
+
+def serve(root: Path, worker_pid: int | None = None) -> int:
+    """Run the task folders named on stdin, one after another, until stdin closes or the
+    process ``worker_pid`` is no longer the parent (in a sandbox, bwrap's
+    --die-with-parent does that)."""
+    commands = os.fdopen(os.dup(0), "r")
+    sys.stdin = open(os.devnull)  # the user's code must not read the commands
+    if worker_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(worker_pid,), daemon=True).start()
+    for line in commands:
+        name = line.strip()
+        if not name:
+            continue
+        status = run_request(root / TASKS_DIR / name / REQUEST_FILE)
+        sys.stderr.flush()
+        print(f"{DONE_MARKER} {name} {status}", flush=True)
+    return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker killed outright leaves its children to init: end with it, even in the
+    middle of a step (the closed stdin is only noticed between tasks)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1 and argv[0] == "--serve":
+        worker_pid = int(argv[3]) if len(argv) > 3 and argv[2] == "--worker-pid" else None
+        return serve(Path(argv[1]), worker_pid)
+    return run_request(Path(argv[0]))
 
 
 if __name__ == "__main__":

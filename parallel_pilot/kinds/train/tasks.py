@@ -1,6 +1,8 @@
 """The worker's side of a ``train`` task (no torch here): gather the files a step needs into
-the working directory, run ``child.py`` in a child process (sandboxed when the worker
-sandboxes), stream its progress, and upload what it made.
+a task folder of a ``child.py --serve`` child process reused across the job's tasks on this
+worker slot (``kinds/warm.py``; in bwrap when the worker sandboxes, which binds the child's
+own directory once: the job's files and every task folder live under it), have it run the
+step, stream its progress, and upload what it made.
 
 - ``init``: uploads ``rounds/0000/model.safetensors`` and ``state.json`` (no cursors yet).
 - ``train`` (round r, shard i): reads ``rounds/r/state.json`` for the shard's cursor and
@@ -25,11 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from parallel_pilot.core.protocol import TaskLease
-from parallel_pilot.errors import PilotError
+from parallel_pilot.errors import InvalidInput, PilotError
 from parallel_pilot.kinds.base import RunContext
-from parallel_pilot.kinds.process import run_process
-from parallel_pilot.kinds.sandbox import bwrap_argv
-from parallel_pilot.kinds.train.child import EXIT_SPEC_ERROR, PROGRESS_PREFIX
+from parallel_pilot.kinds.train.child import (
+    DONE_MARKER,
+    EXIT_SPEC_ERROR,
+    PROGRESS_PREFIX,
+    REQUEST_FILE,
+    TASKS_DIR,
+)
 from parallel_pilot.kinds.train.params import (
     FINAL_MODEL,
     delta_path,
@@ -39,12 +45,20 @@ from parallel_pilot.kinds.train.params import (
     state_path,
 )
 from parallel_pilot.kinds.train.spec import TrainSpecError
+from parallel_pilot.kinds.warm import ChildCommand, RunnerPool, WarmRunner
 
 CHILD_MODULE = "parallel_pilot.kinds.train.child"
 STATE_DIR_NAME = "train-state"  # next to the worker's blob cache: AdamW state per (job, shard)
 KEPT_STATE_SECONDS = 7 * 24 * 3600.0  # a job's kept AdamW states untouched this long go
 MAX_LOSSES_REPORTED = 200  # loss curve points kept in a train task's result
-CHILD_OUTPUT_CAP = 256 * 1024  # bytes of the child's stdout/stderr kept for the reason
+JOB_DIR = "job"  # in a child's directory: the job's spec and data files
+IDLE_SECONDS = 120.0  # an idle child lives this long: a worker's tasks of a job are a round apart
+MAX_IDLE = 4  # idle children (torch and a spec's data each) kept at most per worker process
+
+COMMAND = ChildCommand(argv=(sys.executable, "-m", CHILD_MODULE), done_marker=DONE_MARKER,
+                       tasks_dir=TASKS_DIR, prefix="pilot-train-",
+                       env={"OMP_NUM_THREADS": "1"})  # one task per slot: no oversubscription
+POOL = RunnerPool(COMMAND, idle_seconds=IDLE_SECONDS, max_idle=MAX_IDLE)
 
 
 class TrainStepFailed(PilotError):
@@ -57,29 +71,49 @@ def run_task(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         # after a few such failures)
         raise TrainStepFailed("this worker allows train tasks but lacks torch or safetensors; "
                               "install the [train] extra (torch==2.13.0, safetensors)")
+    runner = POOL.take(f"job-{task.job_id}", bool(getattr(ctx, "sandbox", False)),
+                       ctx.workdir.parent)
+    try:
+        return _run_in(runner, task, ctx)
+    finally:
+        POOL.give_back(runner)  # closed (not reused) when it was stopped or died
+
+
+def _run_in(runner: WarmRunner, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     payload = task.payload
     step = payload["step"]
     config = payload["config"]
-    job_dir = ctx.workdir / "job"
-    io_dir = ctx.workdir / "io"
-    io_dir.mkdir(parents=True, exist_ok=True)
-    for name in task.inputs:
-        ctx.copy_input(name, job_dir / name)
+    job_dir = runner.dir / JOB_DIR
+    for name in task.inputs:  # the same for every task of the job: refreshed, not added to
+        dest = (job_dir / name).resolve()
+        if job_dir.resolve() not in dest.parents:
+            raise InvalidInput(f"input {name!r} leaves the job's folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ctx.input_path(name), dest)
     request: dict[str, Any] = {"step": step, "config": config,
                                "spec": str(job_dir / config["spec_file"])}
-    if step == "train":
-        return _train(task, ctx, request, io_dir)
-    if step == "aggregate":
-        return _aggregate(task, ctx, request, io_dir)
-    result = _run_child(ctx, request, io_dir)
+    io_dir = runner.task_dir(f"{task.task_id}-{task.attempt}")
+    try:
+        if step == "train":
+            return _train(runner, task, ctx, request, io_dir)
+        if step == "aggregate":
+            return _aggregate(runner, task, ctx, request, io_dir)
+        return _init(runner, ctx, request, io_dir)
+    finally:
+        shutil.rmtree(io_dir, ignore_errors=True)
+
+
+def _init(runner: WarmRunner, ctx: RunContext, request: dict[str, Any],
+          io_dir: Path) -> dict[str, Any]:
+    result = _run_child(runner, ctx, request, io_dir)
     ctx.upload_output(model_path(0), io_dir / "model.safetensors")
     _upload_json(ctx, io_dir, state_path(0), {"round": 0, "cursors": {},
                                                "eval": result.get("eval")})
     return {"step": "init", **result}
 
 
-def _train(task: TaskLease, ctx: RunContext, request: dict[str, Any],
-           io_dir: Path) -> dict[str, Any]:
+def _train(runner: WarmRunner, task: TaskLease, ctx: RunContext,
+           request: dict[str, Any], io_dir: Path) -> dict[str, Any]:
     payload = task.payload
     r, shard = int(payload["round"]), int(payload["shard"])
     state = _read_json(ctx, state_path(r))
@@ -92,7 +126,7 @@ def _train(task: TaskLease, ctx: RunContext, request: dict[str, Any],
         shutil.copyfile(kept, io_dir / "optimizer-in.safetensors")
         request["optimizer"] = str(io_dir / "optimizer-in.safetensors")
         ctx.log(f"resuming the AdamW state kept for shard {shard}")
-    result = _run_child(ctx, request, io_dir)
+    result = _run_child(runner, ctx, request, io_dir)
     sha = ctx.upload_output(delta_path(r, shard), io_dir / "delta.safetensors")
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +138,11 @@ def _train(task: TaskLease, ctx: RunContext, request: dict[str, Any],
     return {"step": "train", "round": r, "shard": shard, "samples": result["samples"],
             "loss": sum(losses) / len(losses), "losses": _thin(losses, MAX_LOSSES_REPORTED),
             "cursor": result["cursor"], "delta": sha, "delta_bytes": result["delta_bytes"],
-            "resumed_optimizer": "optimizer" in request}
+            "resumed_optimizer": "optimizer" in request, "child_pid": result["child_pid"]}
 
 
-def _aggregate(task: TaskLease, ctx: RunContext, request: dict[str, Any],
-               io_dir: Path) -> dict[str, Any]:
+def _aggregate(runner: WarmRunner, task: TaskLease, ctx: RunContext,
+               request: dict[str, Any], io_dir: Path) -> dict[str, Any]:
     payload = task.payload
     r = int(payload["round"])
     config = payload["config"]
@@ -129,7 +163,7 @@ def _aggregate(task: TaskLease, ctx: RunContext, request: dict[str, Any],
         shutil.copyfile(ctx.fetch_blob(momentum), io_dir / "momentum-in.safetensors")
         request["momentum"] = str(io_dir / "momentum-in.safetensors")
     ctx.log(f"round {r + 1}: {len(deltas)} of {config['workers']} deltas arrived")
-    result = _run_child(ctx, request, io_dir)
+    result = _run_child(runner, ctx, request, io_dir)
     ctx.upload_output(model_path(r + 1), io_dir / "model.safetensors")
     if (io_dir / "momentum.safetensors").is_file():
         ctx.upload_output(momentum_path(r + 1), io_dir / "momentum.safetensors")
@@ -147,22 +181,17 @@ def _aggregate(task: TaskLease, ctx: RunContext, request: dict[str, Any],
         ctx.upload_output(FINAL_MODEL, io_dir / "model.safetensors")
     for shard, reason in result["rejected"].items():
         ctx.log(f"round {r + 1}: delta of shard {shard} refused: {reason}")
-    return summary
+    return {**summary, "child_pid": result["child_pid"]}
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _run_child(ctx: RunContext, request: dict[str, Any], io_dir: Path) -> dict[str, Any]:
-    request_file = io_dir / "request.json"
-    request_file.write_text(json.dumps(request))
-    argv = [sys.executable, "-m", CHILD_MODULE, str(request_file)]
-    if getattr(ctx, "sandbox", False):
-        argv = bwrap_argv(argv, ctx.workdir)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")  # one task per slot: no oversubscription
+def _run_child(runner: WarmRunner, ctx: RunContext, request: dict[str, Any],
+               io_dir: Path) -> dict[str, Any]:
+    (io_dir / REQUEST_FILE).write_text(json.dumps(request))
 
-    def on_stdout(line: str) -> None:
+    def on_line(line: str) -> None:  # stdout, and stderr as "[stderr] ..."
         if line.startswith(PROGRESS_PREFIX + " "):
             _, fraction, *message = line.split(" ", 2)
             try:
@@ -172,17 +201,16 @@ def _run_child(ctx: RunContext, request: dict[str, Any], io_dir: Path) -> dict[s
         else:
             ctx.log(line)
 
-    proc = run_process(argv, cwd=ctx.workdir, env=env, stop_event=ctx.stop_event,
-                       output_cap=CHILD_OUTPUT_CAP, on_stdout=on_stdout,
-                       on_stderr=lambda line: ctx.log(f"[stderr] {line}"))
-    if proc.stopped:
+    outcome = runner.run(io_dir.name, log=on_line, stop_event=ctx.stop_event,
+                         timeout_seconds=None)
+    if outcome.stopped:
         raise TrainStepFailed(f"{request['step']} stopped")  # the worker drops or hands it back
     result_file = io_dir / "result.json"
-    if proc.exit_code != 0 or not result_file.is_file():
+    if outcome.status != 0 or not result_file.is_file():
         error_file = io_dir / "error.txt"
-        reason = error_file.read_text() if error_file.is_file() else \
-            f"exit code {proc.exit_code}: {proc.stderr[-2000:]}"
-        if proc.exit_code == EXIT_SPEC_ERROR:
+        reason = error_file.read_text() if error_file.is_file() else (
+            f"the child process ended (exit code {outcome.exited}): {outcome.stderr[-2000:]}")
+        if outcome.status == EXIT_SPEC_ERROR:
             raise TrainSpecError(reason)
         raise TrainStepFailed(f"{request['step']} failed: {reason}")
     result: dict[str, Any] = json.loads(result_file.read_text())
