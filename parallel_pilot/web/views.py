@@ -63,6 +63,13 @@ class JobPage:
     files: list[Any]
     results: list[dict[str, Any]] | None
     counts: dict[str, int] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] | None = None  # a train job's metrics, one row per round
+
+    @property
+    def round_metrics(self) -> list[str]:
+        """The eval metrics besides the loss that the rounds report (``eval_accuracy``)."""
+        names = {k for row in self.rounds or [] for k in row}
+        return sorted(k for k in names if k.startswith("eval_") and k != "eval_loss")
 
     @property
     def info(self) -> JobInfo:
@@ -131,6 +138,14 @@ def _results(tasks: list[TaskInfo]) -> list[dict[str, Any]]:
     return rows
 
 
+def _rounds(tasks: list[TaskInfo]) -> list[dict[str, Any]]:
+    from parallel_pilot.kinds.train.kind import metrics_row  # no torch: plain dicts
+
+    rows = [row for t in tasks if t.state == TaskState.DONE
+            and (row := metrics_row(t.result or {})) is not None]
+    return sorted(rows, key=lambda r: r["round"])
+
+
 def job_page(svc: Services, caller: Caller, job_id: int, task_id: int | None) -> JobPage:
     info = jobs.get(svc, caller, job_id)  # JobNotFound for another user's job
     tasks = jobs.tasks(svc, caller, job_id)
@@ -152,14 +167,16 @@ def job_page(svc: Services, caller: Caller, job_id: int, task_id: int | None) ->
         counts[t.state.value] += 1
     done = {job_id: len([p for p in by_path if p.startswith(FRAMES_PREFIX)])}
     listed = {VIDEO_PATH, ZIP_PATH}
-    files = [o for p, o in sorted(by_path.items())
-             if o.task_id is None and p not in listed]  # job-level files (results.jsonl)
+    # the job's result files: top-level paths (results.jsonl, model.safetensors, metrics.csv),
+    # not per-item folders (frames/, results/<item>/) nor working state (rounds/)
+    files = [o for p, o in sorted(by_path.items()) if "/" not in p and p not in listed]
     return JobPage(
         row=_row(info, done, svc.clock()), tasks=tasks, selected=selected, log=log,
         preview=by_path.get(PREVIEW_PATH) or (frames[-1] if frames else None),
         thumbs=frames[-THUMBNAILS_SHOWN:], video=by_path.get(VIDEO_PATH),
         archive=by_path.get(ZIP_PATH), files=files,
         results=_results(tasks) if info.kind == "sweep" else None, counts=counts,
+        rounds=_rounds(tasks) if info.kind == "train" else None,
     )
 
 

@@ -291,3 +291,40 @@ def test_login_warns_when_the_browser_would_drop_the_session_cookie(
     # plain http to a host that is not local: the cookie is Secure, the browser drops it
     page = sqlite_coordinator.client.get("/login")
     assert "PILOT_COOKIE_SECURE=false" in page.text
+
+
+def test_a_training_job_shows_a_row_per_finished_round(coordinator: Coordinator,
+                                                      web: TestClient) -> None:
+    login(web, "admin", _password(coordinator))
+    spec = b"def build_model(): ...\n"
+    sha = hashlib.sha256(spec).hexdigest()
+    assert web.put(f"/api/v1/blobs/{sha}", headers=coordinator.user(),
+                   content=spec).status_code in (200, 201)
+    job = web.post("/api/v1/jobs", headers=coordinator.user(), json={
+        "kind": "train", "params": {"spec": sha, "workers": 2, "rounds": 2}}).json()
+    page = web.get(f"/jobs/{job['id']}").text
+    assert 'aria-label="Training rounds"' not in page  # nothing finished yet
+    worker = coordinator.register_worker(kinds=["train"])
+    (init,) = web.post("/api/v1/workers/lease", headers=worker,
+                       json={"slots": 1, "wait_seconds": 0}).json()["tasks"]
+    weights = b"not really safetensors"
+    weights_sha = hashlib.sha256(weights).hexdigest()
+    assert web.put(f"/api/v1/blobs/{weights_sha}", headers=worker,
+                   content=weights).status_code in (200, 201)
+    for path in ("rounds/0000/model.safetensors", "model.safetensors"):
+        added = web.post(f"/api/v1/attempts/{init['task_id']}/{init['attempt']}/outputs",
+                         headers=worker, json={"path": path, "sha256": weights_sha,
+                                               "size": len(weights)})
+        assert added.status_code == 200, added.text
+    done = web.post(f"/api/v1/attempts/{init['task_id']}/{init['attempt']}/complete",
+                    headers=worker, json={"result": {
+                        "step": "init", "eval": {"loss": 2.30171, "accuracy": 0.125}}})
+    assert done.status_code == 200, done.text
+    page = web.get(f"/jobs/{job['id']}").text
+    # the model a task uploaded is offered; the rounds' working state is not
+    assert "Download model.safetensors" in page and "rounds/0000" not in page
+    table = page.split('aria-label="Training rounds"', 1)[1]
+    table = table.split("</table>", 1)[0]
+    assert "<th scope=\"col\">Accuracy</th>" in table
+    assert "2.3017" in table and "0.125" in table and "(initial)" in table
+    assert table.count("<tr>") == 2  # the header and round 0

@@ -24,6 +24,7 @@ from parallel_pilot.client.cli.sweep import named_files
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.protocol import JobInfo, TaskInfo
 from parallel_pilot.core.states import JobState, TaskState
+from parallel_pilot.kinds.train.kind import metrics_row
 
 POLL_SECONDS = 1.0  # seconds between looks at the job while following it
 MAX_METRICS_SHOWN = 3  # eval metrics besides the loss on one progress line
@@ -112,18 +113,9 @@ def _rounds_of(job: JobInfo) -> int:
 
 def round_row(task: TaskInfo) -> dict[str, Any] | None:
     """The metrics of a finished init or aggregate task (None for any other task)."""
-    result = task.result or {}
-    step = result.get("step")
-    if task.state != TaskState.DONE or step not in ("init", "aggregate"):
+    if task.state != TaskState.DONE:
         return None
-    row: dict[str, Any] = {"round": 0 if step == "init" else int(result["round"]) + 1,
-                           "train_loss": result.get("train_loss")}
-    row.update({("eval_loss" if k == "loss" else f"eval_{k}"): v
-                for k, v in (result.get("eval") or {}).items()})
-    if step == "aggregate":
-        row["active_workers"] = result.get("active_workers")
-        row["deltas_accepted"] = result.get("deltas_accepted")
-    return row
+    return metrics_row(task.result or {})
 
 
 def format_row(row: dict[str, Any], total_rounds: int, workers: int) -> str:

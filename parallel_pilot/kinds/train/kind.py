@@ -64,22 +64,28 @@ def plan_rounds(params: TrainParams) -> list[TaskSpec]:
     return specs
 
 
+def metrics_row(result: dict[str, Any]) -> dict[str, Any] | None:
+    """A round's metrics from an init or aggregate task's result (round 0: the initial
+    model); None for a train task's result. Shared by metrics.csv, pilot train and the
+    dashboard."""
+    step = result.get("step")
+    if step not in (INIT, AGGREGATE):
+        return None
+    row: dict[str, Any] = {"round": 0 if step == INIT else int(result["round"]) + 1,
+                           "train_loss": result.get("train_loss")}
+    for name, value in (result.get("eval") or {}).items():
+        row["eval_loss" if name == "loss" else f"eval_{name}"] = value
+    for column in COUNT_COLUMNS:
+        if column in result:
+            row[column] = result[column]
+    return row
+
+
 def metrics_rows(tasks: list[FinishedTask]) -> list[dict[str, Any]]:
-    """One row per round from the init and aggregate results (round 0: the initial model)."""
-    rows: list[dict[str, Any]] = []
-    for task in tasks:
-        step = task.payload.get("step")
-        if step not in (INIT, AGGREGATE):
-            continue
-        result = task.result
-        row: dict[str, Any] = {"round": 0 if step == INIT else int(task.payload["round"]) + 1}
-        row["train_loss"] = result.get("train_loss")
-        for name, value in (result.get("eval") or {}).items():
-            row["eval_loss" if name == "loss" else f"eval_{name}"] = value
-        for column in COUNT_COLUMNS:
-            if column in result:
-                row[column] = result[column]
-        rows.append(row)
+    """One row per round from the init and aggregate results, in round order."""
+    rows = [row for task in tasks if (row := metrics_row(
+        {**task.result, "step": task.payload.get("step"), "round": task.payload.get("round")}
+    )) is not None]
     return sorted(rows, key=lambda r: r["round"])
 
 
