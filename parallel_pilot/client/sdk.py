@@ -7,45 +7,31 @@ Every call goes through ``parallel_pilot.http.Connection`` with the wire models 
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from parallel_pilot.client import config
+from parallel_pilot.client.accounts_api import AccountCalls
+from parallel_pilot.client.job_files import name_files, safe_destination
 from parallel_pilot.core.protocol import (
-    Ack,
     Health,
     JobInfo,
     JobList,
     JobSubmit,
-    JoinTokenCreate,
-    JoinTokenCreated,
-    JoinTokenInfo,
-    JoinTokenList,
     LogLine,
     LogList,
     OutputInfo,
     OutputList,
-    PasswordSet,
     TaskCancel,
     TaskCancelled,
     TaskInfo,
     TaskList,
-    TokenCreate,
-    TokenCreated,
-    TokenInfo,
-    TokenList,
-    UserCreate,
-    UserCreated,
     UserInfo,
-    UserList,
-    UserSummary,
     WorkerInfo,
     WorkerList,
 )
@@ -60,7 +46,7 @@ LOG_PAGE_LINES = 10_000  # log lines asked for per request (the coordinator's ma
 MAX_LOG_PAGES = 1_000  # pages logs() fetches at most, so a runaway log cannot loop forever
 
 
-class Client:
+class Client(AccountCalls):
     """A connection to one coordinator as one user.
 
     ``server`` and ``token`` default to ``PILOT_SERVER``/``PILOT_TOKEN`` and then to the
@@ -484,121 +470,6 @@ class Client:
         params.update({k: v for k, v in given.items() if v is not None})
         params.update(options or {})
         return self.submit("train", params, priority=priority, name=name or spec.name)
-
-    # ------------------------------------------------------------ accounts
-
-    def create_user(self, name: str, *, admin: bool = False,
-                    password: str | None = None) -> UserCreated:
-        """Create a user (admin only); the answer holds their first API token, shown once."""
-        body = UserCreate(name=name, is_admin=admin, password=password)
-        return self.connection.call("POST", "/users", UserCreated, body=body, retry=False)
-
-    def set_password(self, name: str, password: str) -> None:
-        """Set a user's password (admin only)."""
-        self.connection.call("PUT", f"/users/{quote(name, safe='')}/password", Ack,
-                             body=PasswordSet(password=password))
-
-    def users(self) -> list[UserSummary]:
-        """Every account (admin only)."""
-        return self.connection.call("GET", "/users", UserList).users
-
-    def disable_user(self, name: str) -> None:
-        """Disable a user (admin only); all their tokens stop working."""
-        self.connection.call("POST", f"/users/{quote(name, safe='')}/disable", Ack)
-
-    def create_token(self, name: str = "", *,
-                     expires_seconds: int | None = None) -> TokenCreated:
-        """A new API token for this user, shown once."""
-        body = TokenCreate(name=name, expires_seconds=expires_seconds)
-        return self.connection.call("POST", "/tokens", TokenCreated, body=body, retry=False)
-
-    def tokens(self) -> list[TokenInfo]:
-        """This user's API tokens that are not revoked."""
-        return self.connection.call("GET", "/tokens", TokenList).tokens
-
-    def revoke_token(self, token_id: int) -> None:
-        """Revoke one of this user's API tokens by its id."""
-        self.connection.call("DELETE", f"/tokens/{int(token_id)}", Ack)
-
-    def create_join_token(self, name: str = "", *, uses: int | None = None,
-                          expires_seconds: int | None = None) -> JoinTokenCreated:
-        """A token workers join with (admin only), shown once."""
-        body = JoinTokenCreate(name=name, uses=uses, expires_seconds=expires_seconds)
-        return self.connection.call("POST", "/join-tokens", JoinTokenCreated, body=body,
-                                    retry=False)
-
-    def join_tokens(self) -> list[JoinTokenInfo]:
-        """Every join token with its state (admin only); never the secret itself."""
-        return self.connection.call("GET", "/join-tokens", JoinTokenList).join_tokens
-
-    def revoke_join_token(self, token_id: int) -> None:
-        """Revoke a join token (admin only): no new worker can join with it."""
-        self.connection.call("DELETE", f"/join-tokens/{int(token_id)}", Ack)
-
-    def revoke_worker(self, worker_id: int) -> None:
-        """Revoke a worker (admin only): its token is refused, its tasks requeued."""
-        self.connection.call("POST", f"/workers/{int(worker_id)}/revoke", Ack)
-
-
-def name_files(files: Mapping[str, Path] | Iterable[Path]) -> dict[str, Path]:
-    """Job file names (relative, '/'-separated) for local files; every file must exist.
-
-    Given paths are named as written relative to the current directory
-    (``data/x.csv`` stays ``data/x.csv``; an absolute path inside the current directory is
-    made relative). A path that would escape the working directory is refused.
-    """
-    if isinstance(files, Mapping):
-        pairs = [(str(k), Path(v)) for k, v in files.items()]
-    else:
-        pairs = [(_relative_name(Path(p)), Path(p)) for p in files]
-    named: dict[str, Path] = {}
-    for job_name, path in pairs:
-        job_name = check_job_file_name(job_name)
-        if not path.is_file():
-            raise InvalidInput(f"no such file: {path}")
-        if job_name in named and named[job_name].resolve() != path.resolve():
-            raise InvalidInput(f"two different files would both be named {job_name!r}")
-        named[job_name] = path
-    return named
-
-
-def check_job_file_name(name: str) -> str:
-    """A job file name: relative, '/'-separated, without '.', '..' or empty parts."""
-    parts = name.split("/")
-    if (not name or name.startswith("/") or "\\" in name or "\x00" in name
-            or any(p in ("", ".", "..") for p in parts)):
-        raise InvalidInput(
-            f"file name {name!r} must be a relative path inside the working directory "
-            "(no '..', no absolute path)"
-        )
-    return name
-
-
-def _relative_name(path: Path) -> str:
-    if path.is_absolute():
-        try:
-            path = path.relative_to(Path.cwd())
-        except ValueError:
-            raise InvalidInput(
-                f"{path} is outside the current directory; run from a directory that "
-                "contains it, or pass files as a mapping of name -> path"
-            ) from None
-    return os.path.normpath(path).replace(os.sep, "/")
-
-
-def safe_destination(root: Path, relative: str) -> Path:
-    """``root/relative``, refusing any path that would land outside ``root``."""
-    refused = InvalidInput(f"refusing output path {relative!r}: it would be written "
-                           f"outside {root}")
-    try:
-        check_job_file_name(relative)
-    except InvalidInput:
-        raise refused from None
-    dest = root / relative
-    resolved_root = root.resolve()
-    if resolved_root not in dest.resolve().parents:
-        raise refused
-    return dest
 
 
 def _scene_facts(info: Mapping[str, Any], scene_name: str | None) -> dict[str, Any]:

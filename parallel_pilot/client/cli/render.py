@@ -25,7 +25,8 @@ from parallel_pilot.client.cli.common import (
     print_json,
     submit_options,
 )
-from parallel_pilot.client.sdk import Client, safe_destination
+from parallel_pilot.client.job_files import safe_destination
+from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.protocol import JobInfo, OutputInfo
 from parallel_pilot.core.states import JobState
 from parallel_pilot.errors import InvalidInput

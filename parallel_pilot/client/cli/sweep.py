@@ -18,7 +18,8 @@ from parallel_pilot.client.cli.common import (
 )
 from parallel_pilot.client.cli.jobs import report_finished
 from parallel_pilot.client.cli.progress import follow
-from parallel_pilot.client.sdk import Client, name_files
+from parallel_pilot.client.job_files import name_files
+from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.protocol import JobInfo, TaskInfo
 from parallel_pilot.core.ranges import parse_items_file
 from parallel_pilot.core.states import JobState, TaskState

@@ -180,8 +180,8 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
             raise StaleAttempt(f"task {task_id} is {task.state}; the result is not accepted")
         q.add_worker_done(conn, worker.id)
         q.add_job_done(conn, task.job_id)
-        q.unblock_dependents(conn, task_id)
-        quorum.after_dependency_done(conn, svc, task_id)
+        if q.unblock_dependents(conn, task_id):  # most tasks have none: no quorum look-up
+            quorum.after_dependency_done(conn, svc, task_id)
         jobs.finish_if_complete(conn, svc, task.job_id)
     svc.notifier.notify()
 

@@ -152,13 +152,13 @@ def expired_leases(conn: sa.Connection, now: float, limit: int) -> list[Row]:
     ))
 
 
-def unblock_dependents(conn: sa.Connection, task_id: int) -> None:
+def unblock_dependents(conn: sa.Connection, task_id: int) -> list[int]:
     """One dependency of each dependent of ``task_id`` is done: count it down and make
-    ready the dependents with none left."""
+    ready the dependents with none left; returns the dependents' ids."""
     dependents = list(conn.execute(
         sa.select(task_deps.c.task_id).where(task_deps.c.depends_on_id == task_id)).scalars())
     if not dependents:
-        return
+        return dependents
     conn.execute(tasks.update().where(tasks.c.id.in_(dependents))
                  .values(deps_left=tasks.c.deps_left - 1))
     conn.execute(
@@ -166,6 +166,7 @@ def unblock_dependents(conn: sa.Connection, task_id: int) -> None:
                              tasks.c.state == TaskState.BLOCKED)
         .values(state=TaskState.READY)
     )
+    return dependents
 
 
 def cancel_open_tasks(conn: sa.Connection, job_id: int, now: float, reason: str) -> int:
