@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from parallel_pilot.client.local_cluster import LocalCluster
-from parallel_pilot.kinds.render import default_chunk
+from parallel_pilot.kinds.render.kind import default_chunk
 
 DEFAULT_FRAMES = 24  # frames rendered per measurement
 SAMPLES = 16  # Cycles samples per pixel

@@ -197,8 +197,8 @@ class Client(AccountCalls):
         scene's range. ``on_inspect`` sees that description (e.g. to warn about its
         ``missing_files``). The .blend is uploaded only if the coordinator lacks it.
         """
-        from parallel_pilot.kinds.blend_file import HEADER_READ_BYTES, parse_header
-        from parallel_pilot.kinds.blender import inspect_blend, installed_blender
+        from parallel_pilot.kinds.render.blend_file import HEADER_READ_BYTES, parse_header
+        from parallel_pilot.kinds.render.blender import inspect_blend, installed_blender
 
         scene = Path(scene)
         if not scene.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from parallel_pilot.errors import InvalidInput, UnknownKind
 from parallel_pilot.kinds.base import Kind
 from parallel_pilot.kinds.python import PythonKind
-from parallel_pilot.kinds.render import RenderKind
+from parallel_pilot.kinds.render.kind import RenderKind
 from parallel_pilot.kinds.sleep import SleepKind
 from parallel_pilot.kinds.sweep import SweepKind
 from parallel_pilot.kinds.train import TrainKind

@@ -22,7 +22,7 @@ from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.core.protocol import SHA256_RE, JobInfo, JobSubmit
 from parallel_pilot.errors import Forbidden, InvalidInput
 from parallel_pilot.kinds import get_kind
-from parallel_pilot.kinds.render import RenderParams
+from parallel_pilot.kinds.render.kind import RenderParams
 from parallel_pilot.store import queries as q
 from parallel_pilot.web.upload import StreamedForm, place, read_form
 

@@ -83,7 +83,7 @@ def elapsed(info: JobInfo, now: float) -> float | None:
 
 
 def frame_total(info: JobInfo) -> int:
-    from parallel_pilot.kinds.render import expand_frames
+    from parallel_pilot.kinds.render.kind import expand_frames
 
     try:
         return len(expand_frames(str(info.params.get("frames") or "")))

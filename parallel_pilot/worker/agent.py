@@ -31,7 +31,7 @@ from parallel_pilot.errors import (
 )
 from parallel_pilot.http import Connection
 from parallel_pilot.kinds import check_allowed_kinds
-from parallel_pilot.kinds.blender import use_blender
+from parallel_pilot.kinds.render.blender import use_blender
 from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
 from parallel_pilot.worker.cache import BlobCache
 from parallel_pilot.worker.capabilities import detect_capabilities

@@ -16,7 +16,7 @@ import psutil
 import parallel_pilot
 from parallel_pilot.core.protocol import Capabilities, Gpu
 from parallel_pilot.core.settings import WorkerSettings
-from parallel_pilot.kinds.blender import installed_blender
+from parallel_pilot.kinds.render.blender import installed_blender
 
 NVIDIA_SMI_TIMEOUT = 10.0  # seconds nvidia-smi may take to list the GPUs
 MIB = 1024 * 1024  # nvidia-smi reports memory in MiB

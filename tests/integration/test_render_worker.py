@@ -23,8 +23,8 @@ from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import TaskSpec, parse_params
-from parallel_pilot.kinds.blend_file import read_header
-from parallel_pilot.kinds.blender import BlenderFailed, inspect_blend
+from parallel_pilot.kinds.render.blend_file import read_header
+from parallel_pilot.kinds.render.blender import BlenderFailed, inspect_blend
 
 SCENE_FRAMES = 12  # frames of the generated test scene
 TEST_SAMPLES = 4  # Cycles samples per pixel in these tests

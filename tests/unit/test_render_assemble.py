@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from parallel_pilot.errors import InvalidInput
-from parallel_pilot.kinds.assemble import (
+from parallel_pilot.kinds.render.assemble import (
     encode_command,
     format_frames,
     fps_argument,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from parallel_pilot.errors import InvalidInput
-from parallel_pilot.kinds.blend_file import parse_header, read_header, version_from_code
+from parallel_pilot.kinds.render.blend_file import parse_header, read_header, version_from_code
 
 
 @pytest.mark.parametrize("start, version, fmt, pointer, little", [

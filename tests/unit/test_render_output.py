@@ -1,5 +1,5 @@
 """Reading Blender's output (progress, finished frames, hints) and turning a failed run into
-a reason a person can act on. Pure: the lines are what Blender and render_script print."""
+a reason a person can act on. Pure: the lines are what Blender and script.py print."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from parallel_pilot.errors import InvalidInput
-from parallel_pilot.kinds import blender
-from parallel_pilot.kinds.blender import (
+from parallel_pilot.kinds.render import blender
+from parallel_pilot.kinds.render.blender import (
     LOG_TAIL_LINES,
     BlenderFailed,
     BlenderInstall,

@@ -9,7 +9,7 @@ import pytest
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import parse_params
-from parallel_pilot.kinds.render import (
+from parallel_pilot.kinds.render.kind import (
     DEFAULT_MAX_CHUNK,
     MIN_BLENDER,
     RenderParams,

@@ -11,7 +11,7 @@ import pytest
 
 import parallel_pilot
 from parallel_pilot.core.settings import WorkerSettings
-from parallel_pilot.kinds import blender
+from parallel_pilot.kinds.render import blender
 from parallel_pilot.worker.capabilities import (
     detect_capabilities,
     parse_nvidia_smi,

@@ -168,7 +168,7 @@ def follow_render(client: Client, job: JobInfo, *, timeout: float | None = None,
 
 def _frame_count(job: JobInfo) -> int:
     """Frames the job asked for, from its parameters (0 when they cannot be read)."""
-    from parallel_pilot.kinds.render import expand_frames
+    from parallel_pilot.kinds.render.kind import expand_frames
 
     try:
         return len(expand_frames(str(job.params.get("frames") or "")))

@@ -18,10 +18,11 @@ from typing import Any
 
 from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.errors import InvalidInput
-from parallel_pilot.kinds.assemble import VIDEO_FRAMES_PREFIX, frame_output_path
 from parallel_pilot.kinds.base import RunContext
-from parallel_pilot.kinds.blend_file import read_header
-from parallel_pilot.kinds.blender import (
+from parallel_pilot.kinds.process import run_process
+from parallel_pilot.kinds.render.assemble import VIDEO_FRAMES_PREFIX, frame_output_path
+from parallel_pilot.kinds.render.blend_file import read_header
+from parallel_pilot.kinds.render.blender import (
     RENDER_SCRIPT,
     BlenderFailed,
     Event,
@@ -31,12 +32,11 @@ from parallel_pilot.kinds.blender import (
     failure,
     installed_blender,
 )
-from parallel_pilot.kinds.process import run_process
 
 PREVIEW_OUTPUT = "preview/latest.jpg"
 SCENE_META_PATH = "meta/scene.json"
 JOB_FILE = "render-job.json"
-# payload keys passed through to render_script.py as they are
+# payload keys passed through to script.py as they are
 _OVERRIDES = ("frames", "format", "ext", "engine", "samples", "resolution", "camera",
               "scene_name", "threads", "allow_missing_files")
 

@@ -1,7 +1,7 @@
 """The script that runs INSIDE Blender for a ``render`` task (it never imports the package).
 
-Run as ``blender -b --factory-startup --disable-autoexec --python render_script.py -- JOB``
-or, with the ``bpy`` package, ``python render_script.py -- JOB``, where ``JOB`` is a JSON
+Run as ``blender -b --factory-startup --disable-autoexec --python script.py -- JOB``
+or, with the ``bpy`` package, ``python script.py -- JOB``, where ``JOB`` is a JSON
 file. It opens the .blend with auto-run scripts off, applies the overrides, and either
 describes the file (``"mode": "inspect"``) or renders the listed frames one at a time,
 writing each frame file as soon as it is finished. It speaks to the worker through lines

@@ -3,7 +3,7 @@ workers, then assembled into ``video.mp4`` and ``frames.zip`` by one dependent t
 
 Owns the job parameters, the submit-time checks (the file is a .blend; frames, camera and
 scene name against the facts a client read from the file), the plan (chunks + assembly),
-and ``run``'s dispatch. A chunk (``render_chunk.py``) uploads ``frames/NNNN.ext`` as each
+and ``run``'s dispatch. A chunk (``chunk.py``) uploads ``frames/NNNN.ext`` as each
 frame finishes; the assembly task reads the job's frame outputs through
 ``ctx.job_outputs("frames/")`` and ``ctx.fetch_blob``, since its inputs cannot be known
 when the job is planned.
@@ -30,7 +30,8 @@ from parallel_pilot.core.protocol import TaskLease, check_sha256
 from parallel_pilot.core.ranges import parse_int_range
 from parallel_pilot.core.requirements import version_tuple
 from parallel_pilot.errors import InvalidInput, InvalidRange
-from parallel_pilot.kinds.assemble import (
+from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
+from parallel_pilot.kinds.render.assemble import (
     FRAMES_PREFIX,
     VIDEO_FRAMES_PREFIX,
     encode_video,
@@ -39,9 +40,8 @@ from parallel_pilot.kinds.assemble import (
     match_frames,
     zip_frames,
 )
-from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
-from parallel_pilot.kinds.blend_file import HEADER_READ_BYTES, parse_header
-from parallel_pilot.kinds.render_chunk import SCENE_META_PATH, run_chunk
+from parallel_pilot.kinds.render.blend_file import HEADER_READ_BYTES, parse_header
+from parallel_pilot.kinds.render.chunk import SCENE_META_PATH, run_chunk
 
 MAX_RENDER_FRAMES = 100_000  # frames one render job may ask for
 MAX_CHUNK = 1000  # frames one task may be given

@@ -1,12 +1,12 @@
 """Blender on this worker: finding it, starting the render script in it, reading its output.
 
-Blender is either the ``bpy`` package (run as ``python render_script.py``, in a child
+Blender is either the ``bpy`` package (run as ``python script.py``, in a child
 process like any Blender) or a ``blender`` executable (run as ``blender -b
---factory-startup --disable-autoexec --python render_script.py``). ``find_blender`` picks,
+--factory-startup --disable-autoexec --python script.py``). ``find_blender`` picks,
 in order: the executable the worker was configured with (``use_blender``), the ``bpy``
 package of this interpreter, a ``blender`` on PATH.
 
-``OutputReader`` turns the child's output lines (``render_script.py``'s ``PILOT_*`` lines
+``OutputReader`` turns the child's output lines (``script.py``'s ``PILOT_*`` lines
 and Blender's own) into events and keeps what a failure reason needs: the last lines of
 the log and hints (missing files, out of memory, a file from a newer Blender).
 ``failure_reason`` builds the message a person can act on from them.
@@ -33,15 +33,15 @@ from typing import Any
 
 from parallel_pilot.core.requirements import version_tuple
 from parallel_pilot.errors import InvalidInput
-from parallel_pilot.kinds.blend_file import version_from_code
 from parallel_pilot.kinds.process import run_process
+from parallel_pilot.kinds.render.blend_file import version_from_code
 
-RENDER_SCRIPT = Path(__file__).with_name("render_script.py")
+RENDER_SCRIPT = Path(__file__).with_name("script.py")
 VERSION_TIMEOUT_SECONDS = 20.0  # how long `blender --version` may take
 INSPECT_TIMEOUT_SECONDS = 120.0  # how long opening a file to describe it may take
 LOG_TAIL_LINES = 20  # lines of Blender's log quoted in a failure reason
 MAX_HINTS = 20  # missing files (etc.) quoted in a failure reason
-# exit codes of render_script.py
+# exit codes of script.py
 EXIT_INVALID, EXIT_OPEN, EXIT_RENDER = 3, 4, 5
 
 _configured: str | None = None
