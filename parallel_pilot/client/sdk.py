@@ -178,6 +178,8 @@ class Client(AccountCalls):
         samples: int | None = None,
         resolution: int | None = None,
         format: str | None = None,
+        color_depth: str | None = None,
+        device: str | None = None,
         camera: str | None = None,
         scene_name: str | None = None,
         fps: float | None = None,
@@ -186,45 +188,48 @@ class Client(AccountCalls):
         name: str | None = None,
         priority: int = 0,
         on_inspect: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[str, Any], None] | None = None,
     ) -> JobInfo:
-        """Render the .blend ``scene`` on the workers (kind ``render``).
+        """Render the Blender project of the .blend ``scene`` on the workers (kind
+        ``render``).
 
         The file is checked to be a .blend before anything is sent. When ``inspect`` is
         true and Blender (the ``bpy`` package or a ``blender`` executable) is installed
-        here, the file is opened once locally and the chosen scene's frame range, fps and
-        cameras and the file's scene names go with the job, so that the coordinator refuses
-        a bad frame range, camera or scene name at submit; ``frames`` then defaults to the
-        scene's range. ``on_inspect`` sees that description (e.g. to warn about its
-        ``missing_files``). The .blend is uploaded only if the coordinator lacks it.
+        here, the file is opened once locally: every file its scenes use (linked
+        libraries, textures, UDIM tiles, sequences, caches, fonts, sounds…) is traced and
+        sent with it as a project, each file only if the coordinator lacks it; missing
+        ones are refused here by the path you wrote unless ``allow_missing_files``; and
+        the chosen scene's frame range, fps and cameras go with the job, so that the
+        coordinator refuses a bad frame range, camera or scene name, or a scene without a
+        camera, at submit. ``frames`` then defaults to the scene's range. ``on_inspect``
+        sees Blender's description of the file; ``on_event(what, detail)`` hears the
+        packing (``untraced``, ``layout``, ``uploaded``/``skipped`` per file,
+        ``report`` with the bytes sent).
         """
-        from parallel_pilot.kinds.render.blend_file import HEADER_READ_BYTES, parse_header
-        from parallel_pilot.kinds.render.blender import inspect_blend, installed_blender
+        from parallel_pilot.client.render_project import pack_project, scene_facts
 
-        scene = Path(scene)
-        if not scene.is_file():
-            raise InvalidInput(f"no such file: {scene}")
-        with open(scene, "rb") as f:
-            parse_header(f.read(HEADER_READ_BYTES), name=scene.name)  # InvalidInput if not .blend
-        params: dict[str, Any] = {}
-        if inspect and installed_blender() is not None:
-            info = inspect_blend(scene)
+        packed = pack_project(self.connection, Path(scene), scene_name=scene_name,
+                              allow_missing_files=allow_missing_files, inspect=inspect,
+                              on_event=on_event)
+        params: dict[str, Any] = {"project": packed.manifest}
+        if packed.info:
             if on_inspect is not None:
-                on_inspect(info)
-            facts = _scene_facts(info, scene_name)
+                on_inspect(packed.info)
+            facts = scene_facts(packed.info, scene_name)
             default_frames = facts.pop("default_frames", None)
             params.update(facts)
             if frames is None and default_frames is not None:
                 frames = default_frames
-        sha = self.connection.upload_blob(scene, sha256_file(scene))
-        params["scene"] = sha
-        params["scene_file"] = scene.name
+        if on_event is not None:
+            on_event("report", packed.report)
         overrides = {"frames": frames, "chunk": chunk, "engine": engine, "samples": samples,
-                     "resolution": resolution, "format": format, "camera": camera,
-                     "scene_name": scene_name, "fps": fps}
+                     "resolution": resolution, "format": format, "color_depth": color_depth,
+                     "device": device, "camera": camera, "scene_name": scene_name,
+                     "fps": fps}
         params.update({k: v for k, v in overrides.items() if v is not None})
         if allow_missing_files:
             params["allow_missing_files"] = True
-        return self.submit("render", params, priority=priority, name=name or scene.name)
+        return self.submit("render", params, priority=priority, name=name or Path(scene).name)
 
     # ------------------------------------------------------------ follow
 
@@ -470,27 +475,3 @@ class Client(AccountCalls):
         params.update({k: v for k, v in given.items() if v is not None})
         params.update(options or {})
         return self.submit("train", params, priority=priority, name=name or spec.name)
-
-
-def _scene_facts(info: Mapping[str, Any], scene_name: str | None) -> dict[str, Any]:
-    """The ``scene_*`` parameters of a render job from ``inspect_blend``'s description: the
-    named scene's frame range, fps and cameras (the file's default scene when the name is
-    unknown, so that the coordinator's refusal names the scene, not the frames)."""
-    scenes = [s for s in info.get("scenes") or [] if isinstance(s, Mapping)]
-    names = [str(s.get("scene")) for s in scenes]
-    wanted = scene_name if scene_name in names else info.get("scene")
-    chosen = next((s for s in scenes if s.get("scene") == wanted), scenes[0] if scenes else {})
-    facts: dict[str, Any] = {"scene_names": names}
-    if "frame_start" in chosen and "frame_end" in chosen:
-        facts["scene_frame_start"] = int(chosen["frame_start"])
-        facts["scene_frame_end"] = int(chosen["frame_end"])
-    if chosen.get("fps"):
-        facts["scene_fps"] = float(chosen["fps"])
-    if chosen.get("cameras") is not None:
-        facts["scene_cameras"] = [str(c) for c in chosen["cameras"]]
-    step = int(chosen.get("frame_step") or 1)
-    if step > 1 and "scene_frame_start" in facts:
-        facts["default_frames"] = (f"{facts['scene_frame_start']}-{facts['scene_frame_end']}"
-                                   f"x{step}")
-    return facts
-

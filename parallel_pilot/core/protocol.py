@@ -48,6 +48,15 @@ class Gpu(Model):
     memory_bytes: int | None = None
 
 
+class RenderDevice(Model):
+    """A device Cycles on this worker can render on (as its Blender lists them)."""
+
+    type: str = Field(max_length=20, description="CPU, CUDA, OPTIX, HIP, ONEAPI or METAL")
+    name: str = Field(max_length=200)
+    id: str = Field(default="", max_length=200)
+    memory_bytes: int | None = Field(default=None, ge=0)
+
+
 class Capabilities(Model):
     cpu_cores: int = Field(ge=1)
     ram_bytes: int = Field(ge=0)
@@ -60,6 +69,9 @@ class Capabilities(Model):
     pilot_version: str = ""
     slots: int = Field(default=1, ge=1, le=64)
     sandbox: bool = False  # sweep commands run in bwrap: no network, only workdir writable
+    # Blender runs in bwrap for render tasks (on by default where bwrap works)
+    render_sandbox: bool = False
+    render_devices: list[RenderDevice] = Field(default_factory=list, max_length=64)
 
 
 class RegisterRequest(Model):

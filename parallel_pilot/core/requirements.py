@@ -22,6 +22,8 @@ class Requirements(BaseModel):
     tags: list[str] = Field(default_factory=list, max_length=20)
     sandbox: bool = Field(
         default=False, description="the worker must run commands in a sandbox (bwrap)")
+    render_gpu: bool = Field(
+        default=False, description="the worker's Blender must see a GPU Cycles renders on")
 
 
 def version_tuple(text: str | None) -> tuple[int, int, int] | None:
@@ -49,6 +51,8 @@ def unmet(requirements: Requirements, caps: Capabilities) -> list[str]:
         reasons.append("no GPU")
     if requirements.sandbox and not caps.sandbox:
         reasons.append("no sandbox")
+    if requirements.render_gpu and not any(d.type != "CPU" for d in caps.render_devices):
+        reasons.append("no GPU for Cycles")
     missing = set(requirements.tags) - set(caps.tags)
     if missing:
         reasons.append(f"missing tags {sorted(missing)}")

@@ -61,6 +61,11 @@ class RunContext(Protocol):
         """Copy an input into ``dest`` (a path inside the working directory)."""
         ...
 
+    def link_input(self, name: str, dest: Path) -> Path:
+        """Put an input at ``dest`` (inside the working directory) without copying where
+        the file system allows (a hard link to the cached blob, read-only); else a copy."""
+        ...
+
     def job_outputs(self, prefix: str = "") -> dict[str, str]:
         """Outputs of this task's job so far (path -> SHA-256), e.g. under ``frames/``."""
         ...

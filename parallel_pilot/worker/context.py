@@ -103,6 +103,20 @@ class TaskContext:
         shutil.copyfile(source, target)
         return target
 
+    def link_input(self, name: str, dest: Path) -> Path:
+        """Put the input ``name`` at ``dest`` (inside the workdir): a hard link to the
+        cached blob (read-only, as in the cache) where both lie on one file system, else a
+        copy. Nothing may write through it: the cache would change under other tasks."""
+        target = self.inside_workdir(dest)
+        source = self.input_path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+            os.chmod(target, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        return target
+
     def progress(self, fraction: float | None, message: str | None = None) -> None:
         with self._lock:
             if fraction is not None:

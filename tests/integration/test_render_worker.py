@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,11 @@ class FakeContext:
 
     def copy_input(self, name: str, dest: Path) -> Path:
         shutil.copyfile(self.input_path(name), dest)
+        return dest
+
+    def link_input(self, name: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.link(self.input_path(name), dest)
         return dest
 
     def job_outputs(self, prefix: str = "") -> dict[str, str]:
@@ -288,9 +294,10 @@ def test_missing_texture_is_named(missing_texture_blend: tuple[Path, str],
     blend, missing = missing_texture_blend
     job = FakeJob(tmp_path)
     specs = plan_job(job, blend, frames="1", samples=1)
-    with pytest.raises(InvalidInput, match="files that are not inside scene.blend") as info:
+    with pytest.raises(InvalidInput, match="files that are not in the project") as info:
         run_task(job, 0, specs[0])
-    assert missing in str(info.value) and "Pack Resources" in str(info.value)
+    # named as written in the file, with what uses it
+    assert f'{missing} (image "wood", in scene.blend: outside the project)' in str(info.value)
     # and it renders when the job says missing files are fine
     specs = plan_job(job, blend, frames="1", samples=1, allow_missing_files=True)
     result, _ctx = run_task(job, 1, specs[0])
@@ -319,13 +326,15 @@ def test_inspect_blend(sample_blend: Path, missing_texture_blend: tuple[Path, st
                        tmp_path: Path) -> None:
     info = inspect_blend(sample_blend)
     assert info["blender_version"].startswith("5.0") and info["file_version"].startswith("5.0")
-    assert info["scene"] == "Scene" and info["missing_files"] == []
+    assert info["scene"] == "Scene" and info["dependencies"] == []
     (scene,) = info["scenes"]
     assert (scene["frame_start"], scene["frame_end"], scene["fps"]) == (1, SCENE_FRAMES, 24.0)
     assert scene["cameras"] == ["Camera"] and scene["camera"] == "Camera"
     assert scene["resolution"] == [64, 36, 100]
-    assert inspect_blend(missing_texture_blend[0])["missing_files"] == [
-        missing_texture_blend[1]]
+    (dependency,) = inspect_blend(missing_texture_blend[0])["dependencies"]
+    assert dependency["path"] == missing_texture_blend[1]
+    assert dependency["missing"] == [missing_texture_blend[1]] and dependency["files"] == []
+    assert dependency["used_by"] == 'image "wood"' and dependency["kind"] == "image"
     bogus = tmp_path / "x.blend"
     bogus.write_bytes(b"nope")
     with pytest.raises(InvalidInput, match="cannot open x.blend"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from parallel_pilot.client.cli.render import render_destinations
-from parallel_pilot.client.sdk import _scene_facts
+from parallel_pilot.client.render_project import scene_facts as _scene_facts
 from parallel_pilot.core.protocol import OutputInfo
 
 INFO = {"scene": "Main", "scenes": [

@@ -97,13 +97,16 @@ def reason(lines: list[str], *, exit_code: int = 1, install: BlenderInstall = BP
                    scene_file="shot.blend")
 
 
-def test_missing_files_are_not_retryable_and_say_how_to_fix() -> None:
-    exc = reason(["PILOT_MISSING /home/ann/tex/wood.png", "PILOT_MISSING /home/ann/sky.exr",
-                  "PILOT_ERROR missing 2 file(s) the scene uses are not in the .blend"],
+def test_missing_files_are_not_retryable_and_name_the_users_paths() -> None:
+    problem = ('{"path": "//textures/wood.png", "used_by": "image \\"wood.png\\"", '
+               '"blend": "shots/shot.blend", "why": "missing"}')
+    exc = reason([f"PILOT_MISSING {problem}", "PILOT_MISSING not json at all",
+                  "PILOT_ERROR missing 2 file(s) the scene uses are not in the project"],
                  exit_code=3)
     assert isinstance(exc, InvalidInput)
-    assert "/home/ann/tex/wood.png" in str(exc) and "/home/ann/sky.exr" in str(exc)
-    assert "Pack Resources" in str(exc) and "allow_missing_files" in str(exc)
+    assert ('//textures/wood.png (image "wood.png", in shots/shot.blend: not in the project)'
+            in str(exc))
+    assert "not json at all" in str(exc) and "allow_missing_files" in str(exc)
 
 
 def test_invalid_requests_are_not_retryable() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import re
 
 import pytest
+from pydantic import ValidationError
 
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds import get_kind
@@ -29,9 +31,11 @@ def params(**extra: object) -> RenderParams:
 
 def test_defaults() -> None:
     p = params(frames="1-10")
-    assert (p.scene_file, p.format, p.threads, p.chunk, p.engine) == (
-        "scene.blend", "PNG", 1, None, None)
+    assert (p.scene_file, p.format, p.threads, p.chunk, p.engine, p.device) == (
+        "scene.blend", None, 1, None, None, "any")  # the scene's own format
     assert get_kind("render").input_blobs(p) == {"scene.blend": SHA}
+    assert p.manifest().model_dump() == {"main": "scene.blend", "files": {"scene.blend": SHA},
+                                         "absolute": {}}
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -92,8 +96,8 @@ def test_plan_chunks_plus_an_assembly_that_depends_on_them() -> None:
         assert not spec.depends_on
         assert spec.payload["role"] == "chunk"
         assert (spec.payload["engine"], spec.payload["samples"], spec.payload["resolution"],
-                spec.payload["camera"], spec.payload["format"], spec.payload["ext"],
-                spec.payload["threads"]) == ("CYCLES", 8, 25, "Camera", "JPEG", "jpg", 1)
+                spec.payload["camera"], spec.payload["format"], spec.payload["main"],
+                spec.payload["threads"]) == ("CYCLES", 8, 25, "Camera", "JPEG", "scene.blend", 1)
     assemble = specs[-1]
     assert assemble.payload["role"] == "assemble"
     assert assemble.payload["frames"] == [5, 6, 7, 8, 9, 10, 11]
@@ -150,3 +154,60 @@ def test_check_inputs_refuses_what_is_not_a_blend(content: bytes, words: str) ->
     with pytest.raises(InvalidInput, match=f"my.blend is not a .blend file.*{words}"):
         get_kind("render").check_inputs(params(frames="1", scene_file="my.blend"),
                                         lambda s, n: content[:n])
+
+
+TEX = "d" * 64
+PROJECT = {"main": "shots/shot.blend", "files": {"shots/shot.blend": SHA,
+                                                 "textures/wood.png": TEX,
+                                                 "_abs/mnt/tex/oak.png": "c" * 64},
+           "absolute": {"/mnt/tex/oak.png": "_abs/mnt/tex/oak.png"}}
+
+
+def test_a_project_travels_whole_to_every_chunk() -> None:
+    p = RenderParams.model_validate({"project": PROJECT, "frames": "1-4", "chunk": 2})
+    assert (p.scene, p.scene_file) == (SHA, "shot.blend")
+    specs = get_kind("render").plan(p)
+    assert get_kind("render").input_blobs(p) == PROJECT["files"]
+    for spec in specs[:-1]:
+        assert spec.inputs == PROJECT["files"]
+        assert spec.payload["main"] == "shots/shot.blend"
+        assert spec.payload["absolute"] == PROJECT["absolute"]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"files": {"../etc/passwd": SHA, "shots/shot.blend": SHA}}, "'..' parts"),
+    ({"files": {"/etc/passwd": SHA, "shots/shot.blend": SHA}}, "relative"),
+    ({"files": {"C:/x.png": SHA, "shots/shot.blend": SHA}}, "relative"),
+    ({"files": {"a\\b.png": SHA, "shots/shot.blend": SHA}}, "backslash"),
+    ({"files": {".pilot-outside/x": SHA, "shots/shot.blend": SHA}}, "worker's"),
+    ({"files": {"shots/shot.blend": "nothex"}}, "SHA-256"),
+    ({"main": "shots/other.blend"}, "not among"),
+    ({"files": {"shots/shot.blend": SHA, "shots": TEX}}, "both a file and a folder"),
+    ({"absolute": {"/mnt/x.png": "../x.png"}}, "'..' parts"),
+])
+def test_a_manifest_whose_paths_could_leave_the_project_is_refused(change: dict,
+                                                                   words: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(words)):
+        RenderParams.model_validate({"project": {**PROJECT, **change}, "frames": "1"})
+
+
+def test_scene_must_be_the_main_files_blob() -> None:
+    with pytest.raises(ValidationError, match="main file"):
+        RenderParams.model_validate({"project": PROJECT, "scene": TEX, "frames": "1"})
+
+
+def test_a_scene_without_a_camera_is_refused_with_its_cameras() -> None:
+    base = {"scene": SHA, "frames": "1", "scene_needs_camera": True}
+    with pytest.raises(ValidationError, match="no camera at all"):
+        RenderParams.model_validate({**base, "scene_cameras": []})
+    with pytest.raises(ValidationError, match="its cameras: Cam.001, Cam.002"):
+        RenderParams.model_validate({**base, "scene_cameras": ["Cam.001", "Cam.002"]})
+    RenderParams.model_validate({**base, "scene_cameras": ["Cam.001"], "camera": "Cam.001"})
+    RenderParams.model_validate({**base, "scene_needs_camera": False})  # a sequencer edit
+    RenderParams.model_validate({**base, "scene_camera": "Cam.001"})
+
+
+def test_gpu_jobs_need_a_worker_whose_blender_sees_a_gpu() -> None:
+    specs = get_kind("render").plan(params(frames="1-2", device="gpu"))
+    assert specs[0].requirements["render_gpu"] is True
+    assert "render_gpu" not in get_kind("render").plan(params(frames="1"))[0].requirements

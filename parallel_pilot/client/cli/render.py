@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from parallel_pilot.client.cli.common import (
     EXIT_ERROR,
@@ -26,16 +34,21 @@ from parallel_pilot.client.cli.common import (
     submit_options,
 )
 from parallel_pilot.client.job_files import safe_destination
+from parallel_pilot.client.render_project import UploadReport, describe_missing
 from parallel_pilot.client.sdk import Client
+from parallel_pilot.core.project import ProjectLayout
 from parallel_pilot.core.protocol import JobInfo, OutputInfo
 from parallel_pilot.core.states import JobState
+from parallel_pilot.core.units import human_bytes
 from parallel_pilot.errors import InvalidInput
 
 FRAMES_PREFIX = "frames/"  # where a chunk task puts each frame it rendered
 VIDEO_OUTPUT = "video.mp4"  # the assembly task's video
 ZIP_OUTPUT = "frames.zip"  # the assembly task's zip of all frames
 ENGINES = ("CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH")
-FORMATS = ("PNG", "JPEG", "OPEN_EXR")
+FORMATS = ("PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER", "TIFF")
+DEVICES = ("cpu", "gpu", "any")
+FILE_OUTPUT_PREFIX = "file-output/"  # what the scene's File Output nodes wrote
 
 
 @click.command("render")
@@ -49,7 +62,12 @@ FORMATS = ("PNG", "JPEG", "OPEN_EXR")
 @click.option("--resolution", type=click.IntRange(1, 100), metavar="PCT",
               help="Resolution percentage.")
 @click.option("--format", "image_format", type=click.Choice(FORMATS, case_sensitive=False),
-              help="Frame format (default PNG).")
+              help="Frame format (default: the scene's own; PNG when it outputs video).")
+@click.option("--color-depth", type=click.Choice(("8", "16", "32")),
+              help="Bits per channel (default: the scene's own).")
+@click.option("--device", type=click.Choice(DEVICES, case_sensitive=False), default="any",
+              show_default=True, help="cpu, gpu (only workers with a GPU Cycles renders "
+              "on) or any (a GPU where the worker has one).")
 @click.option("--camera", help="Camera to render from.")
 @click.option("--scene", "scene_name", help="Scene of the file to render.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True, max=1000),
@@ -64,34 +82,45 @@ FORMATS = ("PNG", "JPEG", "OPEN_EXR")
 @connection_options
 def render_command(scene: Path, frames: str | None, chunk: int | None, engine: str | None,
                    samples: int | None, resolution: int | None, image_format: str | None,
-                   camera: str | None, scene_name: str | None, fps: float | None,
+                   color_depth: str | None, device: str, camera: str | None,
+                   scene_name: str | None, fps: float | None,
                    allow_missing_files: bool, out: Path | None, name: str | None,
                    priority: int, no_wait: bool, wait_timeout: float | None,
                    as_json: bool) -> None:
-    """Render the Blender file SCENE on the workers and download the video and frames.
+    """Render the Blender project of SCENE (a .blend) on the workers and download the
+    video and frames.
+
+    Blender here opens the file once (scripts off) and finds every file it uses: linked
+    libraries, textures and UDIM tiles, image sequences, movie clips, sounds, fonts,
+    caches (point caches, Alembic/USD, VDB, fluid and geometry-node bakes). They travel
+    with the job as a project, each uploaded only if the coordinator lacks it, and on the
+    worker every path resolves inside the project. A missing file stops the submit,
+    named as you wrote it, unless --allow-missing-files.
 
     \b
-    pilot render shot.blend --frames 1-240 --out shot.mp4
+    pilot render shots/shot.blend --frames 1-240 --out shot.mp4
     """
     if not scene.is_file():
         raise UsageFailure(f"no such file: {scene}")
     client = get_client()
-    if not as_json:
-        err_console.print(f"checking and uploading {scene.name}…")
+    packing = PackingReporter(show=not as_json)
     try:
         job = client.submit_render(
             scene, frames=frames, chunk=chunk, engine=engine and engine.upper(),
             samples=samples, resolution=resolution,
-            format=image_format and image_format.upper(), camera=camera,
-            scene_name=scene_name, fps=fps, allow_missing_files=allow_missing_files,
-            name=name, priority=priority,
-            on_inspect=None if as_json else _warn_missing,
+            format=image_format and image_format.upper(), color_depth=color_depth,
+            device=device.lower(), camera=camera, scene_name=scene_name, fps=fps,
+            allow_missing_files=allow_missing_files, name=name, priority=priority,
+            on_event=packing,
         )
     except InvalidInput as exc:
         raise UsageFailure(exc.message) from None
+    finally:
+        packing.close()
     if no_wait:
         if as_json:
-            print_json({"job": job.id, "state": str(job.state), "tasks": job.tasks_total})
+            print_json({"job": job.id, "state": str(job.state), "tasks": job.tasks_total,
+                        **packing.sent()})
         else:
             console.print(f"submitted job {job.id} ({job.tasks_total} tasks); follow it with "
                           f"pilot wait {job.id}")
@@ -105,7 +134,7 @@ def render_command(scene: Path, frames: str | None, chunk: int | None, engine: s
         files = download_render(client, job.id, out or Path(f"render-{job.id}"))
     if as_json:
         print_json({"job": job.id, "state": str(job.state), "tasks": job.tasks_total,
-                    "error": job.error, "files": [str(f) for f in files]})
+                    "error": job.error, "files": [str(f) for f in files], **packing.sent()})
     elif job.state == JobState.COMPLETED:
         video = next((f for f in files if f.suffix == ".mp4"), None)
         console.print(f"job {job.id} completed in {_took(job)}: {len(files)} file(s); "
@@ -117,11 +146,53 @@ def render_command(scene: Path, frames: str | None, chunk: int | None, engine: s
         raise SystemExit(EXIT_ERROR)
 
 
-def _warn_missing(info: dict[str, object]) -> None:
-    missing = info.get("missing_files") or []
-    if isinstance(missing, list) and missing:
-        err_console.print(f"[yellow]warning[/]: the scene uses {len(missing)} file(s) that "
-                          f"are not inside it, e.g. {missing[0]}")
+class PackingReporter:
+    """Prints what packing the project does (``Client.submit_render``'s ``on_event``):
+    the project found, missing files let through, an upload bar over the bytes."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.report: UploadReport | None = None
+        self._progress: Progress | None = None
+        self._bar: TaskID | None = None
+
+    def __call__(self, what: str, detail: Any) -> None:
+        if what == "report":
+            self.report = detail
+        if not self.show:
+            return
+        if what == "untraced":
+            err_console.print(f"[yellow]warning[/]: {detail}")
+        elif what == "layout":
+            self._layout(detail)
+        elif what in ("uploaded", "skipped") and self._progress is not None:
+            assert self._bar is not None
+            self._progress.advance(self._bar, detail[1])
+        elif what == "report":
+            self.close()
+            err_console.print(f"uploaded {detail.uploaded_files} file(s), "
+                              f"{human_bytes(detail.uploaded_bytes)}; "
+                              f"{detail.skipped_files} already on the coordinator")
+
+    def _layout(self, layout: ProjectLayout) -> None:
+        err_console.print(f"project {layout.root}: {len(layout.files)} file(s), "
+                          f"{human_bytes(layout.total_bytes())}; rendering {layout.main}")
+        if layout.missing:
+            err_console.print(f"[yellow]warning[/]: rendering without "
+                              f"{len(layout.missing)} missing file(s):\n  "
+                              f"{describe_missing(layout)}")
+        self._progress = Progress(TextColumn("hashing and uploading"), BarColumn(),
+                                  DownloadColumn(), console=err_console, transient=True)
+        self._progress.start()
+        self._bar = self._progress.add_task("upload", total=layout.total_bytes() or None)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def sent(self) -> dict[str, int]:
+        return self.report.as_dict() if self.report is not None else {}
 
 
 def _took(job: JobInfo) -> str:
@@ -189,9 +260,13 @@ def render_destinations(outputs: list[OutputInfo], out: Path) -> list[tuple[Outp
             elif output.path.startswith(FRAMES_PREFIX):
                 pairs.append((output, safe_destination(
                     frames_dir, output.path.removeprefix(FRAMES_PREFIX))))
+            elif output.path.startswith(FILE_OUTPUT_PREFIX):
+                pairs.append((output, safe_destination(out.with_name(
+                    f"{out.stem}_file_output"), output.path.removeprefix(FILE_OUTPUT_PREFIX))))
         return pairs
     for output in outputs:
-        if output.path in (VIDEO_OUTPUT, ZIP_OUTPUT) or output.path.startswith(FRAMES_PREFIX):
+        if output.path in (VIDEO_OUTPUT, ZIP_OUTPUT) or output.path.startswith(
+                (FRAMES_PREFIX, FILE_OUTPUT_PREFIX)):
             pairs.append((output, safe_destination(out, output.path)))
     return pairs
 

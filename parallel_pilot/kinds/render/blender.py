@@ -199,8 +199,11 @@ class OutputReader:
         if tag == "PILOT_INSPECT":
             return Event("inspect", data=json.loads(rest))
         if tag == "PILOT_MISSING":
-            self._hint(self.missing, rest)
+            self._hint(self.missing, describe_missing(rest))
             return None
+        if tag == "PILOT_FILE_OUTPUT":
+            relative, path = rest.split(" ", 1)
+            return Event("file_output", path=path, text=relative)
         if tag == "PILOT_ERROR":
             what, _, message = rest.partition(" ")
             self.error = (what, message.strip())
@@ -227,6 +230,21 @@ class OutputReader:
     def _hint(self, hints: list[str], text: str) -> None:
         if text not in hints and len(hints) < MAX_HINTS:
             hints.append(text)
+
+
+_WHY = {"missing": "not in the project", "outside": "outside the project",
+        "linked": "in a linked library, where it cannot be moved into the project"}
+
+
+def describe_missing(text: str) -> str:
+    """A ``PILOT_MISSING`` line's problem for a person: the path as the user wrote it,
+    what uses it and in which .blend of the project."""
+    try:
+        problem = json.loads(text)
+        return (f"{problem['path']} ({problem['used_by']}, in {problem['blend']}: "
+                f"{_WHY.get(problem.get('why'), problem.get('why'))})")
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 def _progress(frame: int | None, status: str) -> Event | None:
@@ -262,9 +280,10 @@ def failure(reader: OutputReader, *, exit_code: int, install: BlenderInstall,
     if what == "missing" or (reader.missing and what in ("render", "")):
         files = "\n  ".join(reader.missing) or "(see the log)"
         return InvalidInput(
-            f"the scene uses files that are not inside {scene_file}:\n  {files}\n"
-            "pack them into the .blend (File ▸ External Data ▸ Pack Resources) and submit "
-            f"again, or submit with allow_missing_files to render without them{log}")
+            f"the scene uses files that are not in the project sent with the job:\n  "
+            f"{files}\nsubmit the project folder (pilot render packs every file the "
+            "scene uses), or submit with allow_missing_files to render without them"
+            f"{log}")
     if what == "invalid":
         return InvalidInput(f"{message}{log}")
     if what == "open":

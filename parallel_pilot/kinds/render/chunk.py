@@ -1,5 +1,7 @@
-"""One chunk of a ``render`` job on a worker: Blender in a child process renders the frames
-one at a time, and each finished frame is uploaded while the next one renders.
+"""One chunk of a ``render`` job on a worker: the project is laid out in the task's folder
+(``project/``, each file a hard link to the cached blob), Blender in a child process
+renders the frames one at a time, and each finished frame is uploaded while the next one
+renders.
 
 The child is started with no shell, in its own process group, in the task's working
 directory, with factory settings, auto-run scripts off and user configuration pointed
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from parallel_pilot.core.project import check_project_path
 from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds.base import RunContext
@@ -32,13 +35,18 @@ from parallel_pilot.kinds.render.blender import (
     failure,
     installed_blender,
 )
+from parallel_pilot.kinds.render.devices import render_device
 
 PREVIEW_OUTPUT = "preview/latest.jpg"
 SCENE_META_PATH = "meta/scene.json"
 JOB_FILE = "render-job.json"
+PROJECT_DIR = "project"  # the task folder's copy of the user's project
+FRAMES_DIR = "frames"  # where Blender writes the frames of the chunk
+FILE_OUTPUT_DIR = "file-output"  # where the compositor's File Output nodes are sent
+FILE_OUTPUT_PREFIX = "file-output/"  # job outputs of the File Output nodes
 # payload keys passed through to script.py as they are
-_OVERRIDES = ("frames", "format", "ext", "engine", "samples", "resolution", "camera",
-              "scene_name", "threads", "allow_missing_files")
+_OVERRIDES = ("frames", "format", "color_depth", "engine", "samples", "resolution",
+              "camera", "scene_name", "threads", "allow_missing_files", "absolute")
 
 
 class _Uploader(threading.Thread):
@@ -92,22 +100,26 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     started = time.monotonic()
     payload = task.payload
     frames = [int(f) for f in payload["frames"]]
-    scene_file = str(payload["scene_file"])
+    main = str(payload.get("main") or payload.get("scene_file"))
+    scene_file = main.rsplit("/", 1)[-1]
     install = installed_blender()
     if install is None:
         raise BlenderFailed("this worker has no Blender: install the bpy package "
                             "(pip install 'parallel-pilot[render]') or give --blender PATH")
-    blend = _scene_in_workdir(ctx, scene_file)
+    project = lay_out_project(task, ctx)
+    blend = project / main
     file_version = _saved_by(blend, payload.get("blender_version"))
     if not can_open(install.version, file_version):
         raise BlenderFailed(f"{scene_file} was saved by Blender {file_version}, newer than "
                             f"this worker's {install.describe()}; it needs a worker with "
                             f"Blender {file_version} or later")
-    out_dir = ctx.workdir / "frames"
+    out_dir = ctx.workdir / FRAMES_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     job = {key: payload.get(key) for key in _OVERRIDES}
     job.update({"mode": "render", "blend": str(blend), "out_dir": str(out_dir),
-                "preview": True})
+                "project_dir": str(project), "preview": True,
+                "file_output_dir": str(ctx.workdir / FILE_OUTPUT_DIR),
+                "device": render_device(str(payload.get("device") or "any"))})
     job_file = ctx.workdir / JOB_FILE
     job_file.write_text(json.dumps(job))
 
@@ -166,13 +178,15 @@ def _handle(event: Event, ctx: RunContext, uploader: _Uploader, state: dict[str,
     elif event.what == "frame_done" and event.frame is not None and event.path:
         state["done"] += 1
         state["frame_seconds"][str(event.frame)] = event.seconds
-        uploader.put(frame_output_path(event.frame, str(payload["ext"])), Path(event.path),
-                     event.frame)
+        uploader.put(frame_output_path(event.frame, Path(event.path).suffix.lstrip(".")),
+                     Path(event.path), event.frame)
         ctx.progress(state["done"] / total, f"frame {event.frame} done "
                      f"({state['done']}/{total}) in {event.seconds:.1f} s")
     elif event.what == "video_frame" and event.frame is not None and event.path:
         uploader.put(frame_output_path(event.frame, "png", VIDEO_FRAMES_PREFIX),
                      Path(event.path))
+    elif event.what == "file_output" and event.path and event.text:
+        uploader.put(FILE_OUTPUT_PREFIX + event.text.replace("\\", "/"), Path(event.path))
     elif event.what == "preview" and event.path:
         uploader.put(PREVIEW_OUTPUT, Path(event.path))
     elif event.what == "scene":
@@ -192,15 +206,14 @@ def _saved_by(blend: Path, planned: str | None) -> str | None:
     return header.version if header.exact else planned
 
 
-def _scene_in_workdir(ctx: RunContext, scene_file: str) -> Path:
-    """The .blend under its own name in the working directory (so Blender's messages and
-    relative paths use it), linked to the cached blob rather than copied when possible."""
-    target = ctx.workdir / scene_file
-    try:
-        target.symlink_to(ctx.input_path(scene_file))
-    except OSError:
-        ctx.copy_input(scene_file, target)
-    return target
+def lay_out_project(task: TaskLease, ctx: RunContext) -> Path:
+    """Every file of the project at its project path under ``project/`` (the task's inputs
+    are the manifest's files); returns that folder."""
+    root = ctx.workdir / PROJECT_DIR
+    root.mkdir(exist_ok=True)
+    for path in sorted(task.inputs):
+        ctx.link_input(path, root / check_project_path(path))
+    return root
 
 
 def _relay_stop(stop: threading.Event, halt: threading.Event) -> None:

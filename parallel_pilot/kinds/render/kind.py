@@ -1,9 +1,11 @@
-"""``render``: a .blend, a frame range and overrides, rendered in chunks by Blender on the
+"""``render``: a Blender project (a .blend and every file it uses, as a manifest of
+project path -> blob), a frame range and overrides, rendered in chunks by Blender on the
 workers, then assembled into ``video.mp4`` and ``frames.zip`` by one dependent task.
 
-Owns the job parameters, the submit-time checks (the file is a .blend; frames, camera and
-scene name against the facts a client read from the file), the plan (chunks + assembly),
-and ``run``'s dispatch. A chunk (``chunk.py``) uploads ``frames/NNNN.ext`` as each
+Owns the job parameters, the submit-time checks (the main file is a .blend; frames, camera
+and scene name against the facts a client read from the file), the plan (chunks +
+assembly), and ``run``'s dispatch. A job that names only ``scene`` is a project of that
+one file. A chunk (``chunk.py``) uploads ``frames/NNNN.ext`` as each
 frame finishes; the assembly task reads the job's frame outputs through
 ``ctx.job_outputs("frames/")`` and ``ctx.fetch_blob``, since its inputs cannot be known
 when the job is planned.
@@ -24,8 +26,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from parallel_pilot.core import project as project_rules
 from parallel_pilot.core.protocol import TaskLease, check_sha256
 from parallel_pilot.core.ranges import parse_int_range
 from parallel_pilot.core.requirements import version_tuple
@@ -51,11 +61,29 @@ DEFAULT_FPS = 24.0  # frames per second of the video when neither job nor scene 
 MIN_BLENDER = "2.80"  # the oldest Blender the render script works with
 VIDEO_OUTPUT = "video.mp4"
 ZIP_OUTPUT = "frames.zip"
-EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "OPEN_EXR": "exr"}
 
 Engine = Literal["CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH"]
+ImageFormat = Literal["PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER", "TIFF"]
+Device = Literal["cpu", "gpu", "any"]
 _FILE_NAME = re.compile(r"^[^/\\\x00]{1,200}$")
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
+
+
+class ProjectManifest(BaseModel):
+    """The files of a project (``core/project.py``): path in the project -> SHA-256, the
+    .blend to render, and the absolute paths the files use that move into the project."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    main: str = Field(description="project path of the .blend to render")
+    files: dict[str, str] = Field(description="project path -> SHA-256 of its blob")
+    absolute: dict[str, str] = Field(default_factory=dict, description="an absolute path "
+                                     "as written in the files -> its project path")
+
+    @model_validator(mode="after")
+    def _rules(self) -> ProjectManifest:
+        project_rules.check_manifest(self.main, self.files, self.absolute)
+        return self
 
 
 class RenderParams(BaseModel):
@@ -69,9 +97,15 @@ class RenderParams(BaseModel):
     scene_fps: float | None = Field(default=None, gt=0, le=1000)
     scene_cameras: list[str] | None = Field(default=None, max_length=10_000)
     scene_names: list[str] | None = Field(default=None, max_length=10_000)
+    # the scene renders nothing without a camera (no sequencer strips to show instead)
+    scene_needs_camera: bool | None = None
+    scene_camera: str | None = Field(default=None, max_length=200)
 
-    scene: str = Field(description="SHA-256 of the uploaded .blend")
+    scene: str | None = Field(default=None, description="SHA-256 of the uploaded .blend "
+                              "(a project of one file; or give ``project``)")
     scene_file: str = Field(default="scene.blend", description="file name of the .blend")
+    project: ProjectManifest | None = Field(default=None, description="the .blend and "
+                                            "every file it uses")
     frames: str | None = Field(default=None, validate_default=True,
                                description="1-240, 1-10,20-30 or 1-240x2; "
                                "the scene's range when the client sent it")
@@ -79,7 +113,12 @@ class RenderParams(BaseModel):
     engine: Engine | None = None
     samples: int | None = Field(default=None, ge=1, le=1_000_000)
     resolution: int | None = Field(default=None, ge=1, le=100, description="percentage")
-    format: Literal["PNG", "JPEG", "OPEN_EXR"] = "PNG"
+    format: ImageFormat | None = Field(default=None, description="frame file format "
+                                       "(default: the scene's own, PNG for a video output)")
+    color_depth: Literal["8", "16", "32"] | None = Field(default=None, description="bits "
+                                                         "per channel (default: the scene's)")
+    device: Device = Field(default="any", description="cpu, gpu (only workers whose "
+                           "Blender sees a GPU) or any (a GPU where the worker has one)")
     camera: str | None = Field(default=None, min_length=1, max_length=200)
     scene_name: str | None = Field(default=None, min_length=1, max_length=200,
                                    description="the Blender scene to render")
@@ -91,7 +130,10 @@ class RenderParams(BaseModel):
     blender_version: str | None = Field(default=None, description="the Blender that saved "
                                         "the file (from its header when not given)")
 
-    _sha = field_validator("scene")(check_sha256)
+    @field_validator("scene")
+    @classmethod
+    def _sha(cls, value: str | None) -> str | None:
+        return None if value is None else check_sha256(value)
 
     @field_validator("scene_file")
     @classmethod
@@ -143,11 +185,32 @@ class RenderParams(BaseModel):
                              f"{', '.join(names) or 'none'}")
         return value
 
+    @model_validator(mode="after")
+    def _project_and_camera(self) -> RenderParams:
+        if self.project is None:
+            if self.scene is None:
+                raise ValueError("give the .blend (scene) or the project to render")
+            self.project = ProjectManifest(main=self.scene_file, files={
+                self.scene_file: self.scene})
+        main = self.project.main
+        if self.scene is not None and self.scene != self.project.files[main]:
+            raise ValueError(f"scene is not the blob of the project's main file {main}")
+        self.scene, self.scene_file = self.project.files[main], main.rsplit("/", 1)[-1]
+        if self.scene_needs_camera and self.camera is None and not self.scene_camera:
+            cameras = self.scene_cameras or []
+            which = f"scene {self.scene_name!r}" if self.scene_name else "the scene"
+            have = (f"choose one with camera (its cameras: {', '.join(cameras)})" if cameras
+                    else "it has no camera at all: add one in Blender")
+            raise ValueError(f"{which} has no active camera, so Blender would render "
+                             f"nothing; {have}")
+        return self
+
     def frame_list(self) -> list[int]:
         return expand_frames(self.frames or "")
 
-    def ext(self) -> str:
-        return EXTENSIONS[self.format]
+    def manifest(self) -> ProjectManifest:
+        assert self.project is not None  # filled in by the validator
+        return self.project
 
 
 def expand_frames(text: str) -> list[int]:
@@ -177,14 +240,15 @@ class RenderKind:
 
     def input_blobs(self, params: BaseModel) -> dict[str, str]:
         assert isinstance(params, RenderParams)
-        return {params.scene_file: params.scene}
+        return dict(params.manifest().files)
 
     def check_inputs(self, params: BaseModel,
                      read_prefix: Callable[[str, int], bytes]) -> BaseModel:
         """Refuse a file that is not a .blend; record the Blender version that saved it."""
         assert isinstance(params, RenderParams)
-        header = parse_header(read_prefix(params.scene, HEADER_READ_BYTES),
-                              name=params.scene_file)
+        project = params.manifest()
+        header = parse_header(read_prefix(project.files[project.main], HEADER_READ_BYTES),
+                              name=project.main)
         if params.blender_version is None or header.exact:
             return params.model_copy(update={"blender_version": header.version})
         return params
@@ -193,27 +257,30 @@ class RenderKind:
         assert isinstance(params, RenderParams)
         frames = params.frame_list()
         size = params.chunk or default_chunk(len(frames))
+        project = params.manifest()
         overrides = {
             "engine": params.engine, "samples": params.samples,
             "resolution": params.resolution, "camera": params.camera,
             "scene_name": params.scene_name, "threads": params.threads,
-            "allow_missing_files": params.allow_missing_files,
+            "allow_missing_files": params.allow_missing_files, "format": params.format,
+            "color_depth": params.color_depth, "device": params.device,
         }
-        common = {"role": "chunk", "scene_file": params.scene_file, "format": params.format,
-                  "ext": params.ext(), "blender_version": params.blender_version, **overrides}
+        common = {"role": "chunk", "main": project.main, "absolute": project.absolute,
+                  "blender_version": params.blender_version, **overrides}
         # a file records Blender's major.minor only: 5.0.1 can open what 5.0.0 saved
         saved_by = version_tuple(params.blender_version)
-        requirements = {"min_blender": f"{saved_by[0]}.{saved_by[1]}" if saved_by
-                        else MIN_BLENDER}
+        requirements: dict[str, Any] = {
+            "min_blender": f"{saved_by[0]}.{saved_by[1]}" if saved_by else MIN_BLENDER}
+        if params.device == "gpu":
+            requirements["render_gpu"] = True
         specs = [
             TaskSpec(name=f"frames {format_frames(chunk)}", payload={**common, "frames": chunk},
-                     inputs={params.scene_file: params.scene},
-                     requirements=dict(requirements))
+                     inputs=dict(project.files), requirements=dict(requirements))
             for chunk in chunks_of(frames, size)
         ]
         specs.append(TaskSpec(
             name="assemble video",
-            payload={"role": "assemble", "frames": frames, "ext": params.ext(),
+            payload={"role": "assemble", "frames": frames,
                      "fps": params.fps or params.scene_fps},
             depends_on=list(range(len(specs))),
         ))
@@ -233,20 +300,20 @@ class RenderKind:
 
 def run_assemble(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     """Fetch every frame of the job, check each is there once, encode and zip them. The
-    video of an OpenEXR job is made from its 8-bit ``video-frames/`` PNGs."""
+    video of a job whose frames are not 8-bit PNG or JPEG (OpenEXR, TIFF, 16-bit PNG) is
+    made from the 8-bit ``video-frames/`` PNGs the chunks made with the scene's colours."""
     started = time.monotonic()
     payload = task.payload
     expected = [int(f) for f in payload["frames"]]
-    ext = str(payload["ext"])
     ffmpeg = find_ffmpeg()
     if ffmpeg is None:
         raise RuntimeError("this worker has no ffmpeg: pip install imageio-ffmpeg "
                            "(part of parallel-pilot[render]) or install ffmpeg")
     frames = match_frames(ctx.job_outputs(FRAMES_PREFIX), expected)
-    video_prefix, video_ext = (VIDEO_FRAMES_PREFIX, "png") if ext == "exr" else (
-        FRAMES_PREFIX, ext)
-    video_frames = frames if video_prefix == FRAMES_PREFIX else match_frames(
-        ctx.job_outputs(video_prefix), expected, prefix=video_prefix)
+    display = ctx.job_outputs(VIDEO_FRAMES_PREFIX)
+    video_frames = match_frames(display, expected, prefix=VIDEO_FRAMES_PREFIX) if display \
+        else frames
+    video_ext = "png" if display else frames[0][1].rsplit(".", 1)[-1]
     fps = float(payload.get("fps") or scene_fps(ctx) or DEFAULT_FPS)
     wanted = {sha for _f, _p, sha in frames} | {sha for _f, _p, sha in video_frames}
     local: dict[str, Path] = {}

@@ -12,7 +12,9 @@ on stdout (the names are mirrored in ``blender.py``)::
     PILOT_VIDEO_FRAME <frame> <path>  (OpenEXR jobs) the frame as an 8-bit PNG, for the video
     PILOT_FRAME_DONE <frame> <seconds> <path>
     PILOT_PREVIEW <path>          a small JPEG of the frame just finished
-    PILOT_MISSING <path>          an external file the scene uses that is not there
+    PILOT_MISSING <json>          a file the scene uses that is not in the project
+                                  ({"path", "used_by", "blend", "why"})
+    PILOT_FILE_OUTPUT <rel> <path>  a file the compositor's File Output nodes wrote
     PILOT_INSPECT {json}          (inspect mode) scenes, cameras, frame range, versions
     PILOT_ERROR <what> <message>  what: invalid | open | missing | render | internal
 
@@ -22,6 +24,7 @@ cannot be opened, 5 the render failed, 1 anything else.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -40,6 +43,20 @@ JPEG_QUALITY = 90  # JPEG quality of frames rendered as JPEG
 _FORMAT_SETTINGS = ("file_format", "color_mode", "color_depth", "exr_codec", "compression",
                     "quality")
 ENGINE_ALIASES = {"BLENDER_EEVEE": "BLENDER_EEVEE_NEXT", "BLENDER_EEVEE_NEXT": "BLENDER_EEVEE"}
+# formats the video is made from directly; any other gets an 8-bit PNG copy for the video
+VIDEO_READY = {("PNG", "8"), ("PNG", "16"), ("JPEG", "8")}
+VIDEO_FORMATS = ("FFMPEG", "AVI_JPEG", "AVI_RAW")  # movie outputs: frames are PNG instead
+OUTSIDE_DIR = ".pilot-outside"  # where paths leading out of the project are sent: nothing
+
+
+def load_dependencies():
+    """``dependencies.py`` beside this file (this script runs without the package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dependencies.py")
+    spec = importlib.util.spec_from_file_location("pilot_dependencies", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Refused(Exception):
@@ -76,15 +93,15 @@ def cameras_of(scene) -> list[str]:
     return sorted(o.name for o in scene.objects if o.type == "CAMERA")
 
 
-def missing_files() -> list[str]:
-    """External files (images, libraries, sounds, ...) the file names that do not exist."""
-    missing = []
-    for path in bpy.utils.blend_paths(absolute=True, packed=True):
-        if "<UDIM>" in path or "<UVTILE>" in path or "#" in path:
-            continue  # tile and sequence patterns name several files; skip the guesswork
-        if path and not os.path.exists(bpy.path.abspath(path)):
-            missing.append(path)
-    return sorted(set(missing))
+def needs_camera(scene) -> bool:
+    """Whether Blender needs a camera to render ``scene``: not when the sequencer is on
+    and has strips to show (an edit renders without one)."""
+    editor = scene.sequence_editor
+    if not scene.render.use_sequencer or editor is None:
+        return True
+    strips = getattr(editor, "strips_all", None)
+    strips = strips if strips is not None else editor.sequences_all
+    return not any(strip.type != "SOUND" for strip in strips)
 
 
 def pick_scene(job: dict):
@@ -111,7 +128,7 @@ def apply_overrides(scene, job: dict) -> None:
             raise Refused("invalid", f"scene {scene.name!r} has no camera named {camera!r}; "
                           f"its cameras: {have}", EXIT_INVALID)
         scene.camera = obj
-    if scene.camera is None:
+    if scene.camera is None and needs_camera(scene):
         have = ", ".join(cameras_of(scene)) or "none"
         raise Refused("invalid", f"scene {scene.name!r} has no active camera; choose one "
                       f"(its cameras: {have})", EXIT_INVALID)
@@ -133,16 +150,55 @@ def apply_overrides(scene, job: dict) -> None:
             scene.eevee.taa_render_samples = int(samples)
     if job.get("resolution"):
         render.resolution_percentage = int(job["resolution"])
-    image = render.image_settings
-    image.file_format = job.get("format", "PNG")
-    if image.file_format == "JPEG":
-        image.color_mode = "RGB"
-        image.quality = JPEG_QUALITY
+    apply_format(render.image_settings, job)
     threads = int(job.get("threads", 1))
     if threads > 0:
         render.threads_mode, render.threads = "FIXED", threads
     else:
         render.threads_mode = "AUTO"
+
+
+def apply_format(image, job: dict) -> None:
+    """The frame format: the job's, else the scene's own; a movie output renders PNG
+    frames (Blender 5 keeps movie and image formats apart: ``media_type``)."""
+    if getattr(image, "media_type", "IMAGE") != "IMAGE":
+        image.media_type = "IMAGE"
+        image.file_format = "PNG"
+    if image.file_format in VIDEO_FORMATS:
+        image.file_format = "PNG"
+    wanted = job.get("format")
+    if wanted:
+        image.file_format = wanted
+        if wanted == "JPEG":
+            image.color_mode = "RGB"
+            image.quality = JPEG_QUALITY
+    depth = job.get("color_depth")
+    if depth:
+        try:
+            image.color_depth = depth
+        except TypeError:
+            raise Refused("invalid", f"{image.file_format} has no {depth}-bit colour depth",
+                          EXIT_INVALID) from None
+
+
+def redirect_file_outputs(scene, folder: str) -> None:
+    """Point the compositor's File Output nodes into ``folder`` (inside the task folder),
+    whatever the file says: a file may not write where it likes on a worker."""
+    trees = [scene.compositing_node_group if hasattr(scene, "compositing_node_group")
+             else getattr(scene, "node_tree", None)]
+    trees += list(bpy.data.node_groups)
+    for tree in trees:
+        if tree is None:
+            continue
+        for node in tree.nodes:
+            if node.bl_idname != "CompositorNodeOutputFile":
+                continue
+            if tree.library is not None:
+                raise Refused("invalid", f"the File Output node {node.name!r} of the linked "
+                              f"node group {tree.name!r} writes files, and linked data "
+                              "cannot be redirected into the task folder", EXIT_INVALID)
+            attr = "directory" if hasattr(node, "directory") else "base_path"
+            setattr(node, attr, os.path.join(folder, bpy.path.clean_name(node.name), ""))
 
 
 def describe(scene) -> dict:
@@ -158,7 +214,11 @@ def describe(scene) -> dict:
         "output_size": [max(1, int(render.resolution_x * pct)),
                         max(1, int(render.resolution_y * pct))],
         "camera": scene.camera.name if scene.camera else None, "cameras": cameras_of(scene),
+        "needs_camera": needs_camera(scene),
         "samples": scene.cycles.samples if render.engine == "CYCLES" else None,
+        "format": render.image_settings.file_format,
+        "color_depth": render.image_settings.color_depth,
+        "view_transform": scene.view_settings.view_transform,
     }
 
 
@@ -170,8 +230,9 @@ def inspect(job: dict) -> None:
         "file_version": f"{bpy.data.version[0]}.{bpy.data.version[1]}",  # as in the header
         "scene": active.name,
         "scenes": [describe(s) for s in sorted(bpy.data.scenes, key=lambda s: s.name)],
-        "missing_files": missing_files(),
     }
+    if job.get("dependencies", True):
+        info.update(load_dependencies().trace())
     say("PILOT_INSPECT", json.dumps(info))
 
 
@@ -211,13 +272,18 @@ def save_display_png(result, scene, path: str) -> None:
 def render_frames(job: dict) -> None:
     open_blend(job["blend"])
     scene = pick_scene(job)
-    missing = missing_files()
-    if missing and not job.get("allow_missing_files"):
-        for path in missing:
-            say("PILOT_MISSING", path)
-        raise Refused("missing", f"{len(missing)} file(s) the scene uses are not in the "
-                      ".blend", EXIT_INVALID)
+    project = job.get("project_dir") or os.path.dirname(job["blend"])
+    problems = load_dependencies().relocate(project, job.get("absolute") or {},
+                                            os.path.join(project, OUTSIDE_DIR))
+    for problem in problems:
+        say("PILOT_MISSING", json.dumps(problem))
+    if problems and not job.get("allow_missing_files"):
+        raise Refused("missing", f"{len(problems)} file(s) the scene uses are not in the "
+                      "project", EXIT_INVALID)
+    outputs = job.get("file_output_dir") or os.path.join(job["out_dir"], "file-output")
+    redirect_file_outputs(scene, outputs)
     apply_overrides(scene, job)
+    setup_device(scene, job.get("device") or {})
     frames = [int(f) for f in job["frames"]]
     outside = [f for f in frames if not scene.frame_start <= f <= scene.frame_end]
     if outside:
@@ -233,7 +299,10 @@ def render_frames(job: dict) -> None:
             say("PILOT_STATS", f"{current['frame']} {text}")
 
     bpy.app.handlers.render_stats.append(on_stats)
-    out_dir, ext = job["out_dir"], job["ext"]
+    out_dir, ext = job["out_dir"], scene.render.file_extension.lstrip(".")
+    settings = scene.render.image_settings
+    video_ready = (settings.file_format, settings.color_depth) in VIDEO_READY
+    announced: set[str] = set()
     for frame in frames:
         current["frame"] = frame
         started = time.monotonic()
@@ -248,7 +317,7 @@ def render_frames(job: dict) -> None:
         result.save_render(partial, scene=scene)
         os.replace(partial, final)  # the worker only ever sees whole frame files
         display = final
-        if ext == "exr":
+        if not video_ready:
             display = os.path.join(out_dir, f"video-{frame:04d}.png")
             save_display_png(result, scene, display + ".partial.png")
             os.replace(display + ".partial.png", display)
@@ -259,9 +328,38 @@ def render_frames(job: dict) -> None:
             os.replace(preview + ".partial.jpg", preview)
         if display != final:
             say("PILOT_VIDEO_FRAME", f"{frame} {display}")
+        announce_file_outputs(outputs, announced)
         say("PILOT_FRAME_DONE", f"{frame} {time.monotonic() - started:.3f} {final}")
         if preview is not None:
             say("PILOT_PREVIEW", preview)
+
+
+def announce_file_outputs(folder: str, announced: set) -> None:
+    """Tell the worker about files the File Output nodes wrote since the last frame."""
+    for here, _dirs, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(here, name)
+            if path not in announced:
+                announced.add(path)
+                say("PILOT_FILE_OUTPUT", f"{os.path.relpath(path, folder)} {path}")
+
+
+def setup_device(scene, device: dict) -> None:
+    """Render on the device the worker chose: the CPU, or a GPU backend (CUDA, OptiX,
+    HIP, oneAPI, Metal) with the listed devices enabled."""
+    if scene.render.engine != "CYCLES":
+        return
+    backend = device.get("type", "CPU")
+    if backend == "CPU":
+        scene.cycles.device = "CPU"
+        return
+    prefs = bpy.context.preferences.addons["cycles"].preferences
+    prefs.compute_device_type = backend
+    prefs.get_devices()
+    wanted = set(device.get("ids") or [])
+    for dev in prefs.devices:
+        dev.use = dev.type == backend and (not wanted or dev.id in wanted)
+    scene.cycles.device = "GPU"
 
 
 def main() -> int:
