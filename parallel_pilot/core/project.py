@@ -3,7 +3,7 @@ that put every file the scene uses at a path inside the project.
 
 Standard library only: the Blender add-on carries this file into Blender's own Python.
 
-A **trace** (``kinds/render/trace.py``, run inside Blender) lists each path the scene uses
+A **trace** (``kinds/render/dependencies.py``, run inside Blender) lists each path the scene uses
 as written in the file (``//../textures/wood.png``, ``/mnt/tex/oak.png``), the file it is
 written in, and the files on disk it stands for (one, or the tiles of a UDIM pattern, the
 frames of a sequence, the files of a cache folder). ``plan_project`` turns it into a
@@ -183,14 +183,17 @@ def common_root(paths: list[str]) -> str:
 
 
 def plan_project(trace: dict[str, Any]) -> ProjectLayout:
-    """The layout of a traced project (``kinds/render/trace.py``'s result): the root is the
-    deepest folder holding the main .blend and every file named by a relative path."""
+    """The layout of a traced project (``kinds/render/dependencies.py``'s result): the root
+    is the deepest folder holding the main .blend and every file named by a relative
+    path (found or missing)."""
     main = str(trace["blend"])
     deps = [d for d in trace.get("dependencies") or [] if not d.get("bundled")]
     anchors = [_dirname(main)]
     for dep in deps:
         if not is_absolute(str(dep["path"])):
             anchors += [_dirname(f) for f in dep.get("files") or []]
+            if dep.get("resolved") and is_absolute(str(dep["resolved"])):
+                anchors.append(_dirname(str(dep["resolved"])))  # a missing file's place too
     root = common_root(anchors)
     layout = ProjectLayout(root=root, main=project_path_for(main, root))
     layout.files[layout.main] = main
