@@ -22,6 +22,9 @@ that from a test and returns the .blend to render. Kinds:
 - ``startup``: the default startup file saved as it is (cube, camera, light; the brush
   asset references it carries point into Blender's installation).
 - ``nocamera``: the default scene with its camera deleted.
+- ``formats``: the default scene with AgX, the "High Contrast" look and an exposure,
+  saved with 16-bit TIFF output, and a compositor File Output node aimed at the absolute
+  folder ``ROOT_elsewhere/``.
 """
 
 from __future__ import annotations
@@ -383,9 +386,35 @@ def build_nocamera(root: Path) -> Path:
     return root / "nocamera.blend"
 
 
+def build_formats(root: Path) -> Path:
+    import bpy
+
+    bpy.ops.wm.read_homefile(app_template="")
+    scene = bpy.context.scene
+    _scene_settings(scene)
+    _aim_camera(scene)
+    scene.view_settings.view_transform = "AgX"
+    scene.view_settings.look = "AgX - High Contrast"
+    scene.view_settings.exposure = 0.5
+    settings = scene.render.image_settings
+    settings.file_format, settings.color_depth = "TIFF", "16"
+    scene.view_layers[0].use_pass_z = True  # a second pass, for multilayer OpenEXR
+    tree = bpy.data.node_groups.new("Compositing", "CompositorNodeTree")
+    scene.compositing_node_group = tree
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    output = tree.nodes.new("CompositorNodeOutputFile")
+    output.file_output_items.new("RGBA", "Image")
+    output.directory = f"{root}_elsewhere/"
+    output.file_name = "pass_"
+    tree.links.new(layers.outputs["Image"], output.inputs["Image"])
+    root.mkdir(parents=True, exist_ok=True)
+    bpy.ops.wm.save_as_mainfile(filepath=str(root / "formats.blend"))
+    return root / "formats.blend"
+
+
 BUILDERS = {"full": build_full, "shared": build_shared, "ffmpeg": build_ffmpeg,
             "sequencer": build_sequencer, "startup": build_startup,
-            "nocamera": build_nocamera}
+            "nocamera": build_nocamera, "formats": build_formats}
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ PREVIEW_MAX_PIXELS = 320  # the longer side of the preview JPEG
 PREVIEW_QUALITY = 80  # JPEG quality of the preview
 JPEG_QUALITY = 90  # JPEG quality of frames rendered as JPEG
 # image settings that change with the file format, restored after saving a display PNG
-_FORMAT_SETTINGS = ("file_format", "color_mode", "color_depth", "exr_codec", "compression",
-                    "quality")
+# (media_type first: Blender 5 takes a format only of the media type set)
+_FORMAT_SETTINGS = ("media_type", "file_format", "color_mode", "color_depth", "exr_codec",
+                    "compression", "quality")
 ENGINE_ALIASES = {"BLENDER_EEVEE": "BLENDER_EEVEE_NEXT", "BLENDER_EEVEE_NEXT": "BLENDER_EEVEE"}
 # formats the video is made from directly; any other gets an 8-bit PNG copy for the video
 VIDEO_READY = {("PNG", "8"), ("PNG", "16"), ("JPEG", "8")}
@@ -160,14 +161,18 @@ def apply_overrides(scene, job: dict) -> None:
 
 def apply_format(image, job: dict) -> None:
     """The frame format: the job's, else the scene's own; a movie output renders PNG
-    frames (Blender 5 keeps movie and image formats apart: ``media_type``)."""
-    if getattr(image, "media_type", "IMAGE") != "IMAGE":
-        image.media_type = "IMAGE"
-        image.file_format = "PNG"
-    if image.file_format in VIDEO_FORMATS:
+    frames. Blender 5 keeps movie, image and multilayer formats apart (``media_type``),
+    and the kind must be set before the format."""
+    has_media = hasattr(image, "media_type")
+    if has_media and image.media_type == "VIDEO" or image.file_format in VIDEO_FORMATS:
+        if has_media:
+            image.media_type = "IMAGE"
         image.file_format = "PNG"
     wanted = job.get("format")
     if wanted:
+        if has_media:
+            image.media_type = "MULTI_LAYER_IMAGE" if wanted == "OPEN_EXR_MULTILAYER" \
+                else "IMAGE"
         image.file_format = wanted
         if wanted == "JPEG":
             image.color_mode = "RGB"
@@ -257,11 +262,13 @@ def write_preview(frame_path: str, path: str) -> None:
 
 def save_display_png(result, scene, path: str) -> None:
     """The render result as an 8-bit PNG with the scene's view transform and look (what
-    Blender shows), for a video of frames rendered to OpenEXR (linear light)."""
+    Blender shows), for a video of frames in another format (OpenEXR, TIFF...)."""
     settings = scene.render.image_settings
     kept = {name: getattr(settings, name) for name in _FORMAT_SETTINGS
             if hasattr(settings, name)}
     try:
+        if "media_type" in kept:
+            settings.media_type = "IMAGE"
         settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGB", "8"
         result.save_render(path, scene=scene)
     finally:
