@@ -22,6 +22,9 @@ that from a test and returns the .blend to render. Kinds:
 - ``startup``: the default startup file saved as it is (cube, camera, light; the brush
   asset references it carries point into Blender's installation).
 - ``nocamera``: the default scene with its camera deleted.
+- ``caches``: a VDB volume sequence (``//vdb/smoke_####.vdb``, written with the openvdb
+  module Blender ships), a mesh-cache modifier reading the PC2 file ``ROOT_abs/wave.pc2``
+  by an absolute path, and a movie clip (the scene's active clip, ``//clips/clip.mp4``).
 - ``formats``: the default scene with AgX, the "High Contrast" look and an exposure,
   saved with 16-bit TIFF output, and a compositor File Output node aimed at the absolute
   folder ``ROOT_elsewhere/``.
@@ -386,6 +389,80 @@ def build_nocamera(root: Path) -> Path:
     return root / "nocamera.blend"
 
 
+def _openvdb():
+    import importlib
+
+    import bpy
+
+    python = Path(bpy.utils.system_resource("PYTHON"))
+    for candidate in python.glob("lib/python3*/site-packages"):
+        sys.path.append(str(candidate))
+    return importlib.import_module("openvdb")
+
+
+def _vdb(path: Path, radius: int) -> None:
+    vdb = _openvdb()
+    grid = vdb.FloatGrid()
+    grid.name = "density"
+    access = grid.getAccessor()
+    for i in range(-radius, radius):
+        for j in range(-radius, radius):
+            for k in range(-radius, radius):
+                access.setValueOn((i, j, k), 1.0)
+    grid.transform = vdb.createLinearTransform(voxelSize=0.1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vdb.write(str(path), grids=[grid])
+
+
+def _pc2(path: Path, points: list[tuple[float, float, float]], frames: int) -> None:
+    """A PC2 point cache: the points rising 0.2 a frame."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(b"POINTCACHE2\0" + struct.pack("<iiffi", 1, len(points), 1.0, 1.0, frames))
+        for frame in range(frames):
+            for x, y, z in points:
+                out.write(struct.pack("<fff", x, y, z + 0.2 * frame))
+
+
+def build_caches(root: Path) -> Path:
+    import bpy
+    import imageio_ffmpeg
+
+    outside = Path(f"{root}_abs")
+    for frame, radius in ((1, 3), (2, 5), (3, 7)):
+        _vdb(root / "vdb" / f"smoke_{frame:04d}.vdb", radius)
+    bpy.ops.wm.read_homefile(app_template="")
+    scene = bpy.context.scene
+    _scene_settings(scene)
+    _aim_camera(scene)
+    cube = bpy.data.objects["Cube"]
+    _pc2(outside / "wave.pc2", [tuple(v.co) for v in cube.data.vertices], 6)
+    cache = cube.modifiers.new("cache", "MESH_CACHE")
+    cache.cache_format = "PC2"
+    cache.filepath = str(outside / "wave.pc2")
+    cache.frame_start = 1
+    volume = bpy.data.volumes.new("smoke")
+    volume.filepath = str(root / "vdb" / "smoke_0001.vdb")
+    volume.is_sequence = True
+    volume.frame_duration = 3
+    smoke = bpy.data.objects.new("Smoke", volume)
+    smoke.location = (2.5, 0, 1)
+    scene.collection.objects.link(smoke)
+    for i in range(1, 4):
+        _png(root / "clips" / "src" / f"c_{i:03d}.png", 32, 18, (0.2, i / 3, 0.5))
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error",
+                    "-framerate", "24", "-i", str(root / "clips" / "src" / "c_%03d.png"),
+                    "-pix_fmt", "yuv420p", str(root / "clips" / "clip.mp4")], check=True)
+    shutil.rmtree(root / "clips" / "src")
+    scene.active_clip = bpy.data.movieclips.load(str(root / "clips" / "clip.mp4"))
+    blend = root / "caches.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))  # makes the paths relative
+    cache.filepath = str(outside / "wave.pc2")  # the one kept absolute
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend), relative_remap=False)
+    return blend
+
+
 def build_formats(root: Path) -> Path:
     import bpy
 
@@ -414,7 +491,8 @@ def build_formats(root: Path) -> Path:
 
 BUILDERS = {"full": build_full, "shared": build_shared, "ffmpeg": build_ffmpeg,
             "sequencer": build_sequencer, "startup": build_startup,
-            "nocamera": build_nocamera, "formats": build_formats}
+            "nocamera": build_nocamera, "formats": build_formats,
+            "caches": build_caches}
 
 
 if __name__ == "__main__":
