@@ -79,6 +79,8 @@ class WorkerSettings(BaseSettings):
     tags: list[str] = Field(default_factory=list)
     drain_seconds: float = Field(default=10.0, ge=0)  # grace for running tasks on SIGTERM
     sandbox: bool = False  # run sweep commands inside bwrap (kinds.sandbox)
+    # run Blender inside bwrap for render tasks where bwrap works (kinds.render.sandbox)
+    render_sandbox: bool = True
 
 
 class ClientSettings(BaseSettings):

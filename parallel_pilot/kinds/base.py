@@ -52,6 +52,9 @@ class RunContext(Protocol):
     stop_event: threading.Event
     # the worker runs commands in a sandbox (kinds.sandbox): no network, only workdir writable
     sandbox: bool
+    # Blender runs in the render sandbox (kinds.render.sandbox); it hides private_paths
+    render_sandbox: bool
+    private_paths: tuple[Path, ...]  # the worker's folders a sandboxed task must not see
 
     def input_path(self, name: str) -> Path:
         """A read-only path to an input file (in the worker's blob cache)."""
@@ -119,7 +122,7 @@ def parse_params(kind: Kind, raw: dict[str, Any]) -> BaseModel:
 def describe_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:10]:
-        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        where = ".".join(str(p) for p in err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}")
+        parts.append(f"{where}: {msg}" if where else msg)  # a check of the whole model
     return "; ".join(parts)

@@ -31,7 +31,12 @@ from parallel_pilot.errors import (
 )
 from parallel_pilot.http import Connection
 from parallel_pilot.kinds import check_allowed_kinds
-from parallel_pilot.kinds.render.blender import use_blender
+from parallel_pilot.kinds.render.blender import installed_blender, use_blender
+from parallel_pilot.kinds.render.sandbox import (
+    RenderSandboxDecision,
+    private_folders,
+    render_sandbox_decision,
+)
 from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
 from parallel_pilot.worker.cache import BlobCache
 from parallel_pilot.worker.capabilities import detect_capabilities
@@ -88,8 +93,13 @@ class Worker:
         lease_connection.retry_seconds = min(lease_connection.retry_seconds,
                                              LOOP_RETRY_SECONDS)
         self.lease_link = CoordinatorLink(lease_connection)
-        self.cache = BlobCache(settings.cache_dir or Path.home() / CACHE_SUBDIR,
-                               settings.cache_bytes)
+        cache_dir = settings.cache_dir or Path.home() / CACHE_SUBDIR
+        self.cache = BlobCache(cache_dir, settings.cache_bytes)
+        # what a sandboxed task must not see of this worker: its home, cache, work root
+        self.private_paths = private_folders(Path.home(), cache_dir, settings.work_dir)
+        if settings.blender:
+            use_blender(settings.blender)
+        self.render_sandbox = self._decide_render_sandbox()
         self._capabilities = capabilities
         self.worker_id: int | None = None
         self.lease_seconds = DEFAULT_LEASE_SECONDS
@@ -125,6 +135,12 @@ class Worker:
     def run(self) -> int:
         """Register, work until stopped, shut down; 0 after a clean stop, 2 when the
         coordinator refused this worker (bad join token, revoked)."""
+        if "render" in self.settings.allow:
+            if self.render_sandbox.enabled:
+                log.info("renders run in a sandbox (bwrap: no network, read-only system, "
+                         "only the task folder writable)")
+            else:
+                log.warning("renders run without a sandbox: %s", self.render_sandbox.reason)
         self._lease_thread = threading.Thread(target=self._lease_loop, name="lease-loop",
                                               daemon=True)
         self._lease_thread.start()
@@ -184,10 +200,16 @@ class Worker:
         if not answer.tasks and leased_at - asked < LEASE_IDLE_SECONDS:
             self._stopping.wait(LEASE_IDLE_SECONDS)  # no long poll: do not spin
 
+    def _decide_render_sandbox(self) -> RenderSandboxDecision:
+        """Whether Blender runs in bwrap here: probed once, at start."""
+        if "render" not in self.settings.allow:
+            return RenderSandboxDecision(False, "this worker does not render")
+        return render_sandbox_decision(self.settings.render_sandbox, installed_blender(),
+                                       self.private_paths)
+
     def _register(self) -> bool:
-        if self.settings.blender:
-            use_blender(self.settings.blender)
-        capabilities = self._capabilities or detect_capabilities(self.settings)
+        capabilities = self._capabilities or detect_capabilities(
+            self.settings, render_sandbox=self.render_sandbox.enabled)
         self._capabilities = capabilities
         request = RegisterRequest(join_token=self.settings.join_token, name=self.name,
                                   capabilities=capabilities)
@@ -225,7 +247,8 @@ class Worker:
                       lease_seconds=self.lease_seconds, leased_at=leased_at,
                       work_root=self.settings.work_dir, on_finished=self._finished,
                       hard_stop=self._hard_stop, sandbox=self.settings.sandbox,
-                      clock=self.clock)
+                      render_sandbox=self.render_sandbox.enabled,
+                      private_paths=self.private_paths, clock=self.clock)
         with self._slots:
             late = self._stopping.is_set()
             if not late:

@@ -25,7 +25,10 @@ MIB = 1024 * 1024  # nvidia-smi reports memory in MiB
 log = logging.getLogger(__name__)
 
 
-def detect_capabilities(settings: WorkerSettings) -> Capabilities:
+def detect_capabilities(settings: WorkerSettings, *,
+                        render_sandbox: bool = False) -> Capabilities:
+    """What this worker offers; ``render_sandbox``: whether Blender runs in bwrap here
+    (decided by the agent's probe at start, ``kinds.render.sandbox``)."""
     return Capabilities(
         cpu_cores=os.cpu_count() or 1,
         ram_bytes=psutil.virtual_memory().total,
@@ -38,6 +41,7 @@ def detect_capabilities(settings: WorkerSettings) -> Capabilities:
         pilot_version=parallel_pilot.__version__,
         slots=settings.slots,
         sandbox=settings.sandbox,
+        render_sandbox=render_sandbox,
     )
 
 

@@ -43,9 +43,13 @@ class TaskContext:
 
     def __init__(self, task: TaskLease, link: CoordinatorLink, cache: BlobCache,
                  work_root: Path | None = None, logs: LogBuffer | None = None,
-                 sandbox: bool = False) -> None:
+                 sandbox: bool = False, render_sandbox: bool = False,
+                 private_paths: tuple[Path, ...] = ()) -> None:
         self.task = task
         self.sandbox = sandbox  # commands run inside bwrap (kinds.sandbox)
+        self.render_sandbox = render_sandbox  # Blender runs in bwrap (kinds.render.sandbox)
+        # folders of the worker a sandboxed task must not see (home, blob cache, work root)
+        self.private_paths = private_paths
         self.link = link
         self.cache = cache
         self.logs = logs or LogBuffer()

@@ -39,6 +39,7 @@ class TaskRun:
                  allowed: Collection[str], lease_seconds: float, leased_at: float,
                  work_root: Path | None, on_finished: Callable[[TaskRun], None],
                  hard_stop: threading.Event, sandbox: bool = False,
+                 render_sandbox: bool = False, private_paths: tuple[Path, ...] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.lease = lease
         self.link = link
@@ -50,6 +51,8 @@ class TaskRun:
         self.on_finished = on_finished
         self.hard_stop = hard_stop
         self.sandbox = sandbox
+        self.render_sandbox = render_sandbox
+        self.private_paths = private_paths
         self.clock = clock
         self.label = f"task {lease.task_id} (job {lease.job_id}, {lease.name})"
         self.ctx: TaskContext | None = None
@@ -104,7 +107,8 @@ class TaskRun:
         error: BaseException | None = None
         try:
             ctx = TaskContext(self.lease, self.link, self.cache, self.work_root,
-                              sandbox=self.sandbox)
+                              sandbox=self.sandbox, render_sandbox=self.render_sandbox,
+                              private_paths=self.private_paths)
             with self._lock:
                 self.ctx = ctx
                 early = self.early_stop

@@ -23,7 +23,7 @@ from parallel_pilot.client.cli.common import (
 )
 from parallel_pilot.client.cli.progress import follow
 from parallel_pilot.client.sdk import Client
-from parallel_pilot.core.protocol import JobInfo, OutputInfo
+from parallel_pilot.core.protocol import Capabilities, JobInfo, OutputInfo
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.core.units import human_bytes
 
@@ -216,6 +216,14 @@ def download_command(client: Client, job_id: int, out_dir: Path | None) -> None:
     err_console.print(summary)
 
 
+def sandboxed(caps: Capabilities) -> str:
+    """What a worker runs in bwrap: ``render`` (Blender), ``cmd`` (sweep, python, train
+    commands; ``--sandbox``), both, or ``none``."""
+    what = [name for name, on in (("render", caps.render_sandbox), ("cmd", caps.sandbox))
+            if on]
+    return ",".join(what) or "none"
+
+
 @click.command("workers")
 @json_option
 @connection_options
@@ -230,16 +238,16 @@ def workers_command(client: Client, as_json: bool) -> None:
         console.print("no workers")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "STATE", "CORES", "RAM", "SLOTS", "KINDS", "CURRENT TASKS",
-                   "DONE", "LAST SEEN"):
-        table.add_column(column)
+    for column in ("ID", "NAME", "STATE", "CORES", "RAM", "SLOTS", "KINDS", "SANDBOX",
+                   "CURRENT TASKS", "DONE", "LAST SEEN"):
+        table.add_column(column, no_wrap=column in ("RAM", "SANDBOX"))
     for w in workers:
         caps = w.capabilities
         style = _state_style(w.state)
         table.add_row(
             str(w.id), w.name, f"[{style}]{w.state}[/]" if style else w.state,
             str(caps.cpu_cores), human_bytes(caps.ram_bytes), str(caps.slots),
-            ",".join(caps.kinds) or "-",
+            ",".join(caps.kinds) or "-", sandboxed(caps),
             ",".join(str(t) for t in w.current_tasks) or "-", str(w.tasks_done),
             ago(w.last_seen),
         )

@@ -77,16 +77,20 @@ def parse_allow(value: str) -> list[str]:
 @click.option("--sandbox", is_flag=True,
               help="Run sweep commands inside bubblewrap (bwrap): no network, read-only "
                    "system, only the task's working directory writable.")
+@click.option("--render-sandbox/--no-render-sandbox", default=None,
+              help="Render inside bubblewrap (bwrap): no network, read-only system and "
+                   "project, none of this machine's home or cache visible, only the task "
+                   "folder writable. On by default where bwrap works.")
 def worker_command(server: str | None, join_token: str | None, name: str | None,
                    slots: int | None, allow: str | None, cache_dir: Path | None,
                    work_dir: Path | None, cache_bytes: int | None, tags: str | None,
                    blender: str | None, drain_seconds: float | None,
-                   sandbox: bool) -> None:
+                   sandbox: bool, render_sandbox: bool | None) -> None:
     """Run a worker that pulls tasks from a coordinator until Ctrl-C or SIGTERM."""
     overrides = _given(server=server, join_token=join_token, name=name, slots=slots,
                        cache_dir=cache_dir, work_dir=work_dir, cache_bytes=cache_bytes,
                        drain_seconds=drain_seconds, blender=blender,
-                       sandbox=sandbox or None)
+                       sandbox=sandbox or None, render_sandbox=render_sandbox)
     if allow is not None:
         overrides["allow"] = parse_allow(allow)
     if tags is not None:

@@ -36,6 +36,7 @@ from parallel_pilot.kinds.render.blender import (
     installed_blender,
 )
 from parallel_pilot.kinds.render.devices import render_device
+from parallel_pilot.kinds.render.sandbox import render_argv, sandbox_env, sandboxes_renders
 
 PREVIEW_OUTPUT = "preview/latest.jpg"
 SCENE_META_PATH = "meta/scene.json"
@@ -140,8 +141,12 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     relay.start()
     ctx.log(f"rendering frames {frames[0]}..{frames[-1]} ({len(frames)}) with "
             f"{install.describe()}")
-    proc = run_process(install.command(RENDER_SCRIPT, job_file), cwd=ctx.workdir,
-                       env=child_env(ctx.workdir), stop_event=halt, output_cap=0,
+    command, env = install.command(RENDER_SCRIPT, job_file), child_env(ctx.workdir)
+    if sandboxes_renders(ctx):  # bwrap: read-only system and project, no network
+        command = render_argv(install, job_file, ctx.workdir, read_only=[project],
+                              hide=getattr(ctx, "private_paths", ()))
+        env = sandbox_env(env)
+    proc = run_process(command, cwd=ctx.workdir, env=env, stop_event=halt, output_cap=0,
                        on_stdout=on_line, on_stderr=on_line)
     halt.set()  # ends the relay thread
     uploader.close()
