@@ -2,8 +2,12 @@
 parameters, checked by the kind's own model and ``check_inputs`` (the .blend header) with
 each error placed next to its field, then submitted through the jobs service.
 
-A .blend that arrived but whose job was refused is kept (the form carries its hash), so
-fixing a field does not mean uploading a large file again."""
+What is rendered is a lone .blend, a project in one .zip, or several files (a folder
+picked): the last two become ``params["project"]`` (``project_upload.py``), the .blend to
+render being the one typed in "blend file in the project" or the only one at the
+shallowest level. An upload that arrived but whose job was refused is kept (the form
+carries the .blend's hash, or the hash of the project's kept file list), so fixing a field
+does not mean uploading a large file again; a kept upload is checked again on resubmit."""
 
 from __future__ import annotations
 
@@ -19,21 +23,27 @@ from parallel_pilot.coordinator import sessions
 from parallel_pilot.coordinator.services import jobs
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.core.project import MAX_PROJECT_FILES
 from parallel_pilot.core.protocol import SHA256_RE, JobInfo, JobSubmit
 from parallel_pilot.errors import Forbidden, InvalidInput
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.render.kind import RenderParams
 from parallel_pilot.store import queries as q
-from parallel_pilot.web.upload import StreamedForm, place, read_form
+from parallel_pilot.web import project_upload
+from parallel_pilot.web.project_upload import ProjectRefused, UploadedProject
+from parallel_pilot.web.upload import StreamedForm, UploadedFile, place, read_form
 
-FILE_FIELD = "scene"
+FILE_FIELD = "scene"  # a .blend, a .zip, or several files
+FOLDER_FIELD = "folder"  # a folder picked (webkitdirectory): files with relative names
+MAIN_FIELD = "main"  # the .blend to render, as a project path
 INT_FIELDS = ("chunk", "samples", "resolution")
-TEXT_FIELDS = ("frames", "engine", "format", "name")
+TEXT_FIELDS = ("frames", "engine", "format", "name", MAIN_FIELD)
 ENGINES = [("", "as saved in the file"), ("CYCLES", "Cycles"), ("BLENDER_EEVEE", "EEVEE"),
            ("BLENDER_EEVEE_NEXT", "EEVEE Next"), ("BLENDER_WORKBENCH", "Workbench")]
 FORMATS = [("PNG", "PNG"), ("JPEG", "JPEG"), ("OPEN_EXR", "OpenEXR")]
 # where a parameter's error is shown when the field the user typed into is another one
-PARAM_FIELDS = {"scene": FILE_FIELD, "scene_file": FILE_FIELD, "blender_version": FILE_FIELD}
+PARAM_FIELDS = {"scene": FILE_FIELD, "scene_file": FILE_FIELD, "blender_version": FILE_FIELD,
+                "project": FILE_FIELD}
 
 
 @dataclass
@@ -45,6 +55,12 @@ class SubmitForm:
     scene_sha: str = ""
     scene_file: str = ""
     scene_size: int | None = None
+    project: UploadedProject | None = None  # a project uploaded (or kept) instead
+    main: str = ""  # the project's .blend to render, once chosen
+
+    def project_summary(self) -> str:
+        """What was uploaded, e.g. "project: 12 files, 3.4 MiB, rendering shots/a.blend"."""
+        return self.project.describe(self.main) if self.project else ""
 
 
 def _csrf_checker(request: Request) -> Any:
@@ -66,7 +82,7 @@ async def receive(request: Request, svc: Services, user: Caller) -> StreamedForm
     check = _csrf_checker(request)
     form = await read_form(request.headers.get("content-type", ""), request.stream(),
                            svc.blobs.tmp, max_file_bytes=svc.settings.max_upload_bytes,
-                           before_file=check)
+                           max_files=MAX_PROJECT_FILES, before_file=check)
     try:
         check(form.fields)
     except Forbidden:
@@ -81,18 +97,15 @@ def _record(svc: Services, user: Caller, sha256: str, size: int) -> None:
         q.add_blob_reader(conn, sha256, user.user_id)
 
 
+def _lone_file(svc: Services, user: Caller, upload: UploadedFile, state: SubmitForm) -> None:
+    place(svc.blobs, upload)
+    _record(svc, user, upload.sha256, upload.size)
+    state.scene_sha, state.scene_file, state.scene_size = (
+        upload.sha256, upload.filename.replace("\\", "/").rsplit("/", 1)[-1], upload.size)
+
+
 def _kept_scene(svc: Services, user: Caller, form: StreamedForm, state: SubmitForm) -> None:
-    """The .blend of this submit: the file just sent, else the one kept from a refused
-    submit (only if this user may read it)."""
-    upload = form.files.get(FILE_FIELD)
-    if upload is not None and upload.filename and upload.size > 0:
-        place(svc.blobs, upload)
-        _record(svc, user, upload.sha256, upload.size)
-        state.scene_sha, state.scene_file, state.scene_size = (
-            upload.sha256, upload.filename.replace("\\", "/").rsplit("/", 1)[-1],
-            upload.size)
-        return
-    form.discard()  # an empty file part: no file chosen
+    """The .blend kept from a refused submit (only if this user may read it)."""
     sha = form.fields.get("scene_sha", "")
     if SHA256_RE.match(sha):
         with svc.transaction() as conn:
@@ -103,8 +116,35 @@ def _kept_scene(svc: Services, user: Caller, form: StreamedForm, state: SubmitFo
             state.scene_file = form.fields.get("scene_file", "") or "scene.blend"
 
 
+def _take_upload(svc: Services, user: Caller, form: StreamedForm, state: SubmitForm) -> None:
+    """What this submit renders: the files just sent (a .zip, several files or one
+    .blend), else what a refused submit kept. A refused project is an error by the file
+    field, with nothing stored."""
+    uploads = form.named(FILE_FIELD, FOLDER_FIELD)
+    try:
+        if len(uploads) == 1 and uploads[0].filename.lower().endswith(".zip"):
+            state.project = project_upload.unpack_zip(svc, user, uploads[0])
+        elif len(uploads) > 1:
+            state.project = project_upload.from_files(svc, user, uploads)
+        elif uploads:
+            _lone_file(svc, user, uploads[0], state)
+        elif form.fields.get("project_sha"):
+            state.project = project_upload.kept_project(svc, user, form.fields["project_sha"])
+        else:
+            _kept_scene(svc, user, form, state)
+    except ProjectRefused as exc:
+        state.errors[FILE_FIELD] = exc.message
+
+
 def _params(state: SubmitForm) -> dict[str, Any]:
     params: dict[str, Any] = {"scene": state.scene_sha, "scene_file": state.scene_file}
+    if state.project is not None:
+        try:
+            state.main = project_upload.choose_main(state.project.files,
+                                                    state.values.get(MAIN_FIELD, ""))
+        except ProjectRefused as exc:
+            state.errors[MAIN_FIELD] = exc.message
+        params = {"project": {"main": state.main, "files": state.project.files}}
     for name in ("frames", "engine", "format"):
         value = state.values.get(name, "").strip()
         if value:
@@ -134,10 +174,11 @@ def submit_render(svc: Services, user: Caller, form: StreamedForm) -> tuple[JobI
                                                                              SubmitForm]:
     """Validate and submit; a refused form comes back with its errors by field."""
     state = SubmitForm(values={k: form.fields.get(k, "") for k in (*TEXT_FIELDS, *INT_FIELDS)})
-    _kept_scene(svc, user, form, state)
+    _take_upload(svc, user, form, state)
     params = _params(state)
-    if not state.scene_sha:
-        state.errors[FILE_FIELD] = "choose a .blend file to render"
+    if not state.scene_sha and state.project is None:
+        state.errors.setdefault(FILE_FIELD, "choose a .blend file, a .zip of the project "
+                                "or the project's folder to render")
     if state.errors:
         return None, state
     kind = get_kind("render")
@@ -147,10 +188,13 @@ def submit_render(svc: Services, user: Caller, form: StreamedForm) -> tuple[JobI
         state.errors.update(_field_errors(exc))
         return None, state
     except InvalidInput as exc:  # the header says it is not a .blend
+        if state.project is not None:  # another file of the project may be the one
+            state.errors[MAIN_FIELD] = exc.message
+            return None, state
         state.errors[FILE_FIELD] = exc.message
         state.scene_sha = state.scene_file = ""
         return None, state
-    name = state.values.get("name", "").strip() or state.scene_file
+    name = state.values.get("name", "").strip() or state.main or state.scene_file
     body = JobSubmit(kind="render", params=checked.model_dump(mode="json", exclude_none=True),
                      name=name[:200])
     try:

@@ -64,7 +64,7 @@ def test_a_large_file_streams_to_disk_with_flat_memory(tmp_path: Path) -> None:
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    upload = form.files["scene"]
+    upload, = form.named("scene")
     assert form.fields == {"csrf_token": "t0ken", "frames": "1-240"}
     assert upload.filename == "big.blend" and upload.size == chunks * CHUNK
     assert upload.sha256 == _expected_sha(chunks)
