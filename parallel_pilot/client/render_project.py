@@ -20,6 +20,7 @@ from parallel_pilot.errors import InvalidInput
 from parallel_pilot.http import Connection
 from parallel_pilot.kinds.render.blend_file import HEADER_READ_BYTES, parse_header
 from parallel_pilot.kinds.render.blender import inspect_blend, installed_blender
+from parallel_pilot.kinds.render.kind import camera_problem
 
 MAX_MISSING_LISTED = 20  # missing files named in the refusal
 
@@ -133,18 +134,25 @@ def scene_facts(info: Mapping[str, Any], scene_name: str | None) -> dict[str, An
 
 
 def pack_project(connection: Connection, blend: Path, *, scene_name: str | None = None,
-                 allow_missing_files: bool = False, inspect: bool = True,
+                 camera: str | None = None, allow_missing_files: bool = False,
+                 inspect: bool = True,
                  on_event: Callable[[str, Any], None] | None = None) -> PackedProject:
-    """Trace, check and upload the project of ``blend``. Missing files are refused here,
-    named as the user wrote them, unless ``allow_missing_files``."""
+    """Trace, check and upload the project of ``blend``. Refused here, before a byte is
+    sent: missing files, named as the user wrote them (unless ``allow_missing_files``),
+    and a scene that has no camera to render from."""
     layout, info = read_project(blend, inspect=inspect, on_event=on_event)
-    if on_event is not None:
-        on_event("inspected", info)
-        on_event("layout", layout)
     if layout.missing and not allow_missing_files:
         raise InvalidInput(
             f"the scene uses {len(layout.missing)} file(s) that are not on this machine:\n  "
             f"{describe_missing(layout)}\nfix the paths in Blender, or submit with "
             "--allow-missing-files (allow_missing_files=True) to render without them")
+    facts = scene_facts(info, scene_name)
+    problem = camera_problem(facts.get("scene_needs_camera"), camera,
+                             facts.get("scene_camera"), facts.get("scene_cameras"),
+                             scene_name)
+    if problem:
+        raise InvalidInput(problem)
+    if on_event is not None:
+        on_event("layout", layout)
     manifest, report = upload_project(connection, layout, on_event=on_event)
     return PackedProject(manifest=manifest, info=info, layout=layout, report=report)

@@ -203,14 +203,14 @@ class Client(AccountCalls):
         coordinator refuses a bad frame range, camera or scene name, or a scene without a
         camera, at submit. ``frames`` then defaults to the scene's range. ``on_inspect``
         sees Blender's description of the file; ``on_event(what, detail)`` hears the
-        packing (``untraced``, ``layout``, ``uploaded``/``skipped`` per file,
+        packing (``untraced``, ``layout`` once checked, ``uploaded``/``skipped`` per file,
         ``report`` with the bytes sent).
         """
         from parallel_pilot.client.render_project import pack_project, scene_facts
 
         packed = pack_project(self.connection, Path(scene), scene_name=scene_name,
-                              allow_missing_files=allow_missing_files, inspect=inspect,
-                              on_event=on_event)
+                              camera=camera, allow_missing_files=allow_missing_files,
+                              inspect=inspect, on_event=on_event)
         params: dict[str, Any] = {"project": packed.manifest}
         if packed.info:
             if on_inspect is not None:

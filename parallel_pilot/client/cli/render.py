@@ -104,6 +104,8 @@ def render_command(scene: Path, frames: str | None, chunk: int | None, engine: s
         raise UsageFailure(f"no such file: {scene}")
     client = get_client()
     packing = PackingReporter(show=not as_json)
+    if not as_json:
+        err_console.print(f"finding the files {scene.name} uses…")
     try:
         job = client.submit_render(
             scene, frames=frames, chunk=chunk, engine=engine and engine.upper(),
@@ -182,7 +184,8 @@ class PackingReporter:
                               f"{len(layout.missing)} missing file(s):\n  "
                               f"{describe_missing(layout)}")
         self._progress = Progress(TextColumn("hashing and uploading"), BarColumn(),
-                                  DownloadColumn(), console=err_console, transient=True)
+                                  DownloadColumn(), console=err_console, transient=True,
+                                  disable=not err_console.is_terminal)
         self._progress.start()
         self._bar = self._progress.add_task("upload", total=layout.total_bytes() or None)
 

@@ -196,13 +196,10 @@ class RenderParams(BaseModel):
         if self.scene is not None and self.scene != self.project.files[main]:
             raise ValueError(f"scene is not the blob of the project's main file {main}")
         self.scene, self.scene_file = self.project.files[main], main.rsplit("/", 1)[-1]
-        if self.scene_needs_camera and self.camera is None and not self.scene_camera:
-            cameras = self.scene_cameras or []
-            which = f"scene {self.scene_name!r}" if self.scene_name else "the scene"
-            have = (f"choose one with camera (its cameras: {', '.join(cameras)})" if cameras
-                    else "it has no camera at all: add one in Blender")
-            raise ValueError(f"{which} has no active camera, so Blender would render "
-                             f"nothing; {have}")
+        problem = camera_problem(self.scene_needs_camera, self.camera, self.scene_camera,
+                                 self.scene_cameras, self.scene_name)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def frame_list(self) -> list[int]:
@@ -211,6 +208,18 @@ class RenderParams(BaseModel):
     def manifest(self) -> ProjectManifest:
         assert self.project is not None  # filled in by the validator
         return self.project
+
+
+def camera_problem(needs_camera: bool | None, camera: str | None, active: str | None,
+                   cameras: list[str] | None, scene_name: str | None) -> str | None:
+    """Why a scene cannot render for want of a camera (None when it can, or when the
+    client could not tell): no active camera, none chosen, and no sequencer edit."""
+    if not needs_camera or camera is not None or active:
+        return None
+    which = f"scene {scene_name!r}" if scene_name else "the scene"
+    have = (f"choose one with camera (its cameras: {', '.join(cameras)})" if cameras
+            else "it has no camera at all: add one in Blender")
+    return f"{which} has no active camera, so Blender would render nothing; {have}"
 
 
 def expand_frames(text: str) -> list[int]:
