@@ -233,7 +233,7 @@ class OutputReader:
 
 
 _WHY = {"missing": "not in the project", "outside": "outside the project",
-        "linked": "in a linked library, where it cannot be moved into the project"}
+        "linked": "Blender would not let it move into the project"}
 
 
 def describe_missing(text: str) -> str:

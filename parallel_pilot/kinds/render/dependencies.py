@@ -265,22 +265,24 @@ def _modifier_paths(modifier):
 
 
 def _set_path(idb, resolved: str, new: str, moved_libraries: list) -> bool:
-    """Point the path of ``idb`` that resolves to ``resolved`` at ``new``; False when
-    Blender does not let it change (linked data) or the path is not found on it."""
-    if getattr(idb, "library", None) is not None:
+    """Point the path of ``idb`` that resolves to ``resolved`` at ``new`` (linked data
+    too: Blender lets a linked image's or clip's path change); False when Blender refuses
+    or the path is not found on it."""
+    try:
+        if isinstance(idb, bpy.types.Object):
+            changed = False
+            for modifier in idb.modifiers:
+                for holder, attr in _modifier_paths(modifier):
+                    value = getattr(holder, attr, "")
+                    if value and _abs(value, idb.library) == resolved:
+                        setattr(holder, attr, new)
+                        changed = True
+            return changed
+        if not hasattr(idb, "filepath"):
+            return False
+        idb.filepath = new
+    except (AttributeError, TypeError, RuntimeError, ValueError):
         return False
-    if isinstance(idb, bpy.types.Object):
-        changed = False
-        for modifier in idb.modifiers:
-            for holder, attr in _modifier_paths(modifier):
-                value = getattr(holder, attr, "")
-                if value and _abs(value) == resolved:
-                    setattr(holder, attr, new)
-                    changed = True
-        return changed
-    if not hasattr(idb, "filepath"):
-        return False
-    idb.filepath = new
     if isinstance(idb, bpy.types.Library):
         moved_libraries.append(idb)
     return True
@@ -300,8 +302,8 @@ def relocate(project_dir: str, absolute: dict, outside_dir: str) -> list[dict]:
     that leads outside the project is pointed into ``outside_dir``, where nothing is, so
     no file of the worker is ever read for the scene. Returns the problems, each
     ``{"path", "used_by", "blend", "why"}`` with ``why`` one of ``missing`` (not in the
-    project), ``outside`` (leads out of it) or ``linked`` (in a library, where Blender does
-    not let the path change)."""
+    project), ``outside`` (leads out of it) or ``linked`` (Blender would not let the path
+    change)."""
     project_dir = os.path.normpath(project_dir)
     problems: list[dict] = []
     moved_libraries: list = []
