@@ -7,7 +7,8 @@ sequences, baked caches, an Alembic file, a font, a sound, absolute paths.
 that from a test and returns the .blend to render. Kinds:
 
 - ``full``: ``ROOT/shots/shot.blend`` uses ``//../assets/lib/char.blend``, which links
-  ``//deep/prop.blend`` (whose material has ``//prop_tex.png``); ``//../textures/wood.png``;
+  ``//deep/prop.blend`` (whose material has ``//prop_tex.png`` and, by an absolute path,
+  ``ROOT_abs/glow.png``); ``//../textures/wood.png``;
   UDIM tiles ``//../textures/udim/tiles.<UDIM>.png``; an image sequence
   ``//../textures/seq/frame_####.png``; a particle system baked to
   ``//blendcache_shot/``; ``//../caches/anim.abc`` read through a mesh sequence cache;
@@ -151,14 +152,23 @@ def _libraries(root: Path) -> None:
     import bpy
 
     deep = root / "assets" / "lib" / "deep"
+    glow = Path(f"{root}_abs") / "glow.png"
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.mesh.primitive_cone_add()
     _png(deep / "prop_tex.png", 8, 8, (0.1, 0.8, 0.2))
+    _png(glow, 4, 4, (0.9, 0.1, 0.6))
     image = bpy.data.images.load(str(deep / "prop_tex.png"))
-    bpy.context.object.data.materials.append(_material("PropMat", image))
+    material = _material("PropMat", image)
+    emission = material.node_tree.nodes.new("ShaderNodeTexImage")
+    emission.image = bpy.data.images.load(str(glow))  # by an absolute path, in a library
+    bsdf = material.node_tree.nodes["Principled BSDF"]
+    material.node_tree.links.new(emission.outputs["Color"], bsdf.inputs["Emission Color"])
+    bsdf.inputs["Emission Strength"].default_value = 0.5
+    bpy.context.object.data.materials.append(material)
     bpy.ops.wm.save_as_mainfile(filepath=str(deep / "prop.blend"))
     image.filepath = "//prop_tex.png"
-    bpy.ops.wm.save_as_mainfile(filepath=str(deep / "prop.blend"))
+    emission.image.filepath = str(glow)
+    bpy.ops.wm.save_as_mainfile(filepath=str(deep / "prop.blend"), relative_remap=False)
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.mesh.primitive_monkey_add(location=(-2.6, 0.5, 1.6), size=1.2)

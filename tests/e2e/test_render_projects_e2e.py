@@ -57,7 +57,8 @@ def test_a_project_renders_on_the_farm_as_it_does_at_home(farm: Farm, tmp_path: 
     assert {f"textures/seq/frame_{i:04d}.png" for i in range(1, 7)} <= files
     assert any(f.startswith("shots/blendcache_shot/parts_") for f in files)
     outside = f"{root}_abs/abs_tex.png"  # named by an absolute path, outside the folder
-    assert params["absolute"] == {outside: f"_abs{outside}"}
+    in_library = f"{root}_abs/glow.png"  # the same, inside the linked prop.blend
+    assert params["absolute"] == {outside: f"_abs{outside}", in_library: f"_abs{in_library}"}
 
     # the user's machine no longer has the project (nor the absolute texture beside it):
     # only what travelled can be rendered
