@@ -63,7 +63,8 @@ with LocalCluster(work / "farm", workers=1) as cluster:
     except TimeoutError as exc:  # a gpu job waits for a worker that reports a GPU
         client.cancel(job.id)
         sys.exit(f"{exc}; the worker log: {cluster.log_dir}")
-    print(f"job {job.id} ({width}x{height}, {samples} samples, device {device}): {job.state}{' ' + job.error if job.error else ''}")
+    print(f"job {job.id} ({width}x{height}, {samples} samples, device {device}): "
+          f"{job.state} {job.error or ''}")
     for task in client.tasks(job.id):
         frames = (task.result or {}).get("frame_seconds") or {}
         for frame, seconds in sorted(frames.items()):
