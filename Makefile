@@ -11,7 +11,7 @@ EXTRAS := postgres,mysql,render,train,examples,dev
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install test demo lint bench bench-executor bench-render bench-train clean distclean
+.PHONY: help install test demo lint bench bench-executor bench-render bench-train addon clean distclean
 
 help:
 	@echo "make install   create $(VENV) and install the project with [$(EXTRAS)]"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-executor  Executor.map vs ProcessPoolExecutor and Dask (bench/executor.py)"
 	@echo "make bench-render    frames per second with 1 and 2 workers (bench/render.py)"
 	@echo "make bench-train  DiLoCo vs one worker, sync data parallel, FedAvg (bench/train.py)"
+	@echo "make addon     the Blender add-on's installable zip in dist/ (pilot addon build)"
 	@echo "make clean     remove caches and build output; distclean also removes $(VENV)"
 
 install: $(INSTALL_STAMP)
@@ -58,6 +59,9 @@ bench-render: install
 
 bench-train: install
 	$(BIN)/python bench/train.py $(BENCH_ARGS)
+
+addon: install
+	$(BIN)/pilot addon build --out dist
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output test-artifacts

@@ -11,6 +11,7 @@ from parallel_pilot.client.cli.accounts import (
     users_group,
     workers_group,
 )
+from parallel_pilot.client.cli.addon import addon_group
 from parallel_pilot.client.cli.common import CliState, PilotGroup
 from parallel_pilot.client.cli.demo import demo_command
 from parallel_pilot.client.cli.jobs import (
@@ -47,7 +48,7 @@ def cli(ctx: click.Context) -> None:
 for command in (
     server_command, worker_command, up_command, demo_command, login_command, sweep_command,
     train_command,
-    render_command,
+    render_command, addon_group,
     jobs_command, show_command, wait_command, logs_command, cancel_command, retry_command,
     download_command, workers_group, users_group, tokens_group, join_tokens_group,
 ):
