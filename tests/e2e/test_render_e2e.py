@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -140,11 +141,19 @@ def test_a_scene_that_cannot_render_fails_with_blenders_reason(farm: Farm,
     subprocess.run([sys.executable, "-c", MISSING_TEXTURE_SCRIPT, str(scene), str(broken),
                     missing], check=True, capture_output=True, timeout=120)
     start(farm, "w1")
-    proc = farm.pilot("render", str(broken), "--frames", "1", "--out",
-                      str(farm.root / "out"), check=False, timeout=240)
+    # the CLI knows at submit: nothing is sent
+    refused = farm.pilot("render", str(broken), "--frames", "1", check=False, timeout=240)
+    assert refused.returncode != 0 and missing in refused.stderr
+    assert json.loads(farm.pilot("jobs", "--json").stdout)["jobs"] == []
+    # a client without Blender sends the .blend alone: the worker finds out and says so
+    submit = ("import sys; from parallel_pilot import Client\n"
+              "job = Client().submit_render(sys.argv[1], frames='1', inspect=False)\n"
+              "print(job.id)\n")
+    env = {**os.environ, "PILOT_SERVER": farm.url, "PILOT_TOKEN": farm.admin_token}
+    job_id = subprocess.run([sys.executable, "-c", submit, str(broken)], env=env, check=True,
+                            capture_output=True, text=True, timeout=120).stdout.split()[-1]
+    proc = farm.pilot("wait", job_id, check=False, timeout=240)
     assert proc.returncode != 0
-    assert missing in proc.stderr
-    (job,) = json.loads(farm.pilot("jobs", "--json").stdout)["jobs"]
-    shown = json.loads(farm.pilot("show", str(job["id"]), "--json").stdout)
+    shown = json.loads(farm.pilot("show", job_id, "--json").stdout)
     assert shown["state"] == "failed"
-    assert missing in shown["error"] and "not inside" in shown["error"]
+    assert missing in shown["error"] and "not in the project" in shown["error"]

@@ -15,6 +15,7 @@ on stdout (the names are mirrored in ``blender.py``)::
     PILOT_MISSING <json>          a file the scene uses that is not in the project
                                   ({"path", "used_by", "blend", "why"})
     PILOT_FILE_OUTPUT <rel> <path>  a file the compositor's File Output nodes wrote
+    PILOT_DEVICE <backend>: <names>   the GPU devices this render uses
     PILOT_INSPECT {json}          (inspect mode) scenes, cameras, frame range, versions
     PILOT_ERROR <what> <message>  what: invalid | open | missing | render | internal
 
@@ -353,7 +354,8 @@ def announce_file_outputs(folder: str, announced: set) -> None:
 
 def setup_device(scene, device: dict) -> None:
     """Render on the device the worker chose: the CPU, or a GPU backend (CUDA, OptiX,
-    HIP, oneAPI, Metal) with the listed devices enabled."""
+    HIP, oneAPI, Metal) with the listed devices enabled. A GPU that cannot be set up is
+    refused rather than left to Cycles, which would quietly render on the CPU."""
     if scene.render.engine != "CYCLES":
         return
     backend = device.get("type", "CPU")
@@ -361,12 +363,23 @@ def setup_device(scene, device: dict) -> None:
         scene.cycles.device = "CPU"
         return
     prefs = bpy.context.preferences.addons["cycles"].preferences
-    prefs.compute_device_type = backend
+    try:
+        prefs.compute_device_type = backend
+    except TypeError:
+        raise Refused("render", f"this Blender ({bpy.app.version_string}) has no {backend} "
+                      "backend for Cycles", EXIT_RENDER) from None
     prefs.get_devices()
     wanted = set(device.get("ids") or [])
+    used = []
     for dev in prefs.devices:
         dev.use = dev.type == backend and (not wanted or dev.id in wanted)
+        if dev.use:
+            used.append(dev.name)
+    if not used:
+        raise Refused("render", f"Cycles sees no {backend} device here (asked for "
+                      f"{', '.join(sorted(wanted)) or 'any'})", EXIT_RENDER)
     scene.cycles.device = "GPU"
+    say("PILOT_DEVICE", f"{backend}: {', '.join(used)}")
 
 
 def main() -> int:
