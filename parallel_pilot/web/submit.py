@@ -38,6 +38,7 @@ FOLDER_FIELD = "folder"  # a folder picked (webkitdirectory): files with relativ
 MAIN_FIELD = "main"  # the .blend to render, as a project path
 INT_FIELDS = ("chunk", "samples", "resolution")
 TEXT_FIELDS = ("frames", "engine", "format", "name", MAIN_FIELD)
+BOOL_FIELDS = ("allow_missing_files",)  # checkboxes: sent as "1" when ticked
 ENGINES = [("", "as saved in the file"), ("CYCLES", "Cycles"), ("BLENDER_EEVEE", "EEVEE"),
            ("BLENDER_EEVEE_NEXT", "EEVEE Next"), ("BLENDER_WORKBENCH", "Workbench")]
 FORMATS = [("PNG", "PNG"), ("JPEG", "JPEG"), ("OPEN_EXR", "OpenEXR")]
@@ -149,6 +150,9 @@ def _params(state: SubmitForm) -> dict[str, Any]:
         value = state.values.get(name, "").strip()
         if value:
             params[name] = value
+    for name in BOOL_FIELDS:
+        if state.values.get(name):
+            params[name] = True
     for name in INT_FIELDS:
         raw = state.values.get(name, "").strip()
         if not raw:
@@ -173,7 +177,8 @@ def _field_errors(exc: ValidationError) -> dict[str, str]:
 def submit_render(svc: Services, user: Caller, form: StreamedForm) -> tuple[JobInfo | None,
                                                                              SubmitForm]:
     """Validate and submit; a refused form comes back with its errors by field."""
-    state = SubmitForm(values={k: form.fields.get(k, "") for k in (*TEXT_FIELDS, *INT_FIELDS)})
+    state = SubmitForm(values={k: form.fields.get(k, "")
+                               for k in (*TEXT_FIELDS, *INT_FIELDS, *BOOL_FIELDS)})
     _take_upload(svc, user, form, state)
     params = _params(state)
     if not state.scene_sha and state.project is None:

@@ -99,7 +99,8 @@ class _Parser:
         self._name = options[b"name"].decode("utf-8", "replace")
         if b"filename" in options:
             if len(self.form.files) >= self.max_files:
-                raise InvalidInput(f"send at most {self.max_files} files in one submit")
+                raise InvalidInput(f"send at most {self.max_files} "
+                                   f"file{'' if self.max_files == 1 else 's'} in one submit")
             self.before_file(dict(self.form.fields))
             tmp = self.tmp_dir / f"web-upload.{uuid.uuid4().hex}.part"
             self._file = UploadedFile(self._name, options[b"filename"].decode("utf-8", "replace"),

@@ -96,3 +96,62 @@ def test_too_large_and_malformed_bodies_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="longer than"):
         asyncio.run(read_form(CONTENT_TYPE, _stream(_parts(long_field, 1)), tmp_path,
                               max_file_bytes=2**40, before_file=_check_csrf))
+
+
+def _several(fields: dict[str, str], files: list[tuple[str, str, int]]) -> Iterator[bytes]:
+    """A form with several file parts: (field, file name, MiB of content) each."""
+    yield "".join(f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n"
+                  f"{v}\r\n" for k, v in fields.items()).encode()
+    for n, (name, filename, chunks) in enumerate(files):
+        yield (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+               f"filename=\"{filename}\"\r\n\r\n").encode()
+        for i in range(chunks):
+            yield _pattern(1000 * n + i)
+        yield b"\r\n"
+    yield f"--{BOUNDARY}--\r\n".encode()
+
+
+def test_several_file_parts_stream_in_order_with_flat_memory(tmp_path: Path) -> None:
+    files = [("folder", "proj/shots/shot.blend", 16), ("folder", "proj/tex/wood.png", 16),
+             ("folder", "proj/empty.txt", 0), ("scene", "", 0), ("folder", "proj/c.bin", 16)]
+    tracemalloc.start()
+    try:
+        form = asyncio.run(read_form(CONTENT_TYPE, _stream(_several(
+            {"csrf_token": "t0ken"}, files)), tmp_path, max_file_bytes=2**40, max_files=10,
+            before_file=_check_csrf))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(f.field_name, f.filename, f.size) for f in form.files] == [
+        (name, filename, chunks * CHUNK) for name, filename, chunks in files]
+    # the empty part of a file input left empty is not a chosen file; an empty file is
+    assert [f.filename for f in form.named("folder", "scene")] == [
+        "proj/shots/shot.blend", "proj/tex/wood.png", "proj/empty.txt", "proj/c.bin"]
+    for n, upload in enumerate(form.files):
+        digest = hashlib.sha256()
+        for i in range(files[n][2]):
+            digest.update(_pattern(1000 * n + i))
+        assert upload.sha256 == digest.hexdigest()
+        assert hashlib.sha256(upload.tmp.read_bytes()).hexdigest() == upload.sha256
+    assert peak < 8 * CHUNK, f"parsing held {peak / CHUNK:.1f} MiB at its peak"
+    form.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_many_file_parts_or_bytes_together_are_refused(tmp_path: Path) -> None:
+    three = [("folder", f"p/{i}.png", 1) for i in range(3)]
+    with pytest.raises(InvalidInput, match="at most 2 files"):
+        asyncio.run(read_form(CONTENT_TYPE, _stream(_several({"csrf_token": "t0ken"}, three)),
+                              tmp_path, max_file_bytes=2**40, max_files=2,
+                              before_file=_check_csrf))
+    assert list(tmp_path.iterdir()) == []
+    # each file is under the limit, together they are over it
+    with pytest.raises(PayloadTooLarge, match="together"):
+        asyncio.run(read_form(CONTENT_TYPE, _stream(_several({"csrf_token": "t0ken"}, three)),
+                              tmp_path, max_file_bytes=2 * CHUNK + 10, max_files=10,
+                              before_file=_check_csrf))
+    assert list(tmp_path.iterdir()) == []
+    # one file part is still the default: a form that expects one gets one
+    with pytest.raises(InvalidInput, match="at most 1 file in"):
+        asyncio.run(read_form(CONTENT_TYPE, _stream(_several({"csrf_token": "t0ken"}, three)),
+                              tmp_path, max_file_bytes=2**40, before_file=_check_csrf))

@@ -65,6 +65,14 @@
       if (!window.FormData || !window.XMLHttpRequest) return;
       event.preventDefault();
       var data = new FormData(form);
+      // a picked folder's files are sent under their paths in it (shots/shot.blend)
+      var folder = form.querySelector("input[type=file][webkitdirectory]");
+      if (folder && folder.files.length) {
+        data.delete(folder.name);
+        Array.prototype.forEach.call(folder.files, function (f) {
+          data.append(folder.name, f, f.webkitRelativePath || f.name);
+        });
+      }
       var status = document.getElementById("upload-status");
       var bar = document.getElementById("upload-progress");
       var text = document.getElementById("upload-text");
