@@ -150,7 +150,7 @@ def show_error(message: str) -> None:
     print(f"Parallel Pilot: {message}")
     manager = bpy.context.window_manager
     windows = list(getattr(manager, "windows", []))
-    if not windows:
+    if bpy.app.background or not windows:  # no screen to show it on (4.2 crashes trying)
         return
 
     def draw(menu, _context):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,12 +63,21 @@ if args["mode"] == "render":
     out["error"] = attempt(chunk=1, samples=2, device="CPU")
     out["job"] = scene.parallel_pilot.job_id
     out["report"] = addon.follow.STATUSES[addon.submit.scene_key(scene)].report
-    # the same project again: every file but the re-saved .blend is on the farm already
-    again, report = addon.submit.send(addon.submit.prepare())
-    out["again"] = {"job": again["id"], **report.__dict__}
-    addon.api.Api(args["server"], args["token"]).call("POST", f"/jobs/{again['id']}/cancel")
-    # the panel's follower (threads + the timer), its timer run by hand: background
-    # Blender has no event loop to run bpy.app.timers
+    # the same project again, the way the UI does it (upload and submit in a thread, the
+    # timer handing the job to the scene); the timer is run by hand: background Blender
+    # has no event loop to run bpy.app.timers
+    submission = addon.submit.prepare()
+    status = addon.follow.start(submission.scene_key, submission.server, submission.token,
+                                submission=submission)
+    deadline = time.monotonic() + args["follow_timeout"]
+    while not (status.job_id or status.finished) and time.monotonic() < deadline:
+        addon.follow.drain()
+        time.sleep(0.05)
+    out["again"] = {"job": status.job_id, "scene_job": scene.parallel_pilot.job_id,
+                    "report": status.report, "error": status.error}
+    addon.api.Api(args["server"], args["token"]).call("POST", f"/jobs/{status.job_id}/cancel")
+    scene.parallel_pilot.job_id = out["job"]
+    # the panel's "Follow Job" on the first job, until it is done
     bpy.ops.parallel_pilot.follow_job()
     status = addon.follow.STATUSES[addon.submit.scene_key(scene)]
     deadline = time.monotonic() + args["follow_timeout"]
@@ -173,9 +183,13 @@ def test_the_addons_operator_renders_a_real_project_on_the_farm(
 
     assert imageio_ffmpeg.count_frames_and_secs(str(video))[0] == 2
 
-    again = out["again"]  # the same project submitted twice: only the .blend travels again
-    assert again["uploaded_files"] <= 1
-    assert again["skipped_files"] == len(set(files.values())) - again["uploaded_files"]
+    again = out["again"]  # the same project again: only the re-saved .blend travels
+    assert again["error"] == "" and again["job"] > job_id
+    assert again["scene_job"] == again["job"]
+    sent = re.match(r"uploaded (\d+) file\(s\), .*; (\d+) already on the farm",
+                    again["report"])
+    assert sent, again["report"]
+    assert int(sent[1]) <= 1 and int(sent[1]) + int(sent[2]) == len(files)
 
     status = out["status"]  # what the panel showed, from the add-on's own follower
     assert status["job_id"] == job_id and status["state"] == "completed"
