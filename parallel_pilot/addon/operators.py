@@ -9,6 +9,7 @@ In the UI the render operator only does the checks, the save and the trace (what
 
 from __future__ import annotations
 
+import traceback
 import webbrowser
 
 import bpy
@@ -51,6 +52,10 @@ class PARALLEL_PILOT_OT_render_on_farm(bpy.types.Operator):
             return _report_failure(self, str(exc))
         except RuntimeError as exc:  # saving failed: Blender's own message
             return _report_failure(self, f"could not save the file: {exc}")
+        except Exception as exc:  # tracing met something it does not know: say what
+            traceback.print_exc()
+            return _report_failure(self, "could not list the files the scene uses: "
+                                   f"{type(exc).__name__}: {exc}")
         if not bpy.app.background:
             follow.start(submission.scene_key, submission.server, submission.token,
                          submission=submission)
