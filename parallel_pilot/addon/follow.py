@@ -30,6 +30,7 @@ FINISHED_STATES = ("completed", "failed", "cancelled")
 class Status:
     """What the panel shows for one scene's job."""
 
+    key: str  # the scene's (submit.scene_key)
     server: str
     job_id: int = 0
     state: str = "uploading"  # uploading, queued, running, completed, failed, cancelled, error
@@ -47,7 +48,9 @@ class Status:
 
 
 STATUSES: dict[str, Status] = {}  # scene key -> status; read and written on the main thread
-_events: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
+# what the threads learnt, for the status it was meant for (a status replaced by a newer
+# submission of its scene keeps getting its own thread's news, and is no longer shown)
+_events: queue.SimpleQueue[tuple[Status, dict]] = queue.SimpleQueue()
 _threads: dict[str, tuple[threading.Thread, threading.Event]] = {}
 _notify: list[Callable[[str], None]] = []  # called with each new error (the UI's popup)
 
@@ -102,15 +105,15 @@ def follow_job(api: Api, job_id: int, stop: threading.Event,
     return job
 
 
-def _run(key: str, stop: threading.Event, server: str, token: str,
+def _run(status: Status, stop: threading.Event, token: str,
          submission: submit.Submission | None, job_id: int) -> None:
     """The thread of one scene: submit (when given a submission), then follow."""
 
     def post(fields: dict) -> None:
-        _events.put((key, fields))
+        _events.put((status, fields))
 
     try:
-        api = Api(server, token)
+        api = Api(status.server, token)
         if submission is not None:
             job, report = submit.send(
                 submission, lambda text, f: post({"text": text, "progress": f}))
@@ -138,24 +141,25 @@ def start(key: str, server: str, token: str, *, submission: submit.Submission | 
           job_id: int = 0) -> Status:
     """Upload and submit ``submission``, or follow ``job_id``, in a thread of its own."""
     stop_following(key)
-    status = STATUSES[key] = Status(server=server, job_id=job_id,
+    status = STATUSES[key] = Status(key=key, server=server, job_id=job_id,
                                     state="uploading" if submission else "following")
-    _spawn(key, lambda stop: _run(key, stop, server, token, submission, job_id))
+    _spawn(key, lambda stop: _run(status, stop, token, submission, job_id))
     return status
 
 
 def start_download(key: str, server: str, token: str, job_id: int, folder: str) -> None:
     """Download the job's frames and video into ``folder`` in a thread of its own."""
-    STATUSES.setdefault(key, Status(server=server, job_id=job_id, state="following"))
+    status = STATUSES.setdefault(key, Status(key=key, server=server, job_id=job_id,
+                                             state="following"))
 
     def run(_stop: threading.Event) -> None:
         try:
             results.download(Api(server, token), job_id, folder,
-                             lambda text, _f: _events.put((key, {"download": text})))
+                             lambda text, _f: _events.put((status, {"download": text})))
         except ApiError as exc:
-            _events.put((key, {"download": f"download failed: {exc.message}"}))
+            _events.put((status, {"download": f"download failed: {exc.message}"}))
         except OSError as exc:
-            _events.put((key, {"download": f"download failed: {exc}"}))
+            _events.put((status, {"download": f"download failed: {exc}"}))
 
     _spawn(key + "#download", run)
 
@@ -173,14 +177,11 @@ def stop_all() -> None:
         bpy.app.timers.unregister(drain)
 
 
-def _apply(key: str, fields: dict) -> None:
-    status = STATUSES.get(key)
-    if status is None:
-        return
+def _apply(status: Status, fields: dict) -> None:
     job = fields.pop("submitted", None)
-    if job is not None:
+    if job is not None and STATUSES.get(status.key) is status:
         for scene in bpy.data.scenes:  # the file may have been closed meanwhile
-            if submit.scene_key(scene) == key:
+            if submit.scene_key(scene) == status.key:
                 settings = job_settings(scene)
                 settings.job_id, settings.job_server = int(job["id"]), status.server
     new_error = fields.get("error") and fields.get("error") != status.error
@@ -197,10 +198,10 @@ def drain() -> float | None:
     changed = False
     while True:
         try:
-            key, fields = _events.get_nowait()
+            status, fields = _events.get_nowait()
         except queue.Empty:
             break
-        _apply(key, fields)
+        _apply(status, fields)
         changed = True
     if changed:
         for window in getattr(bpy.context.window_manager, "windows", []):

@@ -67,7 +67,8 @@ class PARALLEL_PILOT_OT_render_on_farm(bpy.types.Operator):
         except ApiError as exc:
             return _report_failure(self, exc.message)
         submit.remember(context.scene, submission, job)
-        status = follow.Status(server=submission.server, report=report.describe())
+        status = follow.Status(key=submission.scene_key, server=submission.server,
+                               report=report.describe())
         for name, value in follow.job_fields(job).items():
             setattr(status, name, value)
         follow.STATUSES[submission.scene_key] = status
