@@ -35,7 +35,7 @@ from parallel_pilot.web.upload import StreamedForm, UploadedFile, place, read_fo
 
 FILE_FIELD = "scene"  # a .blend, a .zip, or several files
 FOLDER_FIELD = "folder"  # a folder picked (webkitdirectory): files with relative names
-MAIN_FIELD = "main"  # the .blend to render, as a project path
+MAIN_FIELD = "main_blend"  # the .blend to render, as a project path
 INT_FIELDS = ("chunk", "samples", "resolution")
 TEXT_FIELDS = ("frames", "engine", "format", "name", MAIN_FIELD)
 BOOL_FIELDS = ("allow_missing_files",)  # checkboxes: sent as "1" when ticked

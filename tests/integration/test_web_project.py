@@ -180,22 +180,22 @@ def test_the_blend_to_render_is_typed_or_the_only_one_at_the_top(
     two = post_zip(web, csrf, zip_of({"a.blend": BLEND, "b.blend": BLEND + b"b",
                                       "tex/shared.png": PNG}))
     assert two.status_code == 400
-    assert "a.blend, b.blend" in field_error(two.text, "main")
+    assert "a.blend, b.blend" in field_error(two.text, "main_blend")
     kept = re.search(r'name="project_sha" value="([0-9a-f]{64})"', two.text)
     assert kept
     resend = {"frames": "1-2", "project_sha": kept[1]}
     nothing: Files = [("scene", ("", b"", "application/octet-stream"))]
-    wrong = post(web, csrf, {**resend, "main": "c.blend"}, nothing)
-    assert "no file 'c.blend'" in field_error(wrong.text, "main")
-    not_blend = post(web, csrf, {**resend, "main": "tex/shared.png"}, nothing)
-    assert "not a .blend" in field_error(not_blend.text, "main")
+    wrong = post(web, csrf, {**resend, "main_blend": "c.blend"}, nothing)
+    assert "no file 'c.blend'" in field_error(wrong.text, "main_blend")
+    not_blend = post(web, csrf, {**resend, "main_blend": "tex/shared.png"}, nothing)
+    assert "not a .blend" in field_error(not_blend.text, "main_blend")
     assert 'name="project_sha"' in not_blend.text  # still kept: another file may be it
-    params = job_params(web, post(web, csrf, {**resend, "main": "b.blend"}, nothing))
+    params = job_params(web, post(web, csrf, {**resend, "main_blend": "b.blend"}, nothing))
     assert params["project"]["main"] == "b.blend" and len(params["project"]["files"]) == 3
     # many candidates: the first 20 are listed
     many = post_zip(web, csrf, zip_of({f"s{i:02d}.blend": BLEND + bytes([i])
                                        for i in range(25)}))
-    message = field_error(many.text, "main")
+    message = field_error(many.text, "main_blend")
     assert "25 .blend files" in message and "s19.blend and 5 more" in message
 
 
@@ -324,8 +324,8 @@ def test_a_kept_project_is_checked_again(coordinator: Coordinator, web: TestClie
     web.cookies.clear()
     csrf = login(web, "bob", PASSWORD)
     nothing: Files = [("scene", ("", b"", "application/octet-stream"))]
-    stolen = post(web, csrf, {"frames": "1-2", "project_sha": kept[1], "main": "a.blend"},
-                  nothing)
+    stolen = post(web, csrf, {"frames": "1-2", "project_sha": kept[1],
+                              "main_blend": "a.blend"}, nothing)
     assert "not available" in field_error(stolen.text, "scene")
     # bob's own kept list naming alice's blobs, or a path out of the project: refused too
     for files in (alice_files, {"a.blend": hashlib.sha256(BLEND).hexdigest(),
@@ -334,8 +334,8 @@ def test_a_kept_project_is_checked_again(coordinator: Coordinator, web: TestClie
         sha = hashlib.sha256(body).hexdigest()
         put = web.put(f"/api/v1/blobs/{sha}", content=body, headers={"X-CSRF-Token": csrf})
         assert put.status_code in (200, 201), put.text
-        forged = post(web, csrf, {"frames": "1-2", "project_sha": sha, "main": "a.blend"},
-                      nothing)
+        forged = post(web, csrf, {"frames": "1-2", "project_sha": sha,
+                                  "main_blend": "a.blend"}, nothing)
         assert "not available" in field_error(forged.text, "scene")
     assert job_count(coordinator) == 0
 
