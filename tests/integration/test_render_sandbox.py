@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -485,3 +486,35 @@ def test_no_network_from_inside(bwrap: None, worker: Worker,
     assert outside == {"tcp": "connected", "unix": "connected"}
     assert inside["tcp"] in ("ConnectionRefusedError", "OSError", "TimeoutError"), inside
     assert inside["unix"] in ("FileNotFoundError", "ConnectionRefusedError"), inside
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+def test_the_workers_page_shows_what_each_worker_sandboxes(tmp_path: Path) -> None:
+    from tests.integration.conftest import make_coordinator
+
+    coord = make_coordinator(f"sqlite:///{tmp_path / 'pilot.db'}", tmp_path,
+                             cookie_secure=False)
+    with coord.client as web:
+        for name, caps in (("boxed", {"render_sandbox": True, "sandbox": True}),
+                           ("plain", {})):
+            response = web.post("/api/v1/workers/register", json={
+                "join_token": coord.join_token, "name": name,
+                "capabilities": {"cpu_cores": 2, "ram_bytes": 2**30, "kinds": ["render"],
+                                 **caps}})
+            assert response.status_code == 200, response.text
+        password = (coord.data_dir / "admin-password").read_text().strip()
+        login = web.post("/login", data={"name": "admin", "password": password,
+                                         "next": "/workers"}, follow_redirects=False)
+        assert login.status_code == 303, login.text
+        page = web.get("/workers", headers={"accept": "text/html"}).text
+    coord.services.engine.dispose()
+    assert '<th scope="col" title="What runs inside bubblewrap (bwrap)">Sandbox</th>' in page
+    cells = {}
+    for row in page.split("<tr>")[2:]:
+        found = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        cells[re.sub(r"<[^>]+>", "", found[0])] = found
+    sandbox_column = 8  # name, state, task, CPU, RAM, GPU, Blender, kinds, sandbox
+    assert cells["boxed"][sandbox_column] == "render, commands"
+    assert cells["plain"][sandbox_column] == '<span class="muted">none</span>'
