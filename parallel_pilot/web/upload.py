@@ -51,9 +51,6 @@ class StreamedForm:
         empty part with no name for a file input left empty)."""
         return [f for f in self.files if f.field_name in names and (f.filename or f.size)]
 
-    def file_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
     def discard(self) -> None:
         """Remove the temporary files of every part not placed in the store."""
         for upload in self.files:
