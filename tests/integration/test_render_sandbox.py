@@ -26,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from parallel_pilot.core.protocol import TaskLease
@@ -486,6 +488,43 @@ def test_no_network_from_inside(bwrap: None, worker: Worker,
     assert outside == {"tcp": "connected", "unix": "connected"}
     assert inside["tcp"] in ("ConnectionRefusedError", "OSError", "TimeoutError"), inside
     assert inside["unix"] in ("FileNotFoundError", "ConnectionRefusedError"), inside
+
+
+# ---------------------------------------------------------------- stopping
+
+
+def test_a_stopped_sandboxed_render_leaves_no_process(
+        bwrap: None, worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    blend = worker.root / "blends" / "long.blend"
+    subprocess.run([sys.executable, "-m", "parallel_pilot.scenes.sample_scene", str(blend),
+                    "--frames", "12", "--width", "64", "--height", "36", "--samples", "64"],
+                   check=True, capture_output=True, timeout=BPY_TIMEOUT)
+    kind = get_kind("render")
+    sha = worker.add_blob(blend)
+    params = parse_params(kind, {"project": {"main": "long.blend",
+                                             "files": {"long.blend": sha}},
+                                 "frames": "1-12", "chunk": 12})
+    spec = kind.plan(kind.check_inputs(
+        params, lambda s, n: (worker.cache / s).read_bytes()[:n]))[0]
+    worker.tasks += 1
+    task = TaskLease(task_id=worker.tasks, attempt=1, job_id=1, kind="render", name=spec.name,
+                     payload=spec.payload, inputs=spec.inputs, lease_expires_at=0.0,
+                     heartbeat_seconds=10.0)
+    ctx = FakeContext(worker, task, sandbox=True)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(kind.run(task, ctx)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while "frames/0001.png" not in ctx.outputs and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "frames/0001.png" in ctx.outputs, ctx.lines[-20:]
+    stopped_at = time.monotonic()
+    ctx.stop_event.set()
+    runner.join(10)
+    assert not runner.is_alive() and time.monotonic() - stopped_at < 5
+    assert outcome["stopped"] is True and "frames/0012.png" not in ctx.outputs
+    assert not {p.pid for p in psutil.Process().children(recursive=True)} - before
 
 
 # ---------------------------------------------------------------- the dashboard
