@@ -229,11 +229,13 @@ def test_the_addon_refuses_with_the_reason_before_a_job_is_made(
     assert "outside the scene's frame range" in errors["frames"]  # the coordinator's words
     assert "token" in errors["token"].lower()
     assert farm.api("GET", "/jobs")["jobs"] == []
-    # nothing of the refused projects travelled before the refusal
-    blend_sha = _sha256(nocamera)
-    response = httpx.head(f"{farm.url}/api/v1/blobs/{blend_sha}", timeout=30,
-                          headers={"Authorization": f"Bearer {farm.admin_token}"})
-    assert response.status_code == 404
+    # nothing of the projects refused before the upload travelled (the one with a
+    # missing texture was saved first: its .blend as it is now)
+    for refused in (nocamera, broken / "shots" / "shot.blend", broken / "assets" / "lib" /
+                    "char.blend"):
+        response = httpx.head(f"{farm.url}/api/v1/blobs/{_sha256(refused)}", timeout=30,
+                              headers={"Authorization": f"Bearer {farm.admin_token}"})
+        assert response.status_code == 404, f"{refused} was uploaded"
 
 
 def _sha256(path: Path) -> str:
