@@ -115,6 +115,8 @@ def _material(name: str, image):
     import bpy
 
     mat = bpy.data.materials.new(name)
+    if mat.node_tree is None:
+        mat.use_nodes = True  # Blender before 5.0 makes materials without nodes
     tree = mat.node_tree
     tex = tree.nodes.new("ShaderNodeTexImage")
     tex.image = image

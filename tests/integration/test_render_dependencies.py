@@ -60,3 +60,33 @@ def test_volumes_mesh_caches_and_clips_travel(tmp_path: Path) -> None:
     difference = mean_abs_difference(reference, job.blobs[job.outputs["frames/0002.png"]])
     print(f"mean absolute difference {difference:.6f}")
     assert difference < ONE_LEVEL / 10
+
+
+WALK_SCRIPT = """
+import bpy, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("deps", sys.argv[-2])
+deps = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(deps)
+bpy.ops.wm.open_mainfile(filepath=sys.argv[-1], load_ui=False, use_scripts=False)
+def flat(pairs):
+    return sorted((type(i).__name__, i.name, p) for i, p in pairs)
+print(json.dumps([flat(deps._id_paths()), flat(deps._id_paths(deps._walked_paths()))]))
+"""
+
+
+def test_blender_before_4_3_finds_the_same_paths_by_walking(tmp_path: Path) -> None:
+    """Blender 4.2 LTS has no ``bpy.data.file_path_map``: the walk that replaces it finds
+    the paths it would give, on every kind of dependency the test projects hold."""
+    import json
+    import subprocess
+    import sys
+
+    from parallel_pilot.kinds.render import dependencies
+
+    for kind in ("full", "caches"):
+        blend = make(kind, tmp_path / kind)
+        proc = subprocess.run([sys.executable, "-c", WALK_SCRIPT, dependencies.__file__,
+                               str(blend)], capture_output=True, text=True, check=True,
+                              timeout=120)
+        mapped, walked = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert walked and set(map(tuple, walked)) == set(map(tuple, mapped)), kind

@@ -131,23 +131,54 @@ def _entry(path: str, resolved: str, idb, kind: str, files: list[str],
             "bundled": bool(_BUNDLED.search(resolved))}
 
 
-def _paths_of_ids() -> list[dict]:
-    entries = []
-    for idb, paths in bpy.data.file_path_map(include_libraries=True).items():
+# data with a ``filepath`` of its own, walked where Blender has no ``file_path_map`` (4.2)
+_FILE_DATA = ("libraries", "images", "movieclips", "sounds", "fonts", "cache_files",
+              "volumes")
+
+
+def _walked_paths() -> dict:
+    """What ``bpy.data.file_path_map`` gives (ID -> its paths), by walking the data
+    that has paths: their own ``filepath``, and the paths their objects' modifiers name."""
+    found: dict = {}
+    for collection in _FILE_DATA:
+        for idb in getattr(bpy.data, collection, []):
+            if getattr(idb, "filepath", ""):
+                found.setdefault(idb, set()).add(idb.filepath)
+    for obj in bpy.data.objects:
+        for modifier in obj.modifiers:
+            for holder, attr in _modifier_paths(modifier):
+                if getattr(holder, attr, ""):
+                    found.setdefault(obj, set()).add(getattr(holder, attr))
+    return found
+
+
+def _id_paths(found: dict | None = None):
+    """(ID, path as written) for every path the file's data names, linked data too."""
+    if found is None:
+        mapping = getattr(bpy.data, "file_path_map", None)
+        found = mapping(include_libraries=True) if mapping is not None else _walked_paths()
+    for idb, paths in found.items():
         library = getattr(idb, "library", None)
         for path in sorted(paths):
             if not path or (library is not None and path == library.filepath):
                 continue  # the library's own path, listed under the library
             if _is_packed(idb) or path == "<builtin>":
                 continue
-            base = None if isinstance(idb, bpy.types.Library) else library
-            resolved = _abs(path, base)
-            if _BUNDLED.search(resolved):
-                entries.append(_entry(path, resolved, idb, "bundled", [], []))
-                continue
-            files, missing = _expand(idb, resolved)
-            kind = "library" if isinstance(idb, bpy.types.Library) else type(idb).__name__
-            entries.append(_entry(path, resolved, idb, kind.lower(), files, missing))
+            yield idb, path
+
+
+def _paths_of_ids() -> list[dict]:
+    entries = []
+    for idb, path in _id_paths():
+        library = getattr(idb, "library", None)
+        base = None if isinstance(idb, bpy.types.Library) else library
+        resolved = _abs(path, base)
+        if _BUNDLED.search(resolved):
+            entries.append(_entry(path, resolved, idb, "bundled", [], []))
+            continue
+        files, missing = _expand(idb, resolved)
+        kind = "library" if isinstance(idb, bpy.types.Library) else type(idb).__name__
+        entries.append(_entry(path, resolved, idb, kind.lower(), files, missing))
     return entries
 
 
@@ -307,35 +338,30 @@ def relocate(project_dir: str, absolute: dict, outside_dir: str) -> list[dict]:
     project_dir = os.path.normpath(project_dir)
     problems: list[dict] = []
     moved_libraries: list = []
-    for idb, paths in bpy.data.file_path_map(include_libraries=True).items():
+    for idb, path in _id_paths():
         library = getattr(idb, "library", None)
-        for path in sorted(paths):
-            if not path or (library is not None and path == library.filepath):
-                continue
-            if _is_packed(idb) or path == "<builtin>":
-                continue
-            base = None if isinstance(idb, bpy.types.Library) else library
-            resolved = _abs(path, base)
-            if _BUNDLED.search(resolved):
-                target = _bundled_target(resolved)
-                if target is not None and target != resolved:
-                    _set_path(idb, resolved, target, moved_libraries)
-                continue  # Blender's own assets: never the user's to send
-            if _inside(resolved, project_dir):
-                target = resolved
-            elif path in absolute:
-                target = os.path.join(project_dir, absolute[path])
-            else:
-                nowhere = os.path.join(outside_dir, os.path.basename(resolved) or "file")
-                _set_path(idb, resolved, nowhere, moved_libraries)
-                problems.append(_problem(path, idb, "outside", project_dir))
-                continue
-            if target != resolved and not _set_path(idb, resolved, target, moved_libraries):
-                problems.append(_problem(path, idb, "linked", project_dir))
-                continue
-            _files, missing = _expand(idb, target)
-            if missing:
-                problems.append(_problem(path, idb, "missing", project_dir))
+        base = None if isinstance(idb, bpy.types.Library) else library
+        resolved = _abs(path, base)
+        if _BUNDLED.search(resolved):
+            target = _bundled_target(resolved)
+            if target is not None and target != resolved:
+                _set_path(idb, resolved, target, moved_libraries)
+            continue  # Blender's own assets: never the user's to send
+        if _inside(resolved, project_dir):
+            target = resolved
+        elif path in absolute:
+            target = os.path.join(project_dir, absolute[path])
+        else:
+            nowhere = os.path.join(outside_dir, os.path.basename(resolved) or "file")
+            _set_path(idb, resolved, nowhere, moved_libraries)
+            problems.append(_problem(path, idb, "outside", project_dir))
+            continue
+        if target != resolved and not _set_path(idb, resolved, target, moved_libraries):
+            problems.append(_problem(path, idb, "linked", project_dir))
+            continue
+        _files, missing = _expand(idb, target)
+        if missing:
+            problems.append(_problem(path, idb, "missing", project_dir))
     problems += _relocate_point_caches(project_dir, absolute, outside_dir)
     problems += _relocate_strips(project_dir, absolute, outside_dir)
     for library in moved_libraries:
