@@ -42,6 +42,9 @@ import sys
 import wave
 from pathlib import Path
 
+# the Python with bpy that builds the projects (and runs test Blender children): this one,
+# or another Blender's, e.g. PILOT_TEST_BPY_PYTHON=/opt/bpy42/bin/python for 4.2 LTS
+BPY_PYTHON = os.environ.get("PILOT_TEST_BPY_PYTHON") or sys.executable
 SIZE = (160, 90)  # pixels of every test scene
 SAMPLES = 4  # Cycles samples of every test scene
 FRAMES = (1, 6)  # frame range of every test scene
@@ -51,7 +54,7 @@ GENERATE_TIMEOUT = 240.0  # seconds one project may take to build
 def make(kind: str, root: Path) -> Path:
     """Build the project ``kind`` under ``root`` in a bpy child process; returns the .blend
     to render."""
-    proc = subprocess.run([sys.executable, __file__, kind, str(root)], capture_output=True,
+    proc = subprocess.run([BPY_PYTHON, __file__, kind, str(root)], capture_output=True,
                           text=True, timeout=GENERATE_TIMEOUT, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"building the {kind} project failed:\n{proc.stdout[-3000:]}\n"

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.blender_projects import make
+from tests.blender_projects import BPY_PYTHON, make
 from tests.e2e.farm import Farm, wait_for
 
 ADDON_MODULE = "bl_ext.user_default.parallel_pilot_blender"
@@ -127,7 +127,7 @@ def in_blender(farm: Farm, addon_zip: Path, **args: Any) -> dict[str, Any]:
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(farm.root / "blender-user")}
     payload = {"zip": str(addon_zip), "module": ADDON_MODULE, "server": farm.url,
                "token": farm.admin_token, "follow_timeout": FOLLOW_TIMEOUT, **args}
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(payload)],
+    proc = subprocess.run([BPY_PYTHON, "-c", CHILD, json.dumps(payload)],
                           capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env,
                           cwd=farm.root, stdin=subprocess.DEVNULL)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PILOT_ADDON ")]
