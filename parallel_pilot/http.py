@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from parallel_pilot.core.project import sha256_file  # noqa: F401  (re-exported)
 from parallel_pilot.core.protocol import API_PREFIX
 from parallel_pilot.errors import BlobMismatch, PilotError, ServerUnavailable, error_from_body
 
@@ -30,14 +31,6 @@ RETRY_SECONDS = 120.0  # how long a request keeps retrying while the coordinator
 RETRY_BACKOFF_MAX = 5.0  # seconds between retries at most
 CHUNK_BYTES = 1024 * 1024  # bytes per read when streaming blobs
 EVENT_READ_TIMEOUT = 60.0  # seconds an event stream may stay silent (servers ping every 10)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Connection:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import bpy
 
-from . import results, submit
+from . import pack, results, submit
 from .api import Api, ApiError, job_page
 from .properties import job_settings
 
@@ -117,7 +117,7 @@ def _run(status: Status, stop: threading.Event, token: str,
         if submission is not None:
             job, report = submit.send(
                 submission, lambda text, f: post({"text": text, "progress": f}))
-            post({**job_fields(job), "report": report.describe(), "submitted": job})
+            post({**job_fields(job), "report": pack.describe_report(report), "submitted": job})
             job_id = int(job["id"])
         follow_job(api, job_id, stop, post)
     except ApiError as exc:

@@ -14,7 +14,7 @@ import webbrowser
 
 import bpy
 
-from . import follow, results, submit
+from . import follow, pack, results, submit
 from .api import Api, ApiError, job_page
 from .properties import job_settings, preferences
 
@@ -68,11 +68,11 @@ class PARALLEL_PILOT_OT_render_on_farm(bpy.types.Operator):
             return _report_failure(self, exc.message)
         submit.remember(context.scene, submission, job)
         status = follow.Status(key=submission.scene_key, server=submission.server,
-                               report=report.describe())
+                               report=pack.describe_report(report))
         for name, value in follow.job_fields(job).items():
             setattr(status, name, value)
         follow.STATUSES[submission.scene_key] = status
-        self.report({"INFO"}, f"Submitted job {job['id']} ({report.describe()}): "
+        self.report({"INFO"}, f"Submitted job {job['id']} ({pack.describe_report(report)}): "
                     f"{status.url}")
         return {"FINISHED"}
 

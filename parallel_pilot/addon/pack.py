@@ -9,35 +9,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from ._carried import dependencies, project
+from ._carried import dependencies, project, units
 from .api import Api
 
 MAX_MISSING_LISTED = 10  # missing files named in the refusal
 
 
-@dataclass
-class UploadReport:
-    """What packing sent: files and bytes uploaded, and those the coordinator had."""
-
-    uploaded_files: int = 0
-    uploaded_bytes: int = 0
-    skipped_files: int = 0
-    skipped_bytes: int = 0
-
-    def describe(self) -> str:
-        return (f"uploaded {self.uploaded_files} file(s), {human_bytes(self.uploaded_bytes)}; "
-                f"{self.skipped_files} already on the farm "
-                f"({human_bytes(self.skipped_bytes)})")
 
 
-def human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GB"
+
+def describe_report(report: project.UploadReport) -> str:
+    return (f"uploaded {report.uploaded_files} file(s), "
+            f"{units.human_bytes(report.uploaded_bytes)}; {report.skipped_files} already on "
+            f"the farm ({units.human_bytes(report.skipped_bytes)})")
 
 
 def plan_open_file() -> project.ProjectLayout:
@@ -54,11 +39,11 @@ def describe_missing(layout: project.ProjectLayout) -> str:
 
 def upload(api: Api, layout: project.ProjectLayout,
            on_progress: Callable[[str, float], None] | None = None
-           ) -> tuple[dict, UploadReport]:
+           ) -> tuple[dict, project.UploadReport]:
     """Hash and upload every distinct file of ``layout`` (HEAD, then PUT only when the
     coordinator lacks it, so a texture shared by many shots is sent once); the manifest
     and what was sent. ``on_progress(text, fraction)`` hears each step."""
-    report = UploadReport()
+    report = project.UploadReport()
     local_files = sorted(set(layout.files.values()))
     sizes = {local: os.path.getsize(local) for local in local_files}
     total = max(1, sum(sizes.values()))
@@ -84,7 +69,7 @@ def upload(api: Api, layout: project.ProjectLayout,
                  start: int = start, size: int = sizes[local]) -> None:
             done[0] += count
             tell(f"uploading {name} ({number}/{len(local_files)}, "
-                 f"{human_bytes(done[0] - start)} of {human_bytes(size)})")
+                 f"{units.human_bytes(done[0] - start)} of {units.human_bytes(size)})")
 
         api.put_blob(local, sha, on_bytes=sent)
         done[0] = start + sizes[local]

@@ -149,7 +149,7 @@ def prepare(context=None) -> Submission:
 
 
 def send(submission: Submission, on_progress: Callable[[str, float], None] | None = None
-         ) -> tuple[dict, pack.UploadReport]:
+         ) -> tuple[dict, pack.project.UploadReport]:
     """Upload the project and submit the job (any thread); its ``JobInfo`` and what was
     sent. Raises ``ApiError`` with the coordinator's message."""
     api = Api(submission.server, submission.token)

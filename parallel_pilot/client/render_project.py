@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parallel_pilot.core.project import ProjectLayout, plan_project, sha256_file
+from parallel_pilot.core.project import (
+    ProjectLayout,
+    UploadReport,
+    plan_project,
+    sha256_file,
+)
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.http import Connection
 from parallel_pilot.kinds.render.blend_file import HEADER_READ_BYTES, parse_header
@@ -23,20 +28,6 @@ from parallel_pilot.kinds.render.blender import inspect_blend, installed_blender
 from parallel_pilot.kinds.render.kind import camera_problem
 
 MAX_MISSING_LISTED = 20  # missing files named in the refusal
-
-
-@dataclass
-class UploadReport:
-    """What packing sent: files and bytes uploaded, and those the coordinator had."""
-
-    uploaded_files: int = 0
-    uploaded_bytes: int = 0
-    skipped_files: int = 0
-    skipped_bytes: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {"uploaded_files": self.uploaded_files, "uploaded_bytes": self.uploaded_bytes,
-                "skipped_files": self.skipped_files, "skipped_bytes": self.skipped_bytes}
 
 
 @dataclass

@@ -116,12 +116,27 @@ def project_path_for(path: str, root: str) -> str:
     return "/".join([ABSOLUTE_DIR, *parts])
 
 
-def sha256_file(path: str) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass
+class UploadReport:
+    """What sending a project did: files and bytes uploaded, and those the coordinator
+    already had (a texture an earlier job sent is not sent again)."""
+
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    skipped_files: int = 0
+    skipped_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"uploaded_files": self.uploaded_files, "uploaded_bytes": self.uploaded_bytes,
+                "skipped_files": self.skipped_files, "skipped_bytes": self.skipped_bytes}
 
 
 # ---------------------------------------------------------------- layout

@@ -27,7 +27,8 @@ TERSE_MAX = 64  # characters Blender allows in a permission's reason
 EXPECTED = {f"{ADDON_NAME}/{name}" for name in (
     "__init__.py", "blender_manifest.toml", "api.py", "follow.py", "operators.py",
     "pack.py", "panel.py", "properties.py", "results.py", "submit.py",
-    "_carried/__init__.py", "_carried/project.py", "_carried/dependencies.py")}
+    "_carried/__init__.py", "_carried/project.py", "_carried/dependencies.py",
+    "_carried/units.py")}
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_the_carried_modules_are_byte_identical_to_the_packages_own(addon_zip: P
     assert files[f"{ADDON_NAME}/_carried/dependencies.py"] == \
         (PACKAGE / "kinds" / "render" / "dependencies.py").read_bytes()
     for name in EXPECTED - {f"{ADDON_NAME}/_carried/{n}" for n in
-                            ("__init__.py", "project.py", "dependencies.py")}:
+                            ("__init__.py", "project.py", "dependencies.py", "units.py")}:
         assert files[name] == (PACKAGE / "addon" / name.split("/", 1)[1]).read_bytes()
 
 

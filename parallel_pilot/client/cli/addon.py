@@ -1,10 +1,11 @@
 """``pilot addon build``: the Blender add-on as one installable zip.
 
 The zip holds one folder, ``parallel_pilot_blender/``: the add-on's modules
-(``parallel_pilot/addon/``) and, under ``_carried/``, byte-identical copies of the two
-modules it packs projects with (``core/project.py``, ``kinds/render/dependencies.py``),
-which it imports relatively. Blender 4.2+ installs it as an extension (its
-``blender_manifest.toml``), older ones as a legacy add-on (``bl_info``). The zip is
+(``parallel_pilot/addon/``) and, under ``_carried/``, byte-identical copies of the
+standard-library modules it packs projects with (``core/project.py``,
+``kinds/render/dependencies.py``, ``core/units.py``), which it imports relatively.
+Blender 4.2+ installs it as an extension (its ``blender_manifest.toml``), older ones as a
+legacy add-on (``bl_info``). The zip is
 reproducible: fixed member times and order.
 """
 
@@ -25,6 +26,7 @@ CARRIED_DIR = "_carried"
 CARRIED = {  # name in _carried/ -> the package's file it is a copy of
     "project.py": PACKAGE_DIR / "core" / "project.py",
     "dependencies.py": PACKAGE_DIR / "kinds" / "render" / "dependencies.py",
+    "units.py": PACKAGE_DIR / "core" / "units.py",
 }
 CARRIED_INIT = ('"""Copies of Parallel Pilot modules the add-on packs projects with, '
                 'written by\n``pilot addon build``: edit the originals, not these."""\n')
