@@ -16,9 +16,6 @@ from .api import Api
 MAX_MISSING_LISTED = 10  # missing files named in the refusal
 
 
-
-
-
 def describe_report(report: project.UploadReport) -> str:
     return (f"uploaded {report.uploaded_files} file(s), "
             f"{units.human_bytes(report.uploaded_bytes)}; {report.skipped_files} already on "
