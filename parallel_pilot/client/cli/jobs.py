@@ -239,7 +239,7 @@ def workers_command(client: Client, as_json: bool) -> None:
         return
     table = Table(box=None, header_style="bold")
     for column in ("ID", "NAME", "STATE", "CORES", "RAM", "SLOTS", "KINDS", "SANDBOX",
-                   "CURRENT TASKS", "DONE", "LAST SEEN"):
+                   "TASKS", "DONE", "LAST SEEN"):
         table.add_column(column, no_wrap=column in ("RAM", "SANDBOX"))
     for w in workers:
         caps = w.capabilities
