@@ -98,8 +98,10 @@ def bwrap_argv(argv: list[str], workdir: Path, *, bwrap: str = BWRAP,
     private /tmp read-only too, so that nothing but ``workdir`` can be written."""
     workdir = Path(workdir).absolute()
     keep = interpreter_paths() if readable is None else [Path(p).absolute() for p in readable]
-    # a folder inside the workdir is covered by the workdir's own bind anyway
-    hidden = [h for h in (Path(p).absolute() for p in hide) if not _under(h, workdir)]
+    # a folder inside the workdir is covered by the workdir's own bind anyway; the root
+    # (a service user's home may be /) is never hidden: the system must stay readable
+    hidden = [h for h in (Path(p).absolute() for p in hide)
+              if not _under(h, workdir) and h != Path("/")]
     wrapped = [
         bwrap,
         "--unshare-all",  # network, IPC, PID, UTS, cgroup and user namespaces of its own

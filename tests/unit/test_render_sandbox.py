@@ -100,6 +100,10 @@ def test_folders_under_a_hidden_one_or_the_workdir_are_not_mounted_twice() -> No
                             Path("/srv/w/inside")])
     tmpfs = [op[1] for op in mounts(argv) if op[0] == "--tmpfs"]
     assert tmpfs == ["/tmp", "/root"]
+    # a home of / (some service users have one) hides nothing
+    assert [op for op in mounts(bwrap_argv(["true"], Path("/srv/w"), readable=(),
+                                           hide=[Path("/")])) if op[0] == "--tmpfs"] == [
+        ("--tmpfs", "/tmp")]
     # the sweep's default keeps /tmp writable (private); only hidden folders go read-only
     assert [op[1] for op in mounts(argv) if op[0] == "--remount-ro"] == ["/root"]
 
