@@ -254,3 +254,13 @@ def test_pilot_workers_shows_what_each_worker_sandboxes(monkeypatch: pytest.Monk
     assert "SANDBOX" in table
     rows = {line.split()[1]: line.split() for line in table.splitlines()[1:] if line.strip()}
     assert "render" in rows["boxed"] and "none" in rows["plain"]
+
+
+def test_asking_for_the_render_sandbox_without_bwrap_exits_2(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from parallel_pilot.client.cli.server import worker_command
+
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
+    result = CliRunner().invoke(worker_command, ["--render-sandbox", "--join-token", "x"])
+    assert result.exit_code == 2, result.output
+    assert "--render-sandbox: bwrap (bubblewrap) is not installed" in result.output

@@ -80,7 +80,8 @@ def parse_allow(value: str) -> list[str]:
 @click.option("--render-sandbox/--no-render-sandbox", default=None,
               help="Render inside bubblewrap (bwrap): no network, read-only system and "
                    "project, none of this machine's home or cache visible, only the task "
-                   "folder writable. On by default where bwrap works.")
+                   "folder writable. On by default where bwrap works; --render-sandbox "
+                   "fails where it does not.")
 def worker_command(server: str | None, join_token: str | None, name: str | None,
                    slots: int | None, allow: str | None, cache_dir: Path | None,
                    work_dir: Path | None, cache_bytes: int | None, tags: str | None,
@@ -106,6 +107,12 @@ def worker_command(server: str | None, join_token: str | None, name: str | None,
         reason = sandbox_unavailable_reason()
         if reason is not None:
             raise UsageFailure(f"--sandbox: {reason}")
+    if render_sandbox:  # asked for by name: fail rather than render unsandboxed
+        from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
+
+        reason = sandbox_unavailable_reason()
+        if reason is not None:
+            raise UsageFailure(f"--render-sandbox: {reason}")
     if not settings.join_token:
         raise UsageFailure("no join token: pass --join-token or set PILOT_JOIN_TOKEN "
                            "(the coordinator writes it to DATA_DIR/join-token)")
