@@ -1,6 +1,7 @@
 """What this machine offers, as reported when the worker registers: CPU cores, RAM, GPUs
-(through ``nvidia-smi``), the Blender version (a ``blender`` on PATH, or the ``bpy``
-package), the kinds its owner allows, tags, platform and versions. Every probe is bounded
+(through ``nvidia-smi``), the Cycles devices Blender sees, the Blender version (a
+``blender`` on PATH, or the ``bpy`` package), the kinds its owner allows, tags, platform
+and versions. Every probe is bounded
 in time and a missing tool simply means "none"."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import parallel_pilot
 from parallel_pilot.core.protocol import Capabilities, Gpu
 from parallel_pilot.core.settings import WorkerSettings
 from parallel_pilot.kinds.render.blender import installed_blender
+from parallel_pilot.kinds.render.devices import detect_render_devices_for_worker
 
 NVIDIA_SMI_TIMEOUT = 10.0  # seconds nvidia-smi may take to list the GPUs
 MIB = 1024 * 1024  # nvidia-smi reports memory in MiB
@@ -28,11 +30,13 @@ log = logging.getLogger(__name__)
 def detect_capabilities(settings: WorkerSettings, *,
                         render_sandbox: bool = False) -> Capabilities:
     """What this worker offers; ``render_sandbox``: whether Blender runs in bwrap here
-    (decided by the agent's probe at start, ``kinds.render.sandbox``)."""
+    (decided by the agent's probe at start, ``kinds.render.sandbox``). The Cycles devices
+    are asked of Blender only where the owner allows renders."""
+    gpus = detect_gpus()
     return Capabilities(
         cpu_cores=os.cpu_count() or 1,
         ram_bytes=psutil.virtual_memory().total,
-        gpus=detect_gpus(),
+        gpus=gpus,
         blender_version=detect_blender(),
         kinds=list(settings.allow),
         tags=list(settings.tags),
@@ -42,6 +46,8 @@ def detect_capabilities(settings: WorkerSettings, *,
         slots=settings.slots,
         sandbox=settings.sandbox,
         render_sandbox=render_sandbox,
+        render_devices=detect_render_devices_for_worker(gpus)
+        if "render" in settings.allow else [],
     )
 
 

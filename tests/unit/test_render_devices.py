@@ -306,3 +306,14 @@ def test_planned_chunks_go_to_workers_that_can_render_them(wish: str,
     chunk = specs[0].requirements
     assert satisfies(chunk, caps(CPU)) is on_cpu_worker
     assert satisfies(chunk, caps(CPU, RTX_CUDA, RTX_OPTIX))
+
+
+def test_pilot_workers_shows_the_gpus_cycles_renders_on() -> None:
+    from parallel_pilot.client.cli.jobs import render_gpus
+    from parallel_pilot.core.protocol import Capabilities, RenderDevice
+
+    caps = Capabilities(cpu_cores=1, ram_bytes=1, render_devices=[
+        RenderDevice(type="CPU", name="EPYC"), RenderDevice(type="OPTIX", name="H200", id="a"),
+        RenderDevice(type="OPTIX", name="H200", id="b"), RenderDevice(type="CUDA", name="x")])
+    assert render_gpus(caps) == "OPTIX:2,CUDA:1"
+    assert render_gpus(Capabilities(cpu_cores=1, ram_bytes=1)) == "-"

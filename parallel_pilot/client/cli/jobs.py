@@ -224,6 +224,15 @@ def sandboxed(caps: Capabilities) -> str:
     return ",".join(what) or "none"
 
 
+def render_gpus(caps: Capabilities) -> str:
+    """The GPUs Cycles renders on, by backend: ``OPTIX:2``; ``-`` for none."""
+    counts: dict[str, int] = {}
+    for device in caps.render_devices:
+        if device.type != "CPU":
+            counts[device.type] = counts.get(device.type, 0) + 1
+    return ",".join(f"{kind}:{n}" for kind, n in counts.items()) or "-"
+
+
 @click.command("workers")
 @json_option
 @connection_options
@@ -238,15 +247,18 @@ def workers_command(client: Client, as_json: bool) -> None:
         console.print("no workers")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "STATE", "CORES", "RAM", "SLOTS", "KINDS", "SANDBOX",
-                   "TASKS", "DONE", "LAST SEEN"):
+    # a GPU column only when a worker has a GPU Cycles renders on: 80 columns are tight
+    gpus = any(render_gpus(w.capabilities) != "-" for w in workers)
+    for column in ("ID", "NAME", "STATE", "CORES", "RAM", *(("GPU",) if gpus else ()),
+                   "SLOTS", "KINDS", "SANDBOX", "TASKS", "DONE", "LAST SEEN"):
         table.add_column(column, no_wrap=column in ("RAM", "SANDBOX"))
     for w in workers:
         caps = w.capabilities
         style = _state_style(w.state)
         table.add_row(
             str(w.id), w.name, f"[{style}]{w.state}[/]" if style else w.state,
-            str(caps.cpu_cores), human_bytes(caps.ram_bytes), str(caps.slots),
+            str(caps.cpu_cores), human_bytes(caps.ram_bytes),
+            *((render_gpus(caps),) if gpus else ()), str(caps.slots),
             ",".join(caps.kinds) or "-", sandboxed(caps),
             ",".join(str(t) for t in w.current_tasks) or "-", str(w.tasks_done),
             ago(w.last_seen),
