@@ -124,7 +124,7 @@ class SweepKind:
         env.update({"PILOT_ITEM": item, "PILOT_JOB": str(task.job_id),
                     "PILOT_TASK": str(task.task_id)})
         ctx.log(f"$ {' '.join(argv)}")
-        if getattr(ctx, "sandbox", False):
+        if ctx.sandbox:
             # the worker sandboxes: no network, read-only system, only the workdir writable
             argv = bwrap_argv(argv, ctx.workdir)
         proc = run_process(

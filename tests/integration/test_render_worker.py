@@ -97,6 +97,8 @@ class FakeContext:
         self.workdir = job.root / f"task-{task.task_id}-{task.attempt}"
         self.workdir.mkdir(parents=True)
         self.stop_event = threading.Event()
+        self.sandbox = self.render_sandbox = False
+        self.private_paths: tuple[Path, ...] = ()
         self.progress_messages: list[tuple[float | None, str | None]] = []
         self.lines: list[str] = []
 

@@ -29,7 +29,6 @@ from parallel_pilot.kinds.render.sandbox import (
     render_sandbox_decision,
     sandbox_argv,
     sandbox_env,
-    sandboxes_renders,
 )
 from parallel_pilot.kinds.sandbox import bwrap_argv
 from parallel_pilot.worker.agent import Worker
@@ -174,11 +173,6 @@ def test_private_folders_default_to_the_temporary_folder() -> None:
     assert folders == (Path("/home/ann"), Path("/home/ann/.cache/pp"),
                        Path(tempfile.gettempdir()).absolute())
     assert private_folders(Path("/h"), Path("/c"), Path("/w"))[2] == Path("/w")
-
-
-def test_contexts_without_the_attribute_do_not_sandbox() -> None:
-    assert sandboxes_renders(object()) is False
-    assert sandboxes_renders(type("Ctx", (), {"render_sandbox": True})()) is True
 
 
 def test_decision_off_by_the_owner_or_without_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,6 +43,7 @@ class FakeContext:
     def __init__(self, workdir: Path, inputs: dict[str, bytes]) -> None:
         self.workdir = workdir
         self.stop_event = threading.Event()
+        self.sandbox = False
         self.inputs = inputs
         self.lines: list[str] = []
         self.uploaded: dict[str, bytes] = {}

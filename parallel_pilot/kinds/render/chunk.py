@@ -36,7 +36,7 @@ from parallel_pilot.kinds.render.blender import (
     installed_blender,
 )
 from parallel_pilot.kinds.render.devices import render_device
-from parallel_pilot.kinds.render.sandbox import render_argv, sandbox_env, sandboxes_renders
+from parallel_pilot.kinds.render.sandbox import render_argv, sandbox_env
 
 PREVIEW_OUTPUT = "preview/latest.jpg"
 SCENE_META_PATH = "meta/scene.json"
@@ -142,9 +142,9 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     ctx.log(f"rendering frames {frames[0]}..{frames[-1]} ({len(frames)}) with "
             f"{install.describe()}")
     command, env = install.command(RENDER_SCRIPT, job_file), child_env(ctx.workdir)
-    if sandboxes_renders(ctx):  # bwrap: read-only system and project, no network
+    if ctx.render_sandbox:  # bwrap: read-only system and project, no network
         command = render_argv(install, job_file, ctx.workdir, read_only=[project],
-                              hide=getattr(ctx, "private_paths", ()))
+                              hide=ctx.private_paths)
         env = sandbox_env(env)
     proc = run_process(command, cwd=ctx.workdir, env=env, stop_event=halt, output_cap=0,
                        on_stdout=on_line, on_stderr=on_line)

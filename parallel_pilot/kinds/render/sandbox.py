@@ -49,11 +49,6 @@ class RenderSandboxDecision:
     reason: str | None = None  # why renders run without a sandbox
 
 
-def sandboxes_renders(ctx: object) -> bool:
-    """Whether the task's context says this worker runs Blender in the render sandbox."""
-    return bool(getattr(ctx, "render_sandbox", False))
-
-
 def private_folders(home: Path, cache_dir: Path, work_root: Path | None) -> tuple[Path, ...]:
     """Folders of this worker a render must not see: its home, its blob cache, its work
     root (default: the system's temporary folder, where task folders are made)."""
