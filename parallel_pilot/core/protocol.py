@@ -78,6 +78,10 @@ class RegisterRequest(Model):
     join_token: str = Field(min_length=1, max_length=200)
     name: str = Field(min_length=1, max_length=100)
     capabilities: Capabilities
+    # a worker that ran here before under this name sends the id and token it was given,
+    # so that it takes its old row back instead of adding one (issue 12)
+    worker_id: int | None = Field(default=None, ge=1)
+    worker_token: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class RegisterResponse(Reply):
@@ -188,6 +192,11 @@ class JobInfo(Reply):
     progress: float = Field(description="0..1, counting running tasks' own progress")
     active_workers: int
     eta_seconds: float | None
+    # items whose command exited non-zero or could not start (sweeps); None for kinds
+    # without items: a "completed" job with failed items says so everywhere (issue 12)
+    failed_items: int | None = None
+    # whether retrying the failed tasks could help (False when every failure was final)
+    retryable: bool = True
 
 
 class JobList(Reply):
@@ -197,7 +206,7 @@ class JobList(Reply):
 class TaskInfo(Reply):
     id: int
     job_id: int
-    index: int
+    index: int  # 0-based place in the job's plan; users see task number index + 1
     name: str
     kind: str
     state: TaskState
