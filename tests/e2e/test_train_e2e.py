@@ -207,7 +207,10 @@ def test_job_survives_a_coordinator_restart_and_resumes_after_a_failure(farm: Fa
     waited = json.loads(farm.pilot("wait", str(job_id), "--json", check=False,
                                    timeout=240).stdout)
     assert waited["state"] == "failed" and "evaluate failed on purpose" in waited["error"]
-    done_before = {t["name"] for t in farm.tasks(job_id) if t["state"] == "done"}
+    # what was done before the retry, as it was (a task the restart caught mid-lease may
+    # have needed a second attempt: only a retry must not run it again)
+    done_before = {t["name"]: (t["attempt"], t["finished_at"]) for t in farm.tasks(job_id)
+                   if t["state"] == "done"}
     assert "round 1 aggregate" in done_before and "round 2 aggregate" not in done_before
 
     flag.unlink()
@@ -216,8 +219,8 @@ def test_job_survives_a_coordinator_restart_and_resumes_after_a_failure(farm: Fa
     assert waited["state"] == "completed", waited
     tasks = {t["name"]: t for t in farm.tasks(job_id)}
     # resumed from the last completed round: what was done stays done, not trained again
-    for name in done_before:
-        assert tasks[name]["attempt"] == 1, name
+    for name, (attempt, finished_at) in done_before.items():
+        assert (tasks[name]["attempt"], tasks[name]["finished_at"]) == (attempt, finished_at), name
     metrics = farm.pilot("download", str(job_id), "--out", "result", cwd=project)
     assert "metrics.csv" in metrics.stdout
     with open(project / "result" / "metrics.csv") as f:
