@@ -44,6 +44,7 @@ POLL_MAX = 1.0  # seconds between polls of a job at most (the backoff's bound)
 POLL_GROWTH = 1.5  # factor the poll interval grows by while a job does not change
 WARN_AFTER = 10.0  # seconds a job may wait untouched before workers are looked at
 ERROR_PAUSE = 1.0  # seconds to wait after the coordinator could not be reached
+JOB_NAME_CHARS = 200  # a job's name is at most this long (JobSubmit.name)
 
 log = logging.getLogger("pilot.executor")
 
@@ -84,7 +85,8 @@ class Executor(_BaseExecutor):
     it can be unpickled here (else ``RemoteError``), the remote traceback added to it; a
     task that fails on the farm raises ``TaskFailed``. Only workers started with
     ``--allow python`` run these calls; ``require_sandbox`` keeps them on workers that
-    sandbox them in bwrap.
+    sandbox them in bwrap. A job is named after its function (``simulate``,
+    ``Model.step``; ``simulate +2 more`` for a batch of several), unless ``name`` is given.
     """
 
     def __init__(
@@ -94,7 +96,7 @@ class Executor(_BaseExecutor):
         *,
         requirements: Iterable[str] = (),
         client: Client | None = None,
-        name: str = "python calls",
+        name: str | None = None,
         priority: int = 0,
         max_attempts: int | None = None,
         timeout_seconds: float | None = None,
@@ -202,7 +204,8 @@ class Executor(_BaseExecutor):
             params, calls_blob = self._encoder.params([(c.function, c.calls) for c in live])
             self.client.upload_bytes(calls_blob)
             info = self.client.submit_python(
-                params, name=self.name, priority=self.priority,
+                params, name=self.name or job_name([c.function for c in live]),
+                priority=self.priority,
                 max_attempts=self.max_attempts, require_sandbox=self.require_sandbox)
             tasks = self.client.tasks(info.id)
         except BaseException as exc:
@@ -375,6 +378,27 @@ def _set(future: Future[Any], value: Any) -> None:
         future.set_result(value)
     except InvalidStateError:  # cancelled meanwhile
         pass
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """What a person calls ``fn``: its ``__qualname__`` (``Model.step``) without the
+    ``<locals>`` of an enclosing function; a ``functools.partial`` by what it wraps."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) \
+        or type(fn).__qualname__
+    return str(name).rsplit("<locals>.", 1)[-1]
+
+
+def job_name(functions: Iterable[Callable[..., Any]]) -> str:
+    """The default name of a job of these calls: the first function's name, plus how many
+    other functions the batch holds (``simulate +2 more``)."""
+    distinct = {id(fn): fn for fn in functions}  # two lambdas are two functions
+    names = [function_name(fn) for fn in distinct.values()]
+    if not names:
+        return "python calls"
+    more = f" +{len(names) - 1} more" if len(names) > 1 else ""
+    return names[0][:JOB_NAME_CHARS - len(more)] + more
 
 
 def _fail(future: Future[Any], exc: BaseException) -> None:
