@@ -32,6 +32,7 @@ from parallel_pilot.kinds.render.blender import (
     OutputReader,
     can_open,
     child_env,
+    describe_missing,
     failure,
     installed_blender,
 )
@@ -132,8 +133,9 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
 
     def on_line(line: str) -> None:
         event = reader.feed(line)
-        if not line.startswith("PILOT_STATS"):
-            ctx.log(line)
+        readable = log_line(line, state["done"] + 1, len(frames))
+        if readable is not None:
+            ctx.log(readable)
         if event is not None:
             _handle(event, ctx, uploader, state, frames, payload)
 
@@ -167,6 +169,63 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         "size": scene.get("output_size"), "frame_seconds": state["frame_seconds"],
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def log_line(line: str, number: int, total: int) -> str | None:
+    """What the task's log shows for one line of Blender's output: Blender's own lines as
+    they are, ``script.py``'s ``PILOT_*`` lines put in words (a finished frame, the scene,
+    a missing file, a refusal), or None for those that only feed the worker (progress,
+    previews). ``number`` is the place of a finished frame in the chunk."""
+    tag, _, rest = line.rstrip("\r\n").partition(" ")
+    if not tag.startswith("PILOT_"):
+        return line
+    try:
+        return _LOG_LINES[tag](rest, number, total) if tag in _LOG_LINES else line
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return line  # a line the worker could not read is worth showing as it came
+
+
+def _frame_done(rest: str, number: int, total: int) -> str:
+    frame, seconds, _path = rest.split(" ", 2)
+    return f"frame {int(frame)} done in {float(seconds):.1f} s ({min(number, total)}/{total})"
+
+
+def _scene(rest: str, _number: int, _total: int) -> str:
+    scene = json.loads(rest)
+    engine = str(scene.get("engine") or "")
+    width, height = scene["output_size"]
+    parts = [f"{_ENGINES.get(engine, engine)} {width}x{height}",
+             f"{float(scene['fps']):g} fps"]
+    if scene.get("samples"):
+        parts.append(f"{scene['samples']} samples")
+    if scene.get("format"):
+        depth = f" {scene['color_depth']}-bit" if scene.get("color_depth") else ""
+        parts.append(f"{scene['format']}{depth}")
+    if scene.get("camera"):
+        parts.append(f"camera {scene['camera']}")
+    return f"scene {scene.get('scene')}: " + ", ".join(parts)
+
+
+def _refused(rest: str, _number: int, _total: int) -> str:
+    what, _, message = rest.partition(" ")
+    return f"{_REFUSALS.get(what, 'failed')}: {message.strip()}"
+
+
+_ENGINES = {"CYCLES": "Cycles", "BLENDER_EEVEE": "EEVEE", "BLENDER_EEVEE_NEXT": "EEVEE",
+            "BLENDER_WORKBENCH": "Workbench"}
+_REFUSALS = {"invalid": "refused", "open": "cannot open the file", "missing": "missing files",
+             "render": "render failed", "internal": "internal error in the render script"}
+_LOG_LINES = {
+    "PILOT_STATS": lambda rest, n, t: None,  # progress, not log
+    "PILOT_PREVIEW": lambda rest, n, t: None,
+    "PILOT_VIDEO_FRAME": lambda rest, n, t: None,
+    "PILOT_FRAME_DONE": _frame_done,
+    "PILOT_SCENE": _scene,
+    "PILOT_MISSING": lambda rest, n, t: f"missing: {describe_missing(rest)}",
+    "PILOT_FILE_OUTPUT": lambda rest, n, t: f"File Output node wrote {rest.split(' ', 1)[0]}",
+    "PILOT_DEVICE": lambda rest, n, t: f"rendering on {rest}",
+    "PILOT_ERROR": _refused,
+}
 
 
 def _handle(event: Event, ctx: RunContext, uploader: _Uploader, state: dict[str, Any],

@@ -39,6 +39,7 @@ from parallel_pilot.core import project as project_rules
 from parallel_pilot.core.protocol import TaskLease, check_sha256
 from parallel_pilot.core.ranges import parse_int_range
 from parallel_pilot.core.requirements import version_tuple
+from parallel_pilot.core.units import human_bytes
 from parallel_pilot.errors import InvalidInput, InvalidRange
 from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
 from parallel_pilot.kinds.render.assemble import (
@@ -325,6 +326,8 @@ def run_assemble(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     video_ext = "png" if display else frames[0][1].rsplit(".", 1)[-1]
     fps = float(payload.get("fps") or scene_fps(ctx) or DEFAULT_FPS)
     wanted = {sha for _f, _p, sha in frames} | {sha for _f, _p, sha in video_frames}
+    ctx.log(f"assembling frames {format_frames(expected)} ({len(expected)}): fetching "
+            f"{len(wanted)} file(s)" + (" (8-bit copies for the video)" if display else ""))
     local: dict[str, Path] = {}
     for sha in wanted:
         if ctx.stop_event.is_set():
@@ -332,19 +335,27 @@ def run_assemble(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         local[sha] = ctx.fetch_blob(sha)
         ctx.progress(0.5 * len(local) / len(wanted), f"fetched {len(local)}/{len(wanted)} "
                      "frame files")
+    fetched = sum(path.stat().st_size for path in local.values())
+    ctx.log(f"fetched {len(local)} file(s), {human_bytes(fetched)}")
     ctx.progress(0.5, f"encoding {len(video_frames)} frames at {fps:g} fps")
+    ctx.log(f"encoding {len(video_frames)} {video_ext.upper()} frames at {fps:g} fps "
+            "into H.264 video.mp4")
     video = ctx.workdir / VIDEO_OUTPUT
     count = encode_video([local[sha] for _f, _p, sha in video_frames], video, ext=video_ext,
                          fps=fps, ffmpeg=ffmpeg, workdir=ctx.workdir,
                          stop_event=ctx.stop_event)
     if ctx.stop_event.is_set():
         return {"stopped": True}
+    ctx.log(f"video.mp4: {count} frames, {human_bytes(video.stat().st_size)}")
     ctx.progress(0.8, "zipping frames")
     archive = ctx.workdir / ZIP_OUTPUT
     zip_frames([(path.removeprefix(FRAMES_PREFIX), local[sha]) for _f, path, sha in frames],
                archive)
+    ctx.log(f"frames.zip: {len(frames)} frames, {human_bytes(archive.stat().st_size)}")
     video_sha = ctx.upload_output(VIDEO_OUTPUT, video)
     zip_sha = ctx.upload_output(ZIP_OUTPUT, archive)
+    ctx.log(f"video.mp4 and frames.zip uploaded; assembled in "
+            f"{time.monotonic() - started:.1f} s")
     ctx.progress(1.0, f"video of {count} frames")
     return {"frames": count, "fps": fps, "video": video_sha, "zip": zip_sha,
             "first_frame": expected[0], "last_frame": expected[-1],
