@@ -25,7 +25,8 @@ that from a test and returns the .blend to render. Kinds:
 - ``nocamera``: the default scene with its camera deleted.
 - ``caches``: a VDB volume sequence (``//vdb/smoke_####.vdb``, written with the openvdb
   module Blender ships), a mesh-cache modifier reading the PC2 file ``ROOT_abs/wave.pc2``
-  by an absolute path, and a movie clip (the scene's active clip, ``//clips/clip.mp4``).
+  by an absolute path, and a movie clip (the scene's active clip, ``//clips/clip.mp4``);
+  rendered with Workbench.
 - ``formats``: the default scene with AgX, the "High Contrast" look and an exposure,
   saved with 16-bit TIFF output, and a compositor File Output node aimed at the absolute
   folder ``ROOT_elsewhere/``.
@@ -449,6 +450,7 @@ def build_caches(root: Path) -> Path:
     bpy.ops.wm.read_homefile(app_template="")
     scene = bpy.context.scene
     _scene_settings(scene)
+    scene.render.engine = "BLENDER_WORKBENCH"  # Cycles takes ~10 s for any volume here
     _aim_camera(scene)
     cube = bpy.data.objects["Cube"]
     _pc2(outside / "wave.pc2", [tuple(v.co) for v in cube.data.vertices], 6)
