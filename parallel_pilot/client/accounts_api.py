@@ -1,4 +1,5 @@
-"""The SDK's administration calls: users, API tokens, join tokens, revoking workers.
+"""The SDK's administration calls: users, API tokens, signed-in browsers, join tokens,
+revoking workers.
 
 ``Client`` inherits them; they are here to keep ``sdk.py`` about jobs and their files.
 """
@@ -63,6 +64,15 @@ class AccountCalls:
     def revoke_token(self, token_id: int) -> None:
         """Revoke one of this user's API tokens by its id."""
         self.connection.call("DELETE", f"/tokens/{int(token_id)}", Ack)
+
+    def sessions(self) -> list[TokenInfo]:
+        """The browsers signed in to the dashboard as this user, newest first
+        (``created_at`` is when each signed in)."""
+        return self.connection.call("GET", "/sessions", TokenList).tokens
+
+    def sign_out(self, session_id: int) -> None:
+        """End one signed-in browser's session by its id (from ``sessions()``)."""
+        self.connection.call("DELETE", f"/sessions/{int(session_id)}", Ack)
 
     def create_join_token(self, name: str = "", *, uses: int | None = None,
                           expires_seconds: int | None = None) -> JoinTokenCreated:

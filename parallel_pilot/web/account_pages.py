@@ -1,6 +1,7 @@
 """Dashboard pages for people: log in and out (the web session of ``coordinator.sessions``)
-and the account page: one's own API tokens (create, revoke) and, for admins, users and
-worker join tokens. Everything goes through ``services.accounts``, as the API does."""
+and the account page: one's own API tokens (create, revoke), the browsers signed in as
+one (sign out each) and, for admins, users and worker join tokens. Everything goes
+through ``services.accounts``, as the API does."""
 
 from __future__ import annotations
 
@@ -77,9 +78,11 @@ def logout(request: Request, svc: ServicesDep, user: FormUser) -> Response:
 
 def _account(request: Request, svc: Services, user: Caller, *, status_code: int = 200,
              **extra: Any) -> Response:
-    context: dict[str, Any] = {"tokens": accounts.list_tokens(svc, user), "users": [],
-                               "join_tokens": [], "created": None, "error": "",
-                               "error_form": "", "now": svc.clock()}
+    context: dict[str, Any] = {
+        "tokens": accounts.list_tokens(svc, user), "sessions": accounts.list_sessions(svc, user),
+        "this_session": accounts.session_id(svc, request.cookies.get(sessions.SESSION_COOKIE)),
+        "users": [], "join_tokens": [], "created": None, "error": "", "error_form": "",
+        "now": svc.clock()}
     if user.is_admin:
         context["users"] = accounts.list_users(svc, user)
         context["join_tokens"] = accounts.list_join_tokens(svc, user)
@@ -124,6 +127,18 @@ def create_token(request: Request, svc: ServicesDep, user: FormUser,
 def revoke_token(svc: ServicesDep, user: FormUser, token_id: RowId) -> Response:
     accounts.revoke_token(svc, user, token_id)
     return RedirectResponse("/account", status_code=303)
+
+
+@router.post("/account/sessions/{session_id}/sign-out")
+def sign_out(request: Request, svc: ServicesDep, user: FormUser, session_id: RowId) -> Response:
+    """Sign out one browser; signing out this one is logging out."""
+    this = accounts.session_id(svc, request.cookies.get(sessions.SESSION_COOKIE))
+    accounts.end_session(svc, user, session_id)
+    if session_id != this:
+        return RedirectResponse("/account", status_code=303)
+    response = RedirectResponse("/login", status_code=303)
+    sessions.clear_cookies(svc, request, response)
+    return response
 
 
 @router.post("/account/users")

@@ -19,7 +19,7 @@ from parallel_pilot.core.states import JobState
 from parallel_pilot.errors import BlobNotFound
 from parallel_pilot.store import queries as q
 from parallel_pilot.web import submit, views
-from parallel_pilot.web.templating import page
+from parallel_pilot.web.templating import STATIC_DIR, page
 from parallel_pilot.web.viewer import PageRoute, form_user, require_viewer, services
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -27,10 +27,19 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 Viewer = Annotated[Caller, Depends(require_viewer)]
 FormUser = Annotated[Caller, Depends(form_user)]
 ServicesDep = Annotated[Services, Depends(services)]
+FAVICON = "favicon.ico"  # in static/, beside favicon.svg (the same icon, for the page's link)
+FAVICON_SECONDS = 86400  # how long browsers may keep the icon
 MEDIA_TYPES = {".mp4": "video/mp4", ".zip": "application/zip", ".png": "image/png",
                ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".exr": "image/x-exr",
                ".jsonl": "application/jsonl", ".json": "application/json",
                ".txt": "text/plain", ".csv": "text/csv", ".blend": "application/x-blender"}
+
+
+@router.get("/favicon.ico")
+def favicon() -> FileResponse:
+    """The icon browsers ask for on their own (no login needed)."""
+    return FileResponse(STATIC_DIR / FAVICON, media_type="image/x-icon",
+                        headers={"Cache-Control": f"public, max-age={FAVICON_SECONDS}"})
 
 
 @router.get("/")
@@ -75,6 +84,8 @@ def job_context(request: Request, view: views.JobPage) -> dict[str, object]:
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, svc: ServicesDep, user: Viewer, job_id: JobId,
              task: Annotated[int | None, Query(ge=1, le=2**62)] = None) -> Response:
+    """A job's page; ``?task=N`` shows the log of task N of the job (numbered 1..N in plan
+    order, as ``pilot logs JOB --task N`` numbers them)."""
     view = views.job_page(svc, user, job_id, task)
     return page(request, "job.html", {**job_context(request, view), "task_param": task},
                 viewer=user)

@@ -114,11 +114,16 @@ def job_rows(svc: Services, caller: Caller, state: JobState | None) -> list[JobR
     return [_row(info, done, now) for info in infos]
 
 
-def _pick_task(tasks: list[TaskInfo], task_id: int | None) -> TaskInfo | None:
-    """The task whose log the page shows: the one asked for, else a failed one, else one
-    that runs now, else the last one that finished."""
-    if task_id is not None:
-        return next((t for t in tasks if t.id == task_id), None)
+def task_number(task: TaskInfo) -> int:
+    """The task's number as users see it (dashboard, ``pilot logs --task``): index + 1."""
+    return task.index + 1
+
+
+def _pick_task(tasks: list[TaskInfo], number: int | None) -> TaskInfo | None:
+    """The task whose log the page shows: the one asked for (by its number in the job),
+    else a failed one, else one that runs now, else the last one that finished."""
+    if number is not None:
+        return next((t for t in tasks if task_number(t) == number), None)
     for wanted in (TaskState.FAILED, TaskState.LEASED):
         found = next((t for t in tasks if t.state == wanted), None)
         if found is not None:
@@ -146,11 +151,12 @@ def _rounds(tasks: list[TaskInfo]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["round"])
 
 
-def job_page(svc: Services, caller: Caller, job_id: int, task_id: int | None) -> JobPage:
+def job_page(svc: Services, caller: Caller, job_id: int, number: int | None) -> JobPage:
+    """A job's page; ``number`` picks the task whose log is shown (task N of the job)."""
     info = jobs.get(svc, caller, job_id)  # JobNotFound for another user's job
     tasks = jobs.tasks(svc, caller, job_id)
     outputs = jobs.outputs(svc, caller, job_id)
-    selected = _pick_task(tasks, task_id)
+    selected = _pick_task(tasks, number)
     log: list[sa.Row[Any]] = []
     if selected is not None:
         with svc.transaction() as conn:
@@ -185,6 +191,7 @@ class CurrentTask:
     id: int
     job_id: int | None  # None: another user's job, which this viewer may not see
     name: str
+    number: int  # task N of its job (index + 1), as the job page numbers it
 
 
 @dataclass
@@ -210,7 +217,7 @@ def workers_list(svc: Services, caller: Caller) -> list[WorkerRow]:
                 continue
             mine = caller.is_admin or owners.get(task.job_id) == caller.user_id
             current.append(CurrentTask(task_id, task.job_id if mine else None,
-                                       task.name if mine else ""))
+                                       task.name if mine else "", task.idx + 1))
         rows.append(WorkerRow(w, current))
     return rows
 

@@ -253,7 +253,7 @@ def test_a_file_over_the_upload_limit_is_refused(tmp_path: Path) -> None:
 
 def test_a_sweep_shows_its_results_failure_and_the_workers(coordinator: Coordinator,
                                                           web: TestClient) -> None:
-    csrf = login(web, "admin", _password(coordinator))
+    login(web, "admin", _password(coordinator))
     job = web.post("/api/v1/jobs", headers=coordinator.user(), json={
         "kind": "sweep", "params": {"command": ["echo", "{item}"], "items": "a,b,c"}}).json()
     worker = coordinator.register_worker(kinds=["sweep"], name="gpu-box")
@@ -277,11 +277,13 @@ def test_a_sweep_shows_its_results_failure_and_the_workers(coordinator: Coordina
     assert "out-a" in table and "out-b" in table and table.count('class="badge st-done"') == 2
     assert "disk full on gpu-box" in page  # the failure reason, next to the failed task
     assert 'class="cell st-failed selected"' in page  # the failed task is shown first
-    assert "Retry failed tasks" in page and "Cancel job" not in page
-    first_log = web.get(f"/jobs/{job['id']}?task={leased[0]['task_id']}").text
-    assert "working on a" in first_log
-    web.post(f"/jobs/{job['id']}/retry", data={"csrf_token": csrf})
-    assert 'class="cell st-ready' in web.get(f"/jobs/{job['id']}").text
+    # the worker said a retry cannot help: no retry is offered, and the page says why
+    assert "Retry failed tasks" not in page and "Cancel job" not in page
+    assert "the failure is not one a retry can fix" in page and 'id="no-retry"' in page
+    numbers = {t["id"]: t["index"] + 1 for t in web.get(
+        f"/api/v1/jobs/{job['id']}/tasks", headers=coordinator.user()).json()["tasks"]}
+    first_log = web.get(f"/jobs/{job['id']}?task={numbers[leased[0]['task_id']]}").text
+    assert "working on a" in first_log  # ?task= is the task's number in the job
     assert web.get("/jobs/999999").status_code == 404
     assert web.get("/jobs/abc").status_code == 404
 

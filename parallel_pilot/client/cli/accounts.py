@@ -1,5 +1,6 @@
-"""Account commands: ``users`` (admin), ``tokens`` (the caller's own API tokens),
-``join-tokens`` (admin) and ``workers`` (the farm list, plus ``workers revoke``)."""
+"""Account commands: ``users`` (admin), ``tokens`` (the caller's own API tokens, and the
+browsers signed in as them: ``tokens sessions``, ``tokens sign-out``), ``join-tokens``
+(admin) and ``workers`` (the farm list, plus ``workers revoke``)."""
 
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ def users_disable(client: Client, name: str) -> None:
 
 @click.group("tokens")
 def tokens_group() -> None:
-    """Manage your own API tokens."""
+    """Manage your own API tokens (and the browsers signed in as you)."""
 
 
 @tokens_group.command("create")
@@ -165,13 +166,20 @@ def tokens_list(client: Client, as_json: bool) -> None:
     if as_json:
         print_json({"tokens": [t.model_dump(mode="json") for t in tokens]})
         return
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "TOKEN", "CREATED", "EXPIRES"):
-        table.add_column(column)
-    for t in tokens:
-        table.add_row(str(t.id), t.name or "-", "pp_u_…", ago(t.created_at),
-                      "expired" if t.expired else _expires(t.expires_at))
-    console.print(table)
+    if not tokens:
+        console.print("no API tokens (pilot tokens create makes one)")
+    else:
+        table = Table(box=None, header_style="bold")
+        for column in ("ID", "NAME", "TOKEN", "CREATED", "EXPIRES"):
+            table.add_column(column)
+        for t in tokens:
+            table.add_row(str(t.id), t.name or "-", "pp_u_…", ago(t.created_at),
+                          "expired" if t.expired else _expires(t.expires_at))
+        console.print(table)
+    browsers = len(client.sessions())
+    if browsers:  # they used to be listed here: say where they went
+        console.print(f"{browsers} browser{'' if browsers == 1 else 's'} signed in to the "
+                      "dashboard: pilot tokens sessions", style="dim")
 
 
 @tokens_group.command("revoke")
@@ -182,6 +190,37 @@ def tokens_revoke(client: Client, token_id: int) -> None:
     """Revoke your API token ID."""
     client.revoke_token(token_id)
     console.print(f"token {token_id} revoked")
+
+
+@tokens_group.command("sessions")
+@json_option
+@connection_options
+@pass_client
+def tokens_sessions(client: Client, as_json: bool) -> None:
+    """List the browsers signed in to the dashboard as you (newest first)."""
+    sessions = client.sessions()
+    if as_json:
+        print_json({"sessions": [t.model_dump(mode="json") for t in sessions]})
+        return
+    if not sessions:
+        console.print("no browser is signed in to the dashboard as you")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "SIGNED IN", "EXPIRES"):
+        table.add_column(column)
+    for t in sessions:
+        table.add_row(str(t.id), ago(t.created_at), _expires(t.expires_at))
+    console.print(table)
+
+
+@tokens_group.command("sign-out")
+@click.argument("session_id", type=int, metavar="ID")
+@connection_options
+@pass_client
+def tokens_sign_out(client: Client, session_id: int) -> None:
+    """Sign out browser session ID (from pilot tokens sessions)."""
+    client.sign_out(session_id)
+    console.print(f"browser session {session_id} signed out")
 
 
 # ------------------------------------------------------------ join tokens

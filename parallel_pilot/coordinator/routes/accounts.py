@@ -1,5 +1,6 @@
-"""Account endpoints: users (admin), the caller's own API tokens, join tokens (admin) and
-revoking a worker (admin)."""
+"""Account endpoints: users (admin), the caller's own API tokens, the browsers signed in as
+the caller (web sessions, listed apart from the tokens), join tokens (admin) and revoking
+a worker (admin)."""
 
 from __future__ import annotations
 
@@ -62,13 +63,28 @@ def create_token(svc: ServicesDep, user: CurrentUser, body: TokenCreate) -> Toke
 
 @router.get("/tokens", response_model=TokenList)
 def list_tokens(svc: ServicesDep, user: CurrentUser) -> TokenList:
-    """The caller's own tokens that are not revoked (never the tokens themselves)."""
+    """The caller's own API tokens that are not revoked (never the tokens themselves);
+    the browsers signed in are listed by ``GET /sessions``."""
     return TokenList(tokens=accounts.list_tokens(svc, user))
 
 
 @router.delete("/tokens/{token_id}", response_model=Ack)
 def revoke_token(svc: ServicesDep, user: CurrentUser, token_id: RowId) -> Ack:
     accounts.revoke_token(svc, user, token_id)
+    return Ack()
+
+
+@router.get("/sessions", response_model=TokenList)
+def list_sessions(svc: ServicesDep, user: CurrentUser) -> TokenList:
+    """The browsers signed in to the dashboard as the caller (web sessions that have not
+    ended), newest first; ``created_at`` is when each signed in."""
+    return TokenList(tokens=accounts.list_sessions(svc, user))
+
+
+@router.delete("/sessions/{session_id}", response_model=Ack)
+def end_session(svc: ServicesDep, user: CurrentUser, session_id: RowId) -> Ack:
+    """Sign out one browser: its session ends at once (``DELETE /session`` ends one's own)."""
+    accounts.end_session(svc, user, session_id)
     return Ack()
 
 

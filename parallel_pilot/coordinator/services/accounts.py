@@ -1,5 +1,7 @@
-"""Accounts: users and their passwords, users' own API tokens, worker join tokens, and
-revoking a worker (its leases go back to the queue without counting a failure)."""
+"""Accounts: users and their passwords, users' own API tokens, the browsers signed in as
+them (web sessions: token rows of their own name, listed apart from the API tokens),
+worker join tokens, and revoking a worker (its leases go back to the queue without
+counting a failure)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import sqlalchemy as sa
 from parallel_pilot.coordinator.passwords import hash_password
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.coordinator.sessions import SESSION_TOKEN_NAME
 from parallel_pilot.coordinator.tokens import (
     JOIN_TOKEN_PREFIX,
     USER_TOKEN_PREFIX,
@@ -28,8 +31,9 @@ from parallel_pilot.core.protocol import (
     UserCreated,
     UserSummary,
 )
-from parallel_pilot.errors import Conflict, Forbidden, NotFound, Unauthorized
+from parallel_pilot.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import accounts as account_queries
 
 log = logging.getLogger("pilot.accounts")
 
@@ -103,6 +107,9 @@ def disable_user(svc: Services, caller: Caller, name: str) -> None:
 
 
 def create_token(svc: Services, caller: Caller, request: TokenCreate) -> TokenCreated:
+    if request.name.strip() == SESSION_TOKEN_NAME:  # that name marks a browser's sign-in
+        raise InvalidInput(f"the token name {SESSION_TOKEN_NAME!r} is kept for browsers "
+                           "signed in to the dashboard; choose another name")
     now = svc.clock()
     expires_at = now + request.expires_seconds if request.expires_seconds else None
     token = new_token(USER_TOKEN_PREFIX)
@@ -112,12 +119,47 @@ def create_token(svc: Services, caller: Caller, request: TokenCreate) -> TokenCr
     return TokenCreated(id=token_id, name=request.name, token=token, expires_at=expires_at)
 
 
-def list_tokens(svc: Services, caller: Caller) -> list[TokenInfo]:
-    now = svc.clock()
-    with svc.transaction() as conn:
-        rows = q.list_api_tokens(conn, caller.user_id)
+def _token_infos(rows: list[sa.Row], now: float) -> list[TokenInfo]:
     return [TokenInfo(id=r.id, name=r.name, created_at=r.created_at, expires_at=r.expires_at,
                       expired=r.expires_at is not None and r.expires_at <= now) for r in rows]
+
+
+def list_tokens(svc: Services, caller: Caller) -> list[TokenInfo]:
+    """The caller's API tokens (for the CLI and SDK), not the browsers signed in."""
+    now = svc.clock()
+    with svc.transaction() as conn:
+        rows = q.list_api_tokens(conn, caller.user_id, except_name=SESSION_TOKEN_NAME)
+    return _token_infos(rows, now)
+
+
+# ------------------------------------------------------------ signed-in browsers
+
+
+def list_sessions(svc: Services, caller: Caller) -> list[TokenInfo]:
+    """The browsers signed in as the caller (web sessions that have not ended), newest
+    first; ``created_at`` is when each signed in."""
+    now = svc.clock()
+    with svc.transaction() as conn:
+        rows = account_queries.live_api_tokens_named(conn, caller.user_id,
+                                                     SESSION_TOKEN_NAME, now)
+    return _token_infos(rows, now)
+
+
+def session_id(svc: Services, session_token: str | None) -> int | None:
+    """The id of the web session whose cookie holds ``session_token`` (this browser's)."""
+    if not session_token:
+        return None
+    with svc.transaction() as conn:
+        return account_queries.api_token_id_by_hash(conn, hash_token(session_token))
+
+
+def end_session(svc: Services, caller: Caller, session: int) -> None:
+    """Sign out one of the caller's browsers: its session cookie stops working at once."""
+    with svc.transaction() as conn:
+        if not q.revoke_api_token(conn, session, caller.user_id, svc.clock(),
+                                  name=SESSION_TOKEN_NAME):
+            raise NotFound(f"you have no signed-in browser {session}")
+    log.info("%s signed out web session %d", caller.name, session)
 
 
 def revoke_token(svc: Services, caller: Caller, token_id: int) -> None:

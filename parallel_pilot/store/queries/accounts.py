@@ -1,4 +1,5 @@
-"""Users, API tokens (and web sessions, which are API tokens) and join tokens."""
+"""Users, API tokens (and web sessions, which are API token rows named as such: see
+``coordinator.sessions.SESSION_TOKEN_NAME``) and join tokens."""
 
 from __future__ import annotations
 
@@ -71,21 +72,45 @@ def disable_user(conn: sa.Connection, user_id: int) -> bool:
                              .values(disabled=True)).rowcount)
 
 
-def list_api_tokens(conn: sa.Connection, user_id: int) -> list[Row]:
-    """The user's tokens that are not revoked (expired ones included, marked by expires_at)."""
+def list_api_tokens(conn: sa.Connection, user_id: int, *,
+                    except_name: str | None = None) -> list[Row]:
+    """The user's tokens that are not revoked (expired ones included, marked by expires_at);
+    ``except_name`` leaves out the rows of that name (web sessions)."""
+    where = [api_tokens.c.user_id == user_id, api_tokens.c.revoked_at.is_(None)]
+    if except_name is not None:
+        where.append(api_tokens.c.name != except_name)
     return list(conn.execute(
         sa.select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.created_at,
                   api_tokens.c.expires_at)
-        .where(api_tokens.c.user_id == user_id, api_tokens.c.revoked_at.is_(None))
-        .order_by(api_tokens.c.id)))
+        .where(*where).order_by(api_tokens.c.id)))
 
 
-def revoke_api_token(conn: sa.Connection, token_id: int, user_id: int, now: float) -> bool:
-    return bool(conn.execute(
-        api_tokens.update().where(api_tokens.c.id == token_id,
-                                  api_tokens.c.user_id == user_id,
-                                  api_tokens.c.revoked_at.is_(None))
-        .values(revoked_at=now)).rowcount)
+def live_api_tokens_named(conn: sa.Connection, user_id: int, name: str,
+                          now: float) -> list[Row]:
+    """The user's tokens of this name that still work (not revoked, not expired), newest
+    first: the browsers signed in as the user."""
+    return list(conn.execute(
+        sa.select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.created_at,
+                  api_tokens.c.expires_at)
+        .where(api_tokens.c.user_id == user_id, api_tokens.c.name == name,
+               api_tokens.c.revoked_at.is_(None),
+               sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now))
+        .order_by(api_tokens.c.id.desc())))
+
+
+def api_token_id_by_hash(conn: sa.Connection, token_hash: str) -> int | None:
+    return conn.execute(sa.select(api_tokens.c.id)
+                        .where(api_tokens.c.token_hash == token_hash)).scalar()
+
+
+def revoke_api_token(conn: sa.Connection, token_id: int, user_id: int, now: float, *,
+                     name: str | None = None) -> bool:
+    """Revoke the user's token ``token_id`` (only if it has this ``name``, when given)."""
+    where = [api_tokens.c.id == token_id, api_tokens.c.user_id == user_id,
+             api_tokens.c.revoked_at.is_(None)]
+    if name is not None:
+        where.append(api_tokens.c.name == name)
+    return bool(conn.execute(api_tokens.update().where(*where).values(revoked_at=now)).rowcount)
 
 
 def join_token_by_hash(conn: sa.Connection, token_hash: str) -> Row | None:
