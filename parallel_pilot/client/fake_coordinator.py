@@ -39,6 +39,7 @@ from parallel_pilot.errors import (
     JobNotFound,
     NotFound,
     PilotError,
+    TaskNotFound,
     Unauthorized,
     error_body,
 )
@@ -152,6 +153,11 @@ class FakeCoordinator:
                                     for o in self.outputs.get(job_id, [])]})
         if method == "GET" and action == "/logs":
             lines = self.logs.get(job_id, [])
+            if "task" in params:  # the task's number in the job, 1-based
+                number = int(params["task"])
+                if not 1 <= number <= len(self.tasks[job_id]):
+                    raise TaskNotFound(f"job {job_id} has no task {number}")
+                params["task_id"] = str(self.tasks[job_id][number - 1].id)
             if "task_id" in params:
                 lines = [ln for ln in lines if ln.task_id == int(params["task_id"])]
             lines = [ln for ln in lines if ln.id > int(params.get("after", 0))]

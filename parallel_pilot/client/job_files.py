@@ -1,13 +1,20 @@
 """Names of a job's files: local paths named relative to the current directory when
-uploaded, and downloaded outputs kept inside their destination folder."""
+uploaded; which outputs a download fetches, and each kept inside its destination folder."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from parallel_pilot.core.protocol import OutputInfo
 from parallel_pilot.errors import InvalidInput
+
+# Outputs a kind makes for the farm rather than for the user, which a download leaves out
+# unless asked for everything: a render's dashboard preview (``preview/latest.jpg``, one
+# per chunk), its chunks' scene facts (``meta/``) and the 8-bit copies of EXR/TIFF frames
+# the video is made from (``video-frames/``); kinds/render/chunk.py writes them.
+FARM_OUTPUTS: dict[str, tuple[str, ...]] = {"render": ("preview/", "meta/", "video-frames/")}
 
 
 def name_files(files: Mapping[str, Path] | Iterable[Path]) -> dict[str, Path]:
@@ -69,3 +76,19 @@ def safe_destination(root: Path, relative: str) -> Path:
     if resolved_root not in dest.resolve().parents:
         raise refused
     return dest
+
+
+def outputs_to_download(kind: str, outputs: Sequence[OutputInfo], *,
+                        everything: bool = False) -> tuple[list[OutputInfo], list[OutputInfo]]:
+    """The job's outputs a download fetches, and those it leaves out (``FARM_OUTPUTS`` of
+    the job's kind, unless ``everything``). Each path comes once: where a listing names a
+    path twice (an older coordinator lists every upload), the last one wins, as it does in
+    the job's outputs."""
+    latest: dict[str, OutputInfo] = {}
+    for output in outputs:
+        latest.pop(output.path, None)  # re-inserted: the order is that of the last listing
+        latest[output.path] = output
+    hidden = () if everything else FARM_OUTPUTS.get(kind, ())
+    wanted = [o for o in latest.values() if not (hidden and o.path.startswith(hidden))]
+    left_out = [o for o in latest.values() if hidden and o.path.startswith(hidden)]
+    return wanted, left_out

@@ -18,6 +18,7 @@ from typing import Any
 
 import cloudpickle
 
+from parallel_pilot.core.protocol import TaskInfo
 from parallel_pilot.errors import PilotError
 from parallel_pilot.kinds.python.calls import (
     ERROR,
@@ -51,6 +52,12 @@ class TaskFailed(PilotError):
     end: a missing module, a Python version mismatch, a crash, a time limit)."""
 
     code = "task_failed"
+
+
+def task_failed(task: TaskInfo) -> TaskFailed:
+    """The error of a call whose task failed, naming the task as users number it (its
+    place in the job, from 1, as the dashboard and ``pilot logs --task`` do)."""
+    return TaskFailed(f"task {task.index + 1} ({task.name}) failed: {task.error}")
 
 
 class CallEncoder:

@@ -18,6 +18,7 @@ import httpx
 from parallel_pilot.client import config
 from parallel_pilot.client.accounts_api import AccountCalls
 from parallel_pilot.client.job_files import name_files, safe_destination
+from parallel_pilot.client.job_files import outputs_to_download as select_downloads
 from parallel_pilot.core.protocol import (
     Health,
     JobInfo,
@@ -69,7 +70,8 @@ class Client(AccountCalls):
         self.server = resolved.server
         self._sleep = sleep
         self.connection = Connection(resolved.server, resolved.token, transport=transport,
-                                     retry_seconds=retry_seconds, sleep=sleep)
+                                     retry_seconds=retry_seconds, sleep=sleep,
+                                     interactive=True)
 
     def close(self) -> None:
         """Close the HTTP connection (also done by ``with Client(...) as client:``)."""
@@ -251,8 +253,11 @@ class Client(AccountCalls):
         return self.connection.call("GET", f"/jobs/{int(job_id)}/outputs", OutputList).outputs
 
     def logs(self, job_id: int, task_id: int | None = None, after: int = 0,
-             limit: int | None = None) -> list[LogLine]:
-        """Log lines of a job's tasks (of one task when ``task_id`` is given), oldest first.
+             limit: int | None = None, *, task: int | None = None) -> list[LogLine]:
+        """Log lines of a job's tasks, oldest first; of one task when ``task`` (its number
+        in the job, from 1, as the dashboard and ``pilot logs --task`` number tasks) or
+        ``task_id`` (its id) is given. A task the job does not have raises
+        ``TaskNotFound``.
 
         ``after`` is the ``id`` of the last line already seen (to follow a running job);
         all newer lines are fetched page by page unless ``limit`` caps them.
@@ -265,6 +270,8 @@ class Client(AccountCalls):
             params: dict[str, Any] = {"after": after, "limit": want}
             if task_id is not None:
                 params["task_id"] = task_id
+            if task is not None:
+                params["task"] = task
             page = self.connection.call("GET", f"/jobs/{int(job_id)}/logs", LogList,
                                         params=params).lines
             lines.extend(page)
@@ -392,21 +399,36 @@ class Client(AccountCalls):
 
     # ------------------------------------------------------------ results
 
+    def outputs_to_download(self, job_id: int, *, everything: bool = False
+                            ) -> tuple[list[OutputInfo], list[OutputInfo]]:
+        """The outputs ``download`` fetches, each path once, and those it leaves out: a
+        render job's preview, metadata and video copies of its frames (``preview/``,
+        ``meta/``, ``video-frames/``), unless ``everything``."""
+        kind = self.job(job_id).kind
+        return select_downloads(kind, self.outputs(job_id), everything=everything)
+
     def download(
         self,
         job_id: int,
         out_dir: Path,
         *,
+        everything: bool = False,
+        outputs: Sequence[OutputInfo] | None = None,
         on_file: Callable[[OutputInfo, Path, bool], None] | None = None,
         on_bytes: Callable[[int], None] | None = None,
     ) -> list[Path]:
-        """Download every output of the job to ``out_dir/<path>``; returns the local paths.
+        """Download the job's outputs to ``out_dir/<path>``; returns the local paths.
 
-        A file already there with the same SHA-256 is not fetched again. Every path is
-        checked to stay inside ``out_dir`` before anything is written. ``on_file`` is told
-        of each file and whether it was downloaded (True) or already present (False).
+        Each path is fetched once (its latest output). A file already there with the same
+        SHA-256 is not fetched or rewritten. A render job's files for the farm (its
+        preview, metadata and the video's copies of EXR frames) are left out unless
+        ``everything``; ``outputs`` (from ``outputs_to_download``) skips listing them
+        again. Every path is checked to stay inside ``out_dir`` before anything is
+        written. ``on_file`` is told of each file and whether it was downloaded (True) or
+        already up to date (False).
         """
-        outputs = self.outputs(job_id)
+        if outputs is None:
+            outputs, _ = self.outputs_to_download(job_id, everything=everything)
         root = Path(out_dir)
         targets = [(output, safe_destination(root, output.path)) for output in outputs]
         written: list[Path] = []

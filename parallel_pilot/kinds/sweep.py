@@ -1,11 +1,18 @@
 """``sweep``: a command template run once per item, with attached files in the working
-directory; each item's exit code, output and collected files form a table of results."""
+directory; each item's exit code, output and collected files form a table of results.
+
+An item whose command exits non-zero, runs past its time limit or cannot start at all is
+a *failed item*: a result (the task is done, never retried), with ``error`` saying why a
+command could not start. ``item_failure`` is the one definition of a failed item; the
+coordinator counts them with the SQL mirror of it (``store/queries/tasks.py``
+``failed_item_counts``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +30,8 @@ MAX_SWEEP_ITEMS = 100_000  # items one sweep job may have
 DEFAULT_OUTPUT_CAP = 64 * 1024  # bytes of stdout and of stderr kept per item
 MAX_OUTPUT_CAP = 1024 * 1024  # the most a job may ask to keep
 ITEM_PLACEHOLDER = "{item}"
+NOT_FOUND_EXIT = 127  # the exit code a shell gives a command it cannot find
+NOT_EXECUTABLE_EXIT = 126  # ... and one it finds but may not run
 
 _SAFE_ITEM = re.compile(r"^[A-Za-z0-9_.+=@%-][A-Za-z0-9 _.+=@%,:-]{0,199}$")
 
@@ -124,6 +133,10 @@ class SweepKind:
         env.update({"PILOT_ITEM": item, "PILOT_JOB": str(task.job_id),
                     "PILOT_TASK": str(task.task_id)})
         ctx.log(f"$ {' '.join(argv)}")
+        problem = start_problem(argv[0], ctx.workdir, env.get("PATH"))
+        if problem is not None:
+            ctx.log(f"[stderr] cannot run {argv[0]!r}: {problem[1]}")
+            return not_started(item, argv[0], *problem)
         if ctx.sandbox:
             # the worker sandboxes: no network, read-only system, only the workdir writable
             argv = bwrap_argv(argv, ctx.workdir)
@@ -133,6 +146,10 @@ class SweepKind:
             output_cap=payload.get("output_cap", DEFAULT_OUTPUT_CAP),
             on_stdout=ctx.log, on_stderr=lambda line: ctx.log(f"[stderr] {line}"),
         )
+        failed_start = None if proc.stopped else exec_failure(proc.exit_code, proc.stdout,
+                                                              proc.stderr)
+        if failed_start is not None:  # found here, but e.g. the sandbox does not show it
+            return not_started(item, *failed_start)
         files: dict[str, str] = {}
         if not proc.stopped:
             for rel in collect_files(ctx.workdir, payload.get("collect", [])):
@@ -148,11 +165,16 @@ class SweepKind:
         lines = []
         for task in sorted(tasks, key=lambda t: t.index):
             r = task.result
-            lines.append(json.dumps({
+            row = {
                 "item": r.get("item", task.payload.get("item")), "exit_code": r.get("exit_code"),
                 "stdout": r.get("stdout", ""), "stderr": r.get("stderr", ""),
                 "files": sorted(r.get("files", {})),
-            }))
+            }
+            if r.get("timed_out"):
+                row["timed_out"] = True
+            if r.get("error"):
+                row["error"] = r["error"]  # the command could not start
+            lines.append(json.dumps(row))
         return {"results.jsonl": ("\n".join(lines) + "\n").encode()}
 
 
@@ -170,3 +192,61 @@ def collect_files(workdir: Path, patterns: list[str]) -> list[str]:
                 continue
             found.add(resolved.relative_to(root).as_posix())
     return sorted(found)
+
+
+def start_problem(program: str, workdir: Path, path: str | None) -> tuple[int, str] | None:
+    """Why ``program`` cannot start, as (the exit code a shell gives, what ``execvp``
+    says: ``No such file or directory``); None when it can. A name with a ``/`` is looked
+    up from the working directory, any other name on ``path`` (the command's ``PATH``)."""
+    if "/" in program:
+        candidate = workdir / program
+        if not candidate.exists():
+            return NOT_FOUND_EXIT, "No such file or directory"
+        if candidate.is_dir():
+            return NOT_EXECUTABLE_EXIT, "Is a directory"
+        if not os.access(candidate, os.X_OK):
+            return NOT_EXECUTABLE_EXIT, "Permission denied"
+        return None
+    if shutil.which(program, path=path) is None:
+        return NOT_FOUND_EXIT, "No such file or directory"
+    return None
+
+
+# the one line of stderr when bwrap, or Popen in kinds/process.py, could not exec the command
+_EXEC_FAILURE = re.compile(r"(?:bwrap: execvp (?P<bwrap>.+?)|cannot run '(?P<popen>.+?)'): "
+                           r"(?P<why>[^\n]+)\n?")
+
+
+def exec_failure(exit_code: int, stdout: str, stderr: str) -> tuple[str, int, str] | None:
+    """(program, exit code, reason) when a command that was found could not be executed
+    after all (e.g. a program the sandbox does not show); None when it ran."""
+    match = _EXEC_FAILURE.fullmatch(stderr)
+    if match is None or stdout or exit_code == 0:
+        return None
+    why = match.group("why")
+    code = NOT_FOUND_EXIT if "No such file" in why else NOT_EXECUTABLE_EXIT
+    return match.group("bwrap") or match.group("popen"), code, why
+
+
+def not_started(item: str, program: str, exit_code: int, why: str) -> dict[str, Any]:
+    """The result of an item whose command could not start: a result, not a task failure
+    (every worker would be given the same command line), with ``error`` saying why."""
+    return {"item": item, "exit_code": exit_code, "stdout": "",
+            "stderr": f"cannot run {program!r}: {why}\n", "files": {}, "seconds": 0.0,
+            "timed_out": False, "truncated": False, "error": f"{program}: {why}"}
+
+
+def item_failure(result: dict[str, Any] | None) -> str | None:
+    """How an item failed, in a few words (``exit 2``, ``timed out``, ``could not start:
+    nosuchcmd: No such file or directory``); None for an item that exited 0 (or has no
+    result yet)."""
+    if not result:
+        return None
+    if result.get("error"):
+        return f"could not start: {result['error']}"
+    if result.get("timed_out"):
+        return "timed out"
+    code = result.get("exit_code")
+    if code not in (0, None):
+        return f"exit {code}"
+    return None

@@ -174,8 +174,10 @@ def test_download_and_logs(fake: FakeCoordinator, run, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "res" / "results.jsonl").read_bytes() == b"{}\n"
     assert result.stdout.strip() == str(tmp_path / "res" / "results.jsonl")
-    assert run("logs", "1").stdout == "[task 1000] hello\n"
-    assert run("logs", "1", "--task", "1000").stdout == "hello\n"
+    assert run("logs", "1").stdout == "[task 1] hello\n"  # task 1000 is task 1 of job 1
+    assert run("logs", "1", "--task", "1").stdout == "hello\n"
+    unknown = run("logs", "1", "--task", "2")
+    assert unknown.exit_code == 1 and unknown.stderr == "error: job 1 has no task 2\n"
 
 
 def test_login_checks_the_token_and_saves_it(fake: FakeCoordinator, run) -> None:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -23,17 +24,56 @@ from parallel_pilot.client.cli.common import (
 )
 from parallel_pilot.client.cli.progress import follow
 from parallel_pilot.client.sdk import Client
-from parallel_pilot.core.protocol import Capabilities, JobInfo, OutputInfo
+from parallel_pilot.core.protocol import Capabilities, JobInfo, OutputInfo, TaskInfo
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.core.units import human_bytes
+from parallel_pilot.kinds.sweep import item_failure
 
-MAX_FAILURES_SHOWN = 20  # failed tasks listed by `pilot show`
+MAX_FAILURES_SHOWN = 20  # failed tasks, and failed items, listed by `pilot show`
 
 
 def _state_style(state: str) -> str:
     return {"completed": "green", "done": "green", "failed": "red", "cancelled": "yellow",
             "running": "cyan", "leased": "cyan", "busy": "cyan", "offline": "dim",
             "revoked": "red"}.get(state, "")
+
+
+def job_state(job: JobInfo) -> str:
+    """The job's state as rich markup; a job with failed items says how many, in yellow
+    (``completed (3 failed)``), so that no list shows their failure as a plain success."""
+    text, style = str(job.state), _state_style(job.state)
+    if job.failed_items:
+        text, style = f"{text} ({job.failed_items} failed)", "red" if \
+            job.state == JobState.FAILED else "yellow"
+    return f"[{style}]{text}[/]" if style else text
+
+
+def task_number(task: TaskInfo) -> int:
+    """A task's number as users see it everywhere: its place in the job, from 1."""
+    return task.index + 1
+
+
+def failed_items(tasks: list[TaskInfo]) -> list[tuple[TaskInfo, str]]:
+    """Done items whose command failed, with how (``exit 2``, ``could not start: …``)."""
+    out = []
+    for task in tasks:
+        how = item_failure(task.result) if task.state == TaskState.DONE else None
+        if how is not None:
+            out.append((task, how))
+    return out
+
+
+def item_name(task: TaskInfo) -> str:
+    return f"item {(task.result or {}).get('item', task.name.removeprefix('item '))}"
+
+
+def describe_failed_items(failed: list[tuple[TaskInfo, str]], shown: int) -> str:
+    """``item 4 exit 2, item 7 exit 1, item 9 could not start: nosuchcmd: …`` (the first
+    ``shown``, then how many more)."""
+    text = ", ".join(f"{item_name(task)} {how}" for task, how in failed[:shown])
+    if len(failed) > shown:
+        text += f", and {len(failed) - shown} more"
+    return escape(text)  # a command's name may hold [brackets]: printed, not markup
 
 
 @click.command("jobs")
@@ -57,9 +97,8 @@ def jobs_command(client: Client, state: str | None, limit: int | None, as_json: 
                    "CREATED"):
         table.add_column(column, justify="right" if column in ("ID", "TASKS") else "left")
     for job in jobs:
-        style = _state_style(job.state)
-        table.add_row(str(job.id), job.name, job.kind, f"[{style}]{job.state}[/]" if style
-                      else str(job.state), f"{job.tasks_done}/{job.tasks_total}",
+        table.add_row(str(job.id), job.name, job.kind, job_state(job),
+                      f"{job.tasks_done}/{job.tasks_total}",
                       f"{job.progress:.0%}", str(job.active_workers), job.owner,
                       ago(job.created_at))
     console.print(table)
@@ -71,9 +110,11 @@ def jobs_command(client: Client, state: str | None, limit: int | None, as_json: 
 @connection_options
 @pass_client
 def show_command(client: Client, job_id: int, as_json: bool) -> None:
-    """Show one job: state, task counts and failed tasks."""
+    """Show one job: state, task counts, failed tasks and failed items."""
     job = client.job(job_id)
-    failures = [t for t in client.tasks(job_id) if t.state == TaskState.FAILED]
+    tasks = client.tasks(job_id)
+    failures = [t for t in tasks if t.state == TaskState.FAILED]
+    bad_items = failed_items(tasks) if job.failed_items else []
     if as_json:
         print_json({**job.model_dump(mode="json"),
                     "failures": [t.model_dump(mode="json") for t in failures]})
@@ -82,24 +123,35 @@ def show_command(client: Client, job_id: int, as_json: bool) -> None:
     if failures:
         console.print(f"\n[bold red]{len(failures)} failed task(s)[/]")
         for task in failures[:MAX_FAILURES_SHOWN]:
-            console.print(f"  task {task.id} ({task.name}), {task.failures} failure(s): "
-                          f"{(task.error or '').strip()[:300]}")
+            console.print(f"  task {task_number(task)} ({escape(task.name)}), "
+                          f"{task.failures} failure(s): "
+                          f"{escape((task.error or '').strip()[:300])}")
         if len(failures) > MAX_FAILURES_SHOWN:
             console.print(f"  … and {len(failures) - MAX_FAILURES_SHOWN} more "
                           f"(pilot show {job_id} --json)")
+    if bad_items:
+        console.print(f"\n[bold yellow]{len(bad_items)} failed item(s)[/]")
+        for task, how in bad_items[:MAX_FAILURES_SHOWN]:
+            console.print(f"  {item_name(task)} (task {task_number(task)}): {escape(how)}")
+        if len(bad_items) > MAX_FAILURES_SHOWN:
+            console.print(f"  … and {len(bad_items) - MAX_FAILURES_SHOWN} more "
+                          f"(pilot download {job_id}: results.jsonl)")
 
 
 def _print_job(job: JobInfo) -> None:
-    style = _state_style(job.state)
     rows = [
         ("job", f"{job.id} {job.name}"),
         ("kind", job.kind),
-        ("state", f"[{style}]{job.state}[/]" if style else str(job.state)),
+        ("state", job_state(job)),
         ("owner", job.owner),
         ("priority", str(job.priority)),
         ("tasks", f"{job.tasks_done}/{job.tasks_total} done ({job.progress:.0%})"),
         ("task states", ", ".join(f"{k} {v}" for k, v in sorted(job.task_counts.items()) if v)
          or "-"),
+        *([("items", f"{job.tasks_done} done, {job.failed_items} failed "
+                     f"(non-zero exit, time limit or could not start)" if job.failed_items
+            else f"{job.tasks_done} done, none failed")] if job.failed_items is not None
+          else []),
         ("workers", str(job.active_workers)),
         ("created", ago(job.created_at)),
     ]
@@ -136,7 +188,10 @@ def wait_command(client: Client, job_id: int, timeout: float | None, as_json: bo
 
 
 def report_finished(job: JobInfo) -> None:
-    if job.state == JobState.COMPLETED:
+    if job.state == JobState.COMPLETED and job.failed_items:
+        console.print(f"job {job.id} [yellow]completed with {job.failed_items} failed "
+                      f"item(s)[/]: {job.tasks_done}/{job.tasks_total} tasks done")
+    elif job.state == JobState.COMPLETED:
         console.print(f"job {job.id} [green]completed[/]: {job.tasks_done}/{job.tasks_total} "
                       "tasks done")
     else:
@@ -146,13 +201,21 @@ def report_finished(job: JobInfo) -> None:
 
 @click.command("logs")
 @click.argument("job_id", type=int, metavar="JOB")
-@click.option("--task", "task_id", type=int, help="Only this task's lines.")
+@click.option("--task", "task", type=click.IntRange(min=1), metavar="N",
+              help="Only task N's lines: its number in the job (1, 2, …), as the dashboard "
+                   "and pilot show number tasks.")
 @connection_options
 @pass_client
-def logs_command(client: Client, job_id: int, task_id: int | None) -> None:
-    """Print the log lines of a job's tasks."""
-    for line in client.logs(job_id, task_id=task_id):
-        prefix = "" if task_id is not None else f"[task {line.task_id}] "
+def logs_command(client: Client, job_id: int, task: int | None) -> None:
+    """Print the log lines of a job's tasks, each prefixed with its task number."""
+    lines = client.logs(job_id, task=task)  # a task the job lacks is an error
+    if not lines:
+        which = f"task {task} of job {job_id}" if task is not None else f"job {job_id}"
+        err_console.print(f"no log lines yet for {which}")
+        return
+    numbers = {} if task is not None else {t.id: task_number(t) for t in client.tasks(job_id)}
+    for line in lines:
+        prefix = "" if task is not None else f"[task {numbers.get(line.task_id, '?')}] "
         click.echo(f"{prefix}{line.line}")
 
 
@@ -188,31 +251,39 @@ def retry_command(client: Client, job_id: int, as_json: bool) -> None:
 @click.argument("job_id", type=int, metavar="JOB")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write into (default: pilot-job-JOB).")
+@click.option("--all", "everything", is_flag=True,
+              help="Also the files kept for the farm: a render's preview/, meta/ and "
+                   "video-frames/.")
 @connection_options
 @pass_client
-def download_command(client: Client, job_id: int, out_dir: Path | None) -> None:
-    """Download a job's outputs (a sweep: results.jsonl and items/<item>/…)."""
+def download_command(client: Client, job_id: int, out_dir: Path | None,
+                     everything: bool) -> None:
+    """Download a job's outputs (a sweep: results.jsonl and items/<item>/…; a render:
+    frames/, video.mp4, frames.zip). Files already there with the same content are kept."""
     out_dir = out_dir or Path(f"pilot-job-{job_id}")
+    wanted, left_out = client.outputs_to_download(job_id, everything=everything)
     written: list[Path] = []
     present: list[Path] = []
     with Progress(TextColumn("download"), BarColumn(), DownloadColumn(),
                   console=err_console, transient=True) as progress:
-        bar = progress.add_task("download", total=None)
+        bar = progress.add_task("download", total=sum(o.size for o in wanted))
 
         def on_file(output: OutputInfo, path: Path, fetched: bool) -> None:
             (written if fetched else present).append(path)
             if not fetched:
                 progress.advance(bar, output.size)
 
-        total = sum(o.size for o in client.outputs(job_id))
-        progress.update(bar, total=total)
-        client.download(job_id, out_dir, on_file=on_file,
+        client.download(job_id, out_dir, outputs=wanted, on_file=on_file,
                         on_bytes=lambda n: progress.advance(bar, n))
     for path in written:
         click.echo(str(path))
     summary = f"{len(written)} file(s) written to {out_dir}"
     if present:
         summary += f", {len(present)} already up to date"
+    if left_out:
+        summary += (f"; {len(left_out)} file(s) kept for the farm left out "
+                    f"({', '.join(sorted({o.path.split('/')[0] + '/' for o in left_out}))}; "
+                    "--all fetches them)")
     err_console.print(summary)
 
 

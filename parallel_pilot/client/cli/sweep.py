@@ -16,16 +16,16 @@ from parallel_pilot.client.cli.common import (
     print_json,
     submit_options,
 )
-from parallel_pilot.client.cli.jobs import report_finished
+from parallel_pilot.client.cli.jobs import describe_failed_items, failed_items, report_finished
 from parallel_pilot.client.cli.progress import follow
 from parallel_pilot.client.job_files import name_files
 from parallel_pilot.client.sdk import Client
-from parallel_pilot.core.protocol import JobInfo, TaskInfo
+from parallel_pilot.core.protocol import JobInfo
 from parallel_pilot.core.ranges import parse_items_file
-from parallel_pilot.core.states import JobState, TaskState
+from parallel_pilot.core.states import JobState
 from parallel_pilot.errors import InvalidInput
 
-MAX_ITEMS_LISTED = 10  # items named in the summary of non-zero exits
+MAX_ITEMS_LISTED = 10  # failed items named in the summary
 MAX_NAME = 80  # characters of a command line used as the default job name
 
 
@@ -43,13 +43,17 @@ MAX_NAME = 80  # characters of a command line used as the default job name
 @click.option("--name", help="Job name.")
 @click.option("--require-sandbox", is_flag=True,
               help="Run only on workers that sandbox commands (pilot worker --sandbox).")
+@click.option("--fail-on-nonzero", is_flag=True,
+              help="Exit 1 when any item failed (exited non-zero, timed out or could not "
+                   "start); without it only a job that did not complete does.")
 @submit_options
 @connection_options
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def sweep_command(items: str | None, items_file: Path | None, files: tuple[str, ...],
                   collect: tuple[str, ...], timeout_seconds: float | None, name: str | None,
                   priority: int, no_wait: bool, wait_timeout: float | None,
-                  require_sandbox: bool, as_json: bool, command: tuple[str, ...]) -> None:
+                  require_sandbox: bool, fail_on_nonzero: bool, as_json: bool,
+                  command: tuple[str, ...]) -> None:
     """Run COMMAND once per item; {item} in an argument is replaced by the item.
 
     \b
@@ -76,10 +80,11 @@ def sweep_command(items: str | None, items_file: Path | None, files: tuple[str, 
     job = follow(client, job.id, timeout=wait_timeout, show=not as_json)
     if as_json:
         print_json({"job": job.id, "state": str(job.state), "tasks": job.tasks_total,
-                    "tasks_done": job.tasks_done, "error": job.error})
+                    "tasks_done": job.tasks_done, "failed_items": job.failed_items,
+                    "error": job.error})
     else:
         summarize(client, job)
-    if job.state != JobState.COMPLETED:
+    if job.state != JobState.COMPLETED or (fail_on_nonzero and job.failed_items):
         raise SystemExit(EXIT_ERROR)
 
 
@@ -128,27 +133,17 @@ def named_files(files: tuple[str, ...]) -> dict[str, Path]:
         raise UsageFailure(exc.message) from None
 
 
-def nonzero_items(tasks: list[TaskInfo]) -> list[str]:
-    """Items whose command exited non-zero or timed out."""
-    out = []
-    for task in tasks:
-        result = task.result or {}
-        code = result.get("exit_code")
-        if task.state == TaskState.DONE and (code not in (0, None) or result.get("timed_out")):
-            out.append(str(result.get("item", task.name)))
-    return out
-
-
 def summarize(client: Client, job: JobInfo) -> None:
+    """How the sweep ended: ``3 of 10 items failed: item 4 exit 2, item 7 exit 1, item 9
+    could not start: nosuchcmd: No such file or directory``, or that all exited 0."""
     report_finished(job)
     if job.state != JobState.COMPLETED:
         console.print(f"see the failures with: pilot show {job.id}")
         return
-    bad = nonzero_items(client.tasks(job.id))
-    if bad:
-        listed = ", ".join(bad[:MAX_ITEMS_LISTED]) + (" …" if len(bad) > MAX_ITEMS_LISTED else "")
-        console.print(f"{job.tasks_done} items done, [yellow]{len(bad)} exited non-zero[/] "
-                      f"({listed})")
+    if job.failed_items:
+        bad = failed_items(client.tasks(job.id))
+        console.print(f"[yellow]{len(bad)} of {job.tasks_total} items failed[/]: "
+                      f"{describe_failed_items(bad, MAX_ITEMS_LISTED)}")
     else:
         console.print(f"{job.tasks_done} items done, all exited 0")
     console.print(f"results: pilot download {job.id} --out results-{job.id}")

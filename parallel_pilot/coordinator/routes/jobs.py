@@ -3,11 +3,13 @@ cancel (whole or some tasks), retry, tasks, outputs, logs."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
-from parallel_pilot.coordinator.limits import AfterId, JobId, TaskFilter
+from parallel_pilot.coordinator.limits import MAX_DB_INT, AfterId, JobId, TaskFilter
 from parallel_pilot.coordinator.services import jobs
 from parallel_pilot.coordinator.sse import stream_changes
 from parallel_pilot.core.protocol import (
@@ -30,6 +32,10 @@ DEFAULT_JOBS_LISTED = 100  # jobs listed when no limit is given
 MAX_LOG_LINES = 10_000  # log lines one request returns at most
 DEFAULT_EVENT_SECONDS = 300.0  # how long a job's event stream lasts unless asked otherwise
 MAX_EVENT_SECONDS = 3600.0  # the most a client may ask for (the settings may cap it lower)
+
+TaskNumber = Annotated[int | None, Query(
+    ge=1, le=MAX_DB_INT, description="only the task with this number in the job (1-based, "
+    "as the dashboard and `pilot logs --task` number them)")]
 
 
 @router.post("", response_model=JobInfo, status_code=201)
@@ -98,9 +104,9 @@ def outputs(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> OutputList:
 
 @router.get("/{job_id}/logs", response_model=LogList)
 def logs(svc: ServicesDep, user: CurrentUser, job_id: JobId, task_id: TaskFilter = None,
-         after: AfterId = 0,
+         task: TaskNumber = None, after: AfterId = 0,
          limit: int = Query(MAX_LOG_LINES, ge=1, le=MAX_LOG_LINES)) -> LogList:
-    rows = jobs.logs(svc, user, job_id, task_id, after, limit)
+    rows = jobs.logs(svc, user, job_id, task_id, after, limit, task_number=task)
     return LogList(lines=[
         LogLine(id=r.id, task_id=r.task_id, attempt=r.attempt, at=r.at, line=r.line)
         for r in rows

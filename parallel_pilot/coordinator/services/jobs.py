@@ -1,5 +1,9 @@
 """Jobs: submit (validate, plan, insert in one transaction), read, cancel, retry, and
-finish (a completed job's kind makes its job-level outputs)."""
+finish (a completed job's kind makes its job-level outputs).
+
+Users number a job's tasks 1..N, in plan order (``task_label``: task N is the one at
+index N-1); ids stay internal. A job read here says how many of its items failed (sweeps)
+and whether retrying its failed tasks could help, from one aggregate per list."""
 
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import InvalidInput, JobNotFound, MissingBlob, TaskNotFound
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import FinishedTask, TaskSpec, describe_validation, parse_params
+from parallel_pilot.kinds.sweep import SweepKind
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import tasks as task_queries
 
 MAX_JOBS_LISTED = 500  # jobs one list request returns at most
+ITEM_KINDS = (SweepKind.name,)  # kinds whose tasks are items that may fail as a result
 
 
 class Caller:
@@ -88,7 +94,13 @@ def _check_plan(specs: list[TaskSpec], max_tasks: int) -> None:
     for i, spec in enumerate(specs):
         # dependencies point only backwards, so the graph has no cycle
         if any(not 0 <= d < i for d in spec.depends_on):
-            raise InvalidInput(f"task {i} depends on a task that is not planned before it")
+            raise InvalidInput(f"task {i + 1} depends on a task that is not planned before it")
+
+
+def task_label(idx: int, name: str) -> str:
+    """A task as users name it: its number in the job (1-based) and its name, e.g.
+    ``task 3 (item 7)``; the same number the dashboard and ``pilot logs --task`` use."""
+    return f"task {idx + 1} ({name})"
 
 
 def _visible_job(conn: sa.Connection, caller: Caller, job_id: int) -> sa.Row:
@@ -99,12 +111,38 @@ def _visible_job(conn: sa.Connection, caller: Caller, job_id: int) -> sa.Row:
     return row
 
 
+class JobFacts:
+    """What a job read needs besides its row and task counts, gathered in one aggregate
+    per statement for a whole list of jobs: failed items (sweeps) and final failures."""
+
+    def __init__(self, conn: sa.Connection, rows: list[sa.Row],
+                 counts: dict[int, dict[str, int]]) -> None:
+        with_items = [r.id for r in rows if r.kind in ITEM_KINDS
+                      and counts.get(r.id, {}).get(TaskState.DONE)]
+        failed = [r.id for r in rows if r.state == JobState.FAILED]
+        self.failed_items = q.failed_item_counts(conn, with_items) if with_items else {}
+        self.failures = q.final_failure_counts(conn, failed) if failed else {}
+
+    def items_failed(self, row: sa.Row) -> int | None:
+        return self.failed_items.get(row.id, 0) if row.kind in ITEM_KINDS else None
+
+    def retryable(self, row: sa.Row) -> bool:
+        """False only for a failed job whose every failed task was final (its worker said
+        retrying cannot help); a cancelled job, or one failed for want of attempts, can."""
+        failures = self.failures.get(row.id)
+        if row.state != JobState.FAILED or failures is None:
+            return True
+        return int(failures.final or 0) < int(failures.failed)
+
+
 def job_info(conn: sa.Connection, svc: Services, job_id: int,
-             row: sa.Row | None = None, counts: dict[str, int] | None = None) -> JobInfo:
+             row: sa.Row | None = None, counts: dict[str, int] | None = None,
+             facts: JobFacts | None = None) -> JobInfo:
     row = row or q.get_job(conn, job_id)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     counts = counts if counts is not None else q.task_counts(conn, [job_id])[job_id]
+    facts = facts or JobFacts(conn, [row], {job_id: counts})
     running = q.running_stats(conn, job_id) if counts.get(TaskState.LEASED) else None
     total = max(row.tasks_total, 1)
     done = counts.get(TaskState.DONE, 0)
@@ -120,6 +158,7 @@ def job_info(conn: sa.Connection, svc: Services, job_id: int,
         tasks_total=row.tasks_total, tasks_done=done, task_counts=counts,
         progress=progress if row.state != JobState.COMPLETED else 1.0,
         active_workers=running.workers if running else 0, eta_seconds=eta,
+        failed_items=facts.items_failed(row), retryable=facts.retryable(row),
     )
 
 
@@ -135,7 +174,8 @@ def list_jobs(svc: Services, caller: Caller, state: JobState | None,
         rows = q.list_jobs(conn, owner_id=None if caller.is_admin else caller.user_id,
                            state=state, limit=min(limit, MAX_JOBS_LISTED))
         counts = q.task_counts(conn, [r.id for r in rows])
-        return [job_info(conn, svc, r.id, r, counts[r.id]) for r in rows]
+        facts = JobFacts(conn, rows, counts)
+        return [job_info(conn, svc, r.id, r, counts[r.id], facts) for r in rows]
 
 
 def tasks(svc: Services, caller: Caller, job_id: int) -> list[TaskInfo]:
@@ -164,10 +204,31 @@ def outputs(svc: Services, caller: Caller, job_id: int) -> list[sa.Row]:
 
 
 def logs(svc: Services, caller: Caller, job_id: int, task_id: int | None, after_id: int,
-         limit: int) -> list[sa.Row]:
+         limit: int, task_number: int | None = None) -> list[sa.Row]:
+    """Log lines of the job, or of one of its tasks: ``task_number`` is the task's number
+    in the job (1-based, as users see it), ``task_id`` its id; a task the job does not
+    have is ``TaskNotFound``, not an empty log."""
     with svc.transaction() as conn:
-        _visible_job(conn, caller, job_id)
+        row = _visible_job(conn, caller, job_id)
+        if task_number is not None and task_id is not None:
+            raise InvalidInput("give the task's number in the job (task) or its id "
+                               "(task_id), not both")
+        if task_number is not None:
+            task_id = q.task_id_at(conn, job_id, task_number - 1) \
+                if task_number <= row.tasks_total else None
+            if task_id is None:
+                raise TaskNotFound(f"job {job_id} has no task {task_number}: "
+                                   f"{_numbers(row.tasks_total)}")
+        elif task_id is not None:
+            task = q.get_task(conn, task_id)
+            if task is None or task.job_id != job_id:
+                raise TaskNotFound(f"job {job_id} has no task with id {task_id}")
         return q.log_lines(conn, job_id=job_id, task_id=task_id, after_id=after_id, limit=limit)
+
+
+def _numbers(total: int) -> str:
+    return {0: "it has no tasks", 1: "it has only task 1"}.get(
+        total, f"its tasks are numbered 1 to {total}")
 
 
 def cancel(svc: Services, caller: Caller, job_id: int) -> JobInfo:

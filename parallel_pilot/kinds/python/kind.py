@@ -159,14 +159,17 @@ class PythonKind:
         common = {"python": params.python, "packages": params.packages,
                   "timeout_seconds": params.timeout_seconds, "session": params.session}
         specs = []
+        total = sum(chunk.count for chunk in params.chunks)
+        first = 1  # calls are numbered 1..total in the order they were made
         for i, chunk in enumerate(params.chunks):
             inputs = {"function": params.functions[chunk.function], "calls": params.calls}
             inputs.update({f"{BLOBS_DIR}/{params.shared[b]}": params.shared[b]
                            for b in chunk.blobs})
             payload = {"chunk": i, "offset": chunk.offset, "length": chunk.length,
                        "count": chunk.count, **common}
-            name = f"call {i}" if chunk.count == 1 else f"chunk {i} ({chunk.count} calls)"
-            specs.append(TaskSpec(name=name, payload=payload, inputs=inputs))
+            specs.append(TaskSpec(name=calls_name(first, chunk.count, total), payload=payload,
+                                  inputs=inputs))
+            first += chunk.count
         return specs
 
     def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
@@ -234,6 +237,14 @@ class PythonKind:
 
     def finalize(self, params: BaseModel, tasks: list[FinishedTask]) -> dict[str, bytes]:
         return {}
+
+
+def calls_name(first: int, count: int, total: int) -> str:
+    """A task's name from the calls it runs, numbered from 1 as users count them:
+    ``call 7 of 100``, ``calls 1-5 of 100``."""
+    if count == 1:
+        return f"call {first} of {total}"
+    return f"calls {first}-{first + count - 1} of {total}"
 
 
 def load_failure(stderr: str) -> str:

@@ -43,6 +43,8 @@ from parallel_pilot.store.queries.blobs import (
 )
 from parallel_pilot.store.queries.jobs import (
     add_job_done,
+    failed_item_counts,
+    final_failure_counts,
     get_job,
     insert_job,
     list_jobs,
@@ -77,6 +79,7 @@ from parallel_pilot.store.queries.tasks import (
     reopen_tasks,
     reopenable_tasks,
     requeue_task,
+    task_id_at,
     unblock_dependents,
     unmet_dependency_counts,
 )
@@ -119,6 +122,8 @@ __all__ = [
     "extend_all_leases",
     "extend_lease",
     "fail_task",
+    "failed_item_counts",
+    "final_failure_counts",
     "get_job",
     "get_task",
     "get_tasks",
@@ -164,6 +169,7 @@ __all__ = [
     "set_job_state",
     "set_password_hash",
     "task_counts",
+    "task_id_at",
     "task_log_chars",
     "task_log_has_line",
     "touch_worker",

@@ -1,4 +1,5 @@
-"""Jobs: insert, read, state changes, task counts."""
+"""Jobs: insert, read, state changes, and the per-job aggregates of their tasks (counts by
+state, running progress, failed sweep items, final failures)."""
 
 from __future__ import annotations
 
@@ -93,3 +94,45 @@ def running_stats(conn: sa.Connection, job_id: int) -> Row:
                   sa.func.coalesce(sa.func.sum(tasks.c.progress), 0.0).label("progress"))
         .where(tasks.c.job_id == job_id, tasks.c.state == TaskState.LEASED)
     ).one()
+
+
+def failed_item_counts(conn: sa.Connection, job_ids: Sequence[int]) -> dict[int, int]:
+    """Items of each job whose sweep result says the command failed, counted in one
+    aggregate (no result leaves the database): a non-zero exit code, a time limit, or an
+    ``error`` (could not start), the SQL mirror of ``kinds/sweep.py`` ``item_failure``.
+    Jobs without such items are left out."""
+    result = tasks.c.result
+    failed = sa.or_(
+        sa.func.coalesce(result["exit_code"].as_integer(), 0) != 0,
+        sa.func.coalesce(result["timed_out"].as_boolean(), sa.false()).is_(sa.true()),
+        result["error"].as_string().is_not(None),
+    )
+    out: dict[int, int] = {}
+    for part in _chunks(sorted(set(job_ids))):
+        for job_id, n in conn.execute(
+            sa.select(tasks.c.job_id, sa.func.count())
+            .where(tasks.c.job_id.in_(part), tasks.c.state == TaskState.DONE,
+                   tasks.c.kind == "sweep", failed)
+            .group_by(tasks.c.job_id)
+        ):
+            out[job_id] = n
+    return out
+
+
+def final_failure_counts(conn: sa.Connection, job_ids: Sequence[int]) -> dict[int, Row]:
+    """Per job: its failed tasks (``failed``; those a quorum went on without left out) and
+    how many of them failed with attempts left (``final``), which only a report that said
+    retrying cannot help does (a retryable failure is requeued until its attempts are
+    used up). Jobs without failed tasks are left out."""
+    final = sa.case((tasks.c.failures < tasks.c.max_attempts, 1), else_=0)
+    out: dict[int, Row] = {}
+    for part in _chunks(sorted(set(job_ids))):
+        for row in conn.execute(
+            sa.select(tasks.c.job_id, sa.func.count().label("failed"),
+                      sa.func.sum(final).label("final"))
+            .where(tasks.c.job_id.in_(part), tasks.c.state == TaskState.FAILED,
+                   tasks.c.skipped.is_(False))
+            .group_by(tasks.c.job_id)
+        ):
+            out[row.job_id] = row
+    return out

@@ -28,16 +28,22 @@ def delete_job_level_outputs(conn: sa.Connection, job_id: int) -> None:
 
 
 def job_outputs(conn: sa.Connection, job_id: int) -> list[Row]:
-    """Job-level outputs, and outputs of finished tasks from the attempt that finished them
-    (or, while a task runs, of its current attempt)."""
-    return list(conn.execute(
-        sa.select(task_outputs.c.path, task_outputs.c.sha256, task_outputs.c.size,
-                  task_outputs.c.task_id)
+    """The job's outputs, each path once: job-level outputs and those of the attempt that
+    finished each task (or, while a task runs, of its current attempt); where several of
+    them wrote a path (a render's ``preview/latest.jpg``, once per frame), the latest wins."""
+    latest = (
+        sa.select(sa.func.max(task_outputs.c.id))
         .outerjoin(tasks, tasks.c.id == task_outputs.c.task_id)
         .where(task_outputs.c.job_id == job_id,
                sa.or_(task_outputs.c.task_id.is_(None),
                       task_outputs.c.attempt == tasks.c.attempt))
-        .order_by(task_outputs.c.path, task_outputs.c.id)
+        .group_by(task_outputs.c.path)
+    )
+    return list(conn.execute(
+        sa.select(task_outputs.c.path, task_outputs.c.sha256, task_outputs.c.size,
+                  task_outputs.c.task_id)
+        .where(task_outputs.c.job_id == job_id, task_outputs.c.id.in_(latest))
+        .order_by(task_outputs.c.path)
     ))
 
 

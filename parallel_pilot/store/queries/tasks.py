@@ -44,6 +44,14 @@ def get_tasks(conn: sa.Connection, task_ids: Sequence[int]) -> list[Row]:
     return sorted(out, key=lambda r: r.id)
 
 
+def task_id_at(conn: sa.Connection, job_id: int, idx: int) -> int | None:
+    """The id of the task at ``idx`` (0-based) in the job's plan; users call it task
+    ``idx + 1``."""
+    return conn.execute(
+        sa.select(tasks.c.id).where(tasks.c.job_id == job_id, tasks.c.idx == idx)
+    ).scalar_one_or_none()
+
+
 def list_tasks(conn: sa.Connection, job_id: int) -> list[Row]:
     return list(conn.execute(
         sa.select(tasks, workers.c.name.label("worker_name"))
