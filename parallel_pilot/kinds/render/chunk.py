@@ -15,6 +15,7 @@ import json
 import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +131,14 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     uploader.start()
     reader = OutputReader()
     state: dict[str, Any] = {"done": 0, "scene": None, "frame_seconds": {}}
+    shown: deque[str] = deque(maxlen=reader.tail.maxlen)  # the log's last lines, as logged
 
     def on_line(line: str) -> None:
         event = reader.feed(line)
         readable = log_line(line, state["done"] + 1, len(frames))
         if readable is not None:
             ctx.log(readable)
+            shown.append(readable)
         if event is not None:
             _handle(event, ctx, uploader, state, frames, payload)
 
@@ -159,6 +162,8 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         raise uploader.error
     missing = [f for f in frames if f not in uploader.uploaded]
     if proc.exit_code != 0 or missing:
+        reader.tail.clear()  # the reason quotes the log as the task's log shows it
+        reader.tail.extend(shown)
         raise failure(reader, exit_code=proc.exit_code, install=install,
                       file_version=file_version, scene_file=scene_file)
     ctx.progress(1.0, f"{len(frames)} frames rendered")
