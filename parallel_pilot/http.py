@@ -5,50 +5,134 @@ against the wire models of ``core.protocol``, error bodies turned back into the
 ``PilotError`` classes, bounded retries while the coordinator cannot be reached (so a
 restarting coordinator is waited for, not fatal), and streamed blob transfers.
 Tests swap the transport (``httpx.ASGITransport`` or ``httpx.MockTransport``).
+
+Retries: a connection that the coordinator has answered retries for ``retry_seconds``
+(a restart); before its first answer it retries only ``first_contact_seconds``, so an
+interactive client facing a coordinator that is not there fails at once. A retry that
+may last ``NOTICE_MIN_SECONDS`` or more is announced through ``notify`` once per outage,
+and so is the coordinator's return.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel
 
 from parallel_pilot.core.project import sha256_file  # noqa: F401  (re-exported)
 from parallel_pilot.core.protocol import API_PREFIX
-from parallel_pilot.errors import BlobMismatch, PilotError, ServerUnavailable, error_from_body
+from parallel_pilot.errors import (
+    BlobMismatch,
+    InvalidInput,
+    PilotError,
+    ServerUnavailable,
+    error_from_body,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 READ_TIMEOUT = 60.0  # seconds to wait for a response (long polls add their own wait)
 RETRY_SECONDS = 120.0  # how long a request keeps retrying while the coordinator is down
+# interactive clients (Connection(interactive=True): the SDK's Client, hence the CLI)
+INTERACTIVE_FIRST_CONTACT_SECONDS = 0.5  # seconds of retries before the first answer
+INTERACTIVE_CONNECT_TIMEOUT = 3.0  # seconds to open a connection
+NOTICE_MIN_SECONDS = 10.0  # retries that may last this long or more are announced
 RETRY_BACKOFF_MAX = 5.0  # seconds between retries at most
 CHUNK_BYTES = 1024 * 1024  # bytes per read when streaming blobs
 EVENT_READ_TIMEOUT = 60.0  # seconds an event stream may stay silent (servers ping every 10)
+URL_SCHEMES = ("http", "https")
+START_HINT = "is it running? (pilot up, or pilot server)"
+UNKNOWN_HOST_HINT = "is the host name right?"
+
+log = logging.getLogger(__name__)
+
+# the connection errors worth retrying: nothing reached the coordinator, or it went away
+_UNREACHABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
+                httpx.WriteError, httpx.ConnectTimeout)
+# "ftp:x", "http:/x": a scheme without "//" (a port after "host:" starts with a digit)
+_SCHEME_WITHOUT_SLASHES = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?!\d)(?!//)")
+
+
+def normalize_server(url: str, *, source: str = "server") -> str:
+    """``url`` as a coordinator base URL: ``scheme://host[:port][/path]`` without a
+    trailing slash, scheme and host lower case; ``host:port`` without a scheme is taken
+    as ``http://host:port``. Anything else raises ``InvalidInput`` naming ``source``."""
+    text = url.strip()
+
+    def refuse(why: str) -> InvalidInput:
+        return InvalidInput(f"{source} {url!r}: {why}; write it as http://HOST:PORT "
+                            f"(e.g. http://127.0.0.1:8330)")
+
+    if not text:
+        raise refuse("is empty")
+    if any(ch.isspace() for ch in text):
+        raise refuse("contains a space")
+    if "://" not in text:
+        if _SCHEME_WITHOUT_SLASHES.match(text):
+            raise refuse("is not a URL")
+        text = "http://" + text.removeprefix("//")
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in URL_SCHEMES:
+        raise refuse(f"a coordinator speaks http:// or https://, not {parts.scheme}://")
+    if not parts.hostname:
+        raise refuse("has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise refuse("has a port that is not a number from 1 to 65535") from None
+    if port == 0:
+        raise refuse("has a port that is not a number from 1 to 65535")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise refuse("has a query or fragment")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 
 
 class Connection:
+    """Calls to one coordinator. ``interactive`` is for people waiting at a prompt: a
+    coordinator that never answered is given ``INTERACTIVE_FIRST_CONTACT_SECONDS`` and
+    ``INTERACTIVE_CONNECT_TIMEOUT``; once it answered, outages are ridden out as for
+    workers. ``notify`` receives the one-line notices of an outage (default: a warning
+    on this module's logger)."""
+
     def __init__(
         self,
         server: str,
         token: str | None = None,
         *,
         retry_seconds: float = RETRY_SECONDS,
+        interactive: bool = False,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
-        self.server = server.rstrip("/")
+        self.server = normalize_server(server)
         self.retry_seconds = retry_seconds
+        self.first_contact_seconds = (INTERACTIVE_FIRST_CONTACT_SECONDS if interactive
+                                      else float("inf"))
+        self.connect_timeout = INTERACTIVE_CONNECT_TIMEOUT if interactive else CONNECT_TIMEOUT
+        self.notify: Callable[[str], None] = notify or log.warning
         self._sleep = sleep
+        self._clock = clock
+        self._answered = False  # the coordinator has answered this connection at least once
+        self._outage_lock = threading.Lock()
+        self._outage_since: float | None = None  # monotonic time of the first failed try
+        self._outage_announced = False
         self._client = httpx.Client(
             base_url=self.server + API_PREFIX,
-            timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+            timeout=httpx.Timeout(READ_TIMEOUT, connect=self.connect_timeout),
             transport=transport,
             headers={"User-Agent": "parallel-pilot"},
         )
@@ -89,7 +173,7 @@ class Connection:
         elif body is not None:
             content = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if content is not None else {}
-        request_timeout = (httpx.Timeout(timeout, connect=CONNECT_TIMEOUT) if timeout
+        request_timeout = (httpx.Timeout(timeout, connect=self.connect_timeout) if timeout
                            else httpx.USE_CLIENT_DEFAULT)
         response = self._send(
             lambda: self._client.request(method, path, content=content, params=params,
@@ -102,18 +186,17 @@ class Connection:
         return response_model.model_validate(data)
 
     def _send(self, do: Callable[[], httpx.Response], *, retry: bool) -> httpx.Response:
-        deadline = time.monotonic() + (self.retry_seconds if retry else 0)
+        window = self.retry_window() if retry else 0.0
+        deadline = self._clock() + window
         delay = 0.25
         while True:
             try:
                 response = do()
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                    httpx.WriteError, httpx.ConnectTimeout) as exc:
-                if time.monotonic() >= deadline:
-                    raise ServerUnavailable(
-                        f"cannot reach the coordinator at {self.server}: {exc}"
-                    ) from None
-                self._sleep(delay)
+            except _UNREACHABLE as exc:
+                if self._clock() >= deadline:
+                    raise self._gave_up(exc, window) from None
+                self._unreachable(exc, window)
+                self._sleep(max(0.0, min(delay, deadline - self._clock())))
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
                 continue
             except httpx.TimeoutException as exc:
@@ -121,13 +204,51 @@ class Connection:
                 raise ServerUnavailable(
                     f"the coordinator at {self.server} did not answer in time: {exc}"
                 ) from None
-            if response.status_code in (502, 503, 504) and time.monotonic() < deadline:
-                self._sleep(delay)
+            if response.status_code in (502, 503, 504) and self._clock() < deadline:
+                self._unreachable(f"HTTP {response.status_code}", window)
+                self._sleep(max(0.0, min(delay, deadline - self._clock())))
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
                 continue
+            self._answer()
             if response.status_code >= 400:
                 raise _error(response)
             return response
+
+    # ------------------------------------------------------------ outages
+
+    def retry_window(self) -> float:
+        """Seconds a call retries while the coordinator cannot be reached."""
+        if self._answered:
+            return self.retry_seconds
+        return min(self.retry_seconds, self.first_contact_seconds)
+
+    def _unreachable(self, cause: httpx.HTTPError | str, window: float) -> None:
+        """A try failed and will be repeated for up to ``window`` seconds."""
+        with self._outage_lock:
+            if self._outage_since is None:
+                self._outage_since = self._clock()
+            if self._outage_announced or window < NOTICE_MIN_SECONDS:
+                return
+            self._outage_announced = True
+        self.notify(f"cannot reach the coordinator at {self.server} ({_reason(cause)}); "
+                    f"retrying for up to {window:.0f} s…")
+
+    def _answer(self) -> None:
+        """The coordinator answered (any status)."""
+        self._answered = True
+        with self._outage_lock:
+            since, announced = self._outage_since, self._outage_announced
+            self._outage_since, self._outage_announced = None, False
+        if announced and since is not None:
+            self.notify(f"the coordinator at {self.server} answers again "
+                        f"(after {self._clock() - since:.0f} s)")
+
+    def _gave_up(self, exc: httpx.HTTPError, window: float) -> ServerUnavailable:
+        with self._outage_lock:
+            self._outage_announced = False  # the next call that waits says so again
+        waited = f" for {window:.0f} s" if window >= NOTICE_MIN_SECONDS else ""
+        return ServerUnavailable(f"cannot reach the coordinator at {self.server} "
+                                 f"{_cause_and_hint(exc, waited)}")
 
     # ------------------------------------------------------------ blobs
 
@@ -170,12 +291,14 @@ class Connection:
         """Stream a blob to ``dest`` (via a temporary file), checking its hash."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
-        deadline = time.monotonic() + self.retry_seconds
+        window = self.retry_window()
+        deadline = self._clock() + window
         delay = 0.25
         while True:
             try:
                 digest = hashlib.sha256()
                 with self._client.stream("GET", f"/blobs/{sha256}") as response:
+                    self._answer()
                     if response.status_code >= 400:
                         response.read()
                         raise _error(response)
@@ -187,11 +310,13 @@ class Connection:
                                 on_progress(len(chunk))
                 break
             except httpx.TransportError as exc:
-                if time.monotonic() >= deadline:
+                if self._clock() >= deadline:
                     raise ServerUnavailable(
-                        f"cannot download blob {sha256[:12]} from {self.server}: {exc}"
+                        f"cannot download blob {sha256[:12]} from {self.server} "
+                        f"{_cause_and_hint(exc)}"
                     ) from None
-                self._sleep(delay)
+                self._unreachable(exc, window)
+                self._sleep(max(0.0, min(delay, deadline - self._clock())))
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
         if digest.hexdigest() != sha256:
             tmp.unlink(missing_ok=True)
@@ -205,9 +330,23 @@ class Connection:
     def events(self, path: str, params: dict[str, Any] | None = None,
                read_timeout: float = EVENT_READ_TIMEOUT) -> Iterator[tuple[str, Any]]:
         """The ``(event, data)`` pairs of one server-sent event stream until the server
-        ends it (``data`` parsed as JSON); comments (pings) and ``retry:`` are skipped."""
-        timeout = httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT)
-        with self._client.stream("GET", path, params=params, timeout=timeout) as response:
+        ends it (``data`` parsed as JSON); comments (pings) and ``retry:`` are skipped.
+
+        Not retried here: a dropped stream is the caller's to reopen (``Client.watch``
+        does, for ``retry_seconds``), so failing to reach the coordinator is announced as
+        an outage and raised as the httpx error; but an interactive connection that was
+        never answered raises ``ServerUnavailable``: there is nothing to wait for yet."""
+        timeout = httpx.Timeout(read_timeout, connect=self.connect_timeout)
+        with contextlib.ExitStack() as stack:
+            try:
+                response = stack.enter_context(
+                    self._client.stream("GET", path, params=params, timeout=timeout))
+            except _UNREACHABLE as exc:
+                if self.retry_window() < self.retry_seconds:  # never answered, interactive
+                    raise self._gave_up(exc, 0.0) from None
+                self._unreachable(exc, self.retry_seconds)
+                raise
+            self._answer()
             if response.status_code >= 400:
                 response.read()
                 raise _error(response)
@@ -221,6 +360,31 @@ class Connection:
                     name = line[6:].strip()
                 elif line.startswith("data:"):
                     data.append(line[5:].removeprefix(" "))
+
+
+def _reason(cause: httpx.HTTPError | str) -> str:
+    """Why the coordinator could not be reached, in a few words."""
+    if isinstance(cause, str):
+        return cause
+    text = str(cause)
+    lowered = text.lower()
+    if isinstance(cause, httpx.ConnectTimeout):
+        return "no answer to a connection request"
+    if "refused" in lowered:
+        return "connection refused"
+    if "name or service not known" in lowered or "name resolution" in lowered or \
+            "nodename nor servname" in lowered or "no address associated" in lowered:
+        return "unknown host"
+    if isinstance(cause, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return "the connection was dropped"
+    return text or type(cause).__name__
+
+
+def _cause_and_hint(exc: httpx.HTTPError, waited: str = "") -> str:
+    """``(connection refused); is it running? …``: the reason, then what to check."""
+    reason = _reason(exc)
+    hint = UNKNOWN_HOST_HINT if reason == "unknown host" else START_HINT
+    return f"({reason}){waited}; {hint}"
 
 
 def _error(response: httpx.Response) -> PilotError:

@@ -7,6 +7,7 @@ errors (a read timeout, say) come out as ``ServerUnavailable``, so callers handl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,8 @@ from parallel_pilot.http import Connection
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 LEASE_READ_MARGIN = 15.0  # seconds a lease answer may take beyond the long-poll wait
 HEARTBEAT_TIMEOUT = 15.0  # seconds to wait for a heartbeat answer
 QUICK_CALL_TIMEOUT = 10.0  # seconds for calls made while shutting down (release, leave)
@@ -42,6 +45,8 @@ class CoordinatorLink:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        # reports and uploads retry for minutes while the coordinator is away: say so
+        connection.notify = _log_notice
 
     @property
     def server(self) -> str:
@@ -113,6 +118,10 @@ class CoordinatorLink:
                                          retry=retry),
             self.server,
         )
+
+
+def _log_notice(line: str) -> None:
+    log.warning("%s", line)
 
 
 def _attempt(task_id: int, attempt: int, action: str) -> str:

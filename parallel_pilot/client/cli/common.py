@@ -18,7 +18,8 @@ from rich.console import Console
 
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.settings import ClientSettings
-from parallel_pilot.errors import PilotError
+from parallel_pilot.errors import InvalidInput, PilotError
+from parallel_pilot.http import normalize_server
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,7 +59,8 @@ class PilotGroup(click.Group):
         except TimeoutError as exc:
             raise CommandFailure(str(exc) or "timed out") from None
         except httpx.HTTPError as exc:  # e.g. a read timeout, which Connection passes through
-            raise CommandFailure(f"talking to the coordinator failed: {exc!r}") from None
+            raise CommandFailure(f"talking to the coordinator failed: "
+                                 f"{type(exc).__name__}: {exc}") from None
 
 
 class CliState:
@@ -68,6 +70,9 @@ class CliState:
         self._settings = settings
         self.server: str | None = None
         self.token: str | None = None
+        # submitting commands work here first (hashing, Blender): ask the coordinator
+        # before that, so that a missing one is said at once, not after minutes
+        self.reach_first = False
 
     @property
     def settings(self) -> ClientSettings:
@@ -92,13 +97,33 @@ make_client: Callable[[str | None, str | None, ClientSettings], Client] = defaul
 def get_client() -> Client:
     st = state()
     client = make_client(st.server, st.token, st.settings)
+    # a long wait riding out a coordinator restart says so, above any progress bar
+    client.connection.notify = notice
     click.get_current_context().call_on_close(client.close)
+    if st.reach_first:
+        client.health()
     return client
+
+
+def notice(line: str) -> None:
+    """One line on stderr that is not an error (a lost or regained coordinator)."""
+    err_console.print(line, markup=False)
+
+
+def server_url(value: str, option: str = "--server") -> str:
+    """``--server`` as a coordinator URL (``host:port`` gets ``http://``), or a usage
+    error that says how to write it."""
+    try:
+        return normalize_server(value, source=option)
+    except InvalidInput as exc:
+        raise UsageFailure(exc.message) from None
 
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is not None:
+            if name == "server":
+                value = server_url(value)
             setattr(ctx.ensure_object(CliState), name, value)
         return value
     return callback
@@ -119,7 +144,16 @@ def json_option(f: F) -> F:
 
 
 def submit_options(f: F) -> F:
-    """--priority, --no-wait, --wait-timeout and --json, shared by the submitting commands."""
+    """--priority, --no-wait, --wait-timeout and --json, shared by the submitting commands;
+    their ``get_client()`` checks that the coordinator answers before anything else."""
+    command = f
+
+    @functools.wraps(command)
+    def reaching_first(*args: Any, **kwargs: Any) -> Any:
+        state().reach_first = True
+        return command(*args, **kwargs)
+
+    f = reaching_first  # type: ignore[assignment]
     f = json_option(f)
     f = click.option("--wait-timeout", type=click.FloatRange(min=0),
                      help="Stop waiting after this many seconds (the job keeps running).")(f)

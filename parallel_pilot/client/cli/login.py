@@ -26,8 +26,9 @@ def login_command(server: str, token: str | None) -> None:
     if not token:
         raise UsageFailure("no token given: pass --token or write it to stdin")
     settings = state().settings
-    server = server.rstrip("/")
+    server = common.server_url(server)
     with common.make_client(server, token, settings) as client:
+        client.connection.notify = common.notice
         me = client.me()
     config.write_config_file(settings.config_file, server, token)
     role = " (admin)" if me.is_admin else ""
