@@ -10,35 +10,72 @@ Children are real ``pilot server`` / ``pilot worker`` processes (``python -m par
 listening on 127.0.0.1, each in its own session so that a terminal's Ctrl-C reaches only the
 parent, which then stops them in order: workers first (they hand back their tasks), then the
 coordinator; SIGTERM, then SIGKILL after a timeout. Their output goes to ``DATA_DIR/logs``.
+
+A port in use is refused before anything starts (``PortInUse``), and the readiness check
+only accepts the coordinator it started: each start passes a fresh instance id that
+``GET /health`` sends back in a header, so another coordinator on the same port never
+passes for this one. ``stop(hurry_on_signal=True)`` (``pilot up``) lets a second Ctrl-C
+cut the orderly stop short, bounded in time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import httpx
+import psutil
 
 from parallel_pilot.client.sdk import Client
-from parallel_pilot.core.protocol import Health
+from parallel_pilot.core.protocol import API_PREFIX
 from parallel_pilot.errors import PilotError, ServerUnavailable
-from parallel_pilot.http import Connection
 
 LOCAL_HOST = "127.0.0.1"  # the embedded cluster listens on loopback only
 START_TIMEOUT = 60.0  # seconds the coordinator may take to answer /health and write tokens
 STOP_TIMEOUT = 20.0  # seconds a child may take to exit after SIGTERM before SIGKILL
 HEALTH_POLL = 0.1  # seconds between /health probes while starting
+HEALTH_TIMEOUT = 2.0  # seconds one /health probe may take
+STOP_POLL = 0.05  # seconds between checks while children stop
+HURRY_WORKER_SECONDS = 6.0  # after a second signal: seconds workers get to hand their tasks
+# back and kill their task processes (about 1 s; their own bound is 5 s) before SIGKILL
+HURRY_SERVER_SECONDS = 3.0  # after a second signal: seconds the coordinator gets to exit
+KILL_WAIT_SECONDS = 5.0  # seconds to wait for a child after SIGKILL
+INSTANCE_HEADER = "X-Pilot-Instance"  # GET /health names the coordinator process by it
 # on your own machine you are the owner: its workers run every kind
 LOCAL_WORKER_KINDS = ("render", "sleep", "sweep", "python", "train")
 _PR_SET_PDEATHSIG = 1  # prctl option: signal the child when its parent dies
+
+
+class PortInUse(PilotError):
+    """The coordinator's port is in use."""
+
+    code = "port_in_use"
+
+
+def port_in_use(port: int, host: str = LOCAL_HOST) -> bool:
+    """Whether something listens on ``host:port`` (bound the way the coordinator binds,
+    SO_REUSEADDR, so a port merely left in TIME_WAIT counts as free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
 
 
 def free_port(host: str = LOCAL_HOST) -> int:
@@ -116,6 +153,8 @@ class LocalCluster:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.admin_token = ""
         self.join_token = ""
+        self.instance_id = ""  # of the coordinator process started last
+        self._hurry_signals = 0  # SIGINT/SIGTERM received during stop(hurry_on_signal=True)
         self.env = dict(os.environ)
         self.env.update(env or {})
         self.env.setdefault("PYTHONUNBUFFERED", "1")
@@ -141,13 +180,26 @@ class LocalCluster:
             self.add_worker()
         return self
 
+    def check_port(self) -> None:
+        """Raise ``PortInUse`` (one line naming the port and ``--port``) if something
+        listens on the cluster's port already."""
+        if port_in_use(self.port):
+            raise PortInUse(self._port_in_use_message())
+
+    def _port_in_use_message(self) -> str:
+        return (f"port {self.port} on {LOCAL_HOST} is in use (another coordinator or "
+                f"program listens there); stop it or choose another port with --port")
+
     def start_server(self) -> subprocess.Popen[bytes]:
         """Start (or restart) the coordinator on the same data dir and wait until it is up."""
         if self.server is not None and self.server.poll() is None:
             raise RuntimeError("the coordinator is already running")
+        self.check_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.instance_id = secrets.token_hex(8)
         argv = ["server", "--host", LOCAL_HOST, "--port", str(self.port),
-                "--data-dir", str(self.data_dir), *self.server_args]
+                "--data-dir", str(self.data_dir), "--instance-id", self.instance_id,
+                *self.server_args]
         self.server = self._spawn(argv, self.log_dir / "server.log")
         self._wait_until_ready(self.server)
         return self.server
@@ -169,11 +221,71 @@ class LocalCluster:
         self.workers.append(proc)
         return proc
 
-    def stop(self) -> None:
-        """Stop the workers (so they hand back their tasks), then the coordinator."""
-        _terminate([w for w in self.workers], self.stop_timeout)
-        if self.server is not None:
-            _terminate([self.server], self.stop_timeout)
+    def stop(self, *, hurry_on_signal: bool = False,
+             on_hurry: Callable[[], None] | None = None) -> None:
+        """Stop the workers (so they hand back their tasks), then the coordinator.
+
+        With ``hurry_on_signal`` (in the main thread), a SIGINT or SIGTERM that arrives
+        meanwhile cuts the stop short: ``on_hurry`` is called, the workers get a second
+        SIGTERM (they hand running tasks back at once instead of letting them finish), the
+        coordinator follows as soon as they are gone, and whatever still runs after
+        ``HURRY_WORKER_SECONDS`` and ``HURRY_SERVER_SECONDS`` is killed with its children.
+        """
+        catch = hurry_on_signal and threading.current_thread() is threading.main_thread()
+        previous: dict[int, object] = {}
+        if catch:
+            self._hurry_signals = 0
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._count_hurry)
+        hurried = [False]
+
+        def hurry() -> bool:
+            if self._hurry_signals and not hurried[0]:
+                hurried[0] = True
+                if on_hurry is not None:
+                    on_hurry()
+                return True
+            return False
+
+        try:
+            self._stop_group(self.workers, self.stop_timeout, HURRY_WORKER_SECONDS, hurry,
+                             hurried)
+            if self.server is not None:
+                self._stop_group([self.server], self.stop_timeout, HURRY_SERVER_SECONDS,
+                                 hurry, hurried)
+        finally:
+            for caught, handler in previous.items():
+                signal.signal(caught, handler)  # type: ignore[arg-type]
+
+    def _count_hurry(self, signum: int, frame: FrameType | None) -> None:
+        # a signal handler only counts: it must not take locks the main thread may hold
+        self._hurry_signals += 1
+
+    @staticmethod
+    def _stop_group(procs: Sequence[subprocess.Popen[bytes]], timeout: float,
+                    hurry_timeout: float, hurry: Callable[[], bool],
+                    hurried: list[bool]) -> None:
+        """SIGTERM ``procs``; after ``hurry()``, SIGTERM them again and wait at most
+        ``hurry_timeout`` more; past the deadline, SIGKILL them and their children."""
+        alive = [p for p in procs if p.poll() is None]
+        for proc in alive:
+            _signal(proc, signal.SIGTERM)
+        now = time.monotonic()
+        deadline = now + (hurry_timeout if hurried[0] else timeout)
+        while alive:
+            now = time.monotonic()
+            if hurry():
+                for proc in alive:
+                    _signal(proc, signal.SIGTERM)  # a worker's second signal: stop now
+                deadline = min(deadline, now + hurry_timeout)
+            if now >= deadline:
+                for proc in alive:
+                    _kill_tree(proc)
+                for proc in alive:
+                    _wait(proc, KILL_WAIT_SECONDS)
+                return
+            time.sleep(STOP_POLL)
+            alive = [p for p in alive if p.poll() is None]
 
     def stop_server(self, sig: int = signal.SIGTERM) -> None:
         """Stop only the coordinator (``signal.SIGKILL`` to simulate a crash)."""
@@ -225,14 +337,11 @@ class LocalCluster:
         deadline = time.monotonic() + self.start_timeout
         admin_file = self.data_dir / "admin-token"
         join_file = self.data_dir / "join-token"
-        with Connection(self.url, retry_seconds=0) as conn:
+        with httpx.Client(base_url=self.url + API_PREFIX, timeout=HEALTH_TIMEOUT) as http:
             while True:
                 if proc.poll() is not None:
-                    raise ServerUnavailable(
-                        f"the coordinator exited with code {proc.returncode} while starting; "
-                        f"see {self.log_dir / 'server.log'}\n{self._log_tail('server.log')}"
-                    )
-                if self._answers(conn) and admin_file.is_file() and join_file.is_file():
+                    self._exited_while_starting(proc)
+                if self._answers(http) and admin_file.is_file() and join_file.is_file():
                     self.admin_token = admin_file.read_text().strip()
                     self.join_token = join_file.read_text().strip()
                     if self.admin_token and self.join_token:
@@ -244,12 +353,23 @@ class LocalCluster:
                     )
                 time.sleep(HEALTH_POLL)
 
-    @staticmethod
-    def _answers(conn: Connection) -> bool:
+    def _exited_while_starting(self, proc: subprocess.Popen[bytes]) -> None:
+        tail = self._log_tail("server.log")
+        if proc.returncode == 2 and "in use" in tail:
+            # taken between our check and the child's bind: the child said so and left
+            raise PortInUse(self._port_in_use_message())
+        raise ServerUnavailable(
+            f"the coordinator exited with code {proc.returncode} while starting; "
+            f"see {self.log_dir / 'server.log'}\n{tail}")
+
+    def _answers(self, http: httpx.Client) -> bool:
+        """Whether the coordinator this cluster started answers (not another one)."""
         try:
-            return bool(conn.call("GET", "/health", Health, retry=False, timeout=2.0).ok)
-        except (PilotError, httpx.HTTPError):  # a read timeout is not mapped by Connection
+            response = http.get("/health")
+        except httpx.HTTPError:
             return False
+        return (response.status_code == 200
+                and response.headers.get(INSTANCE_HEADER) == self.instance_id)
 
     def _log_tail(self, name: str, lines: int = 20) -> str:
         try:
@@ -273,6 +393,21 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
         return True
     except subprocess.TimeoutExpired:
         return False
+
+
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child and everything it started (task processes live in sessions of
+    their own, so killing the child's process group would miss them)."""
+    if proc.poll() is not None:
+        return
+    try:
+        below = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        below = []
+    _signal(proc, signal.SIGKILL)
+    for child in below:
+        with contextlib.suppress(psutil.Error):
+            child.kill()  # psutil checks it is still the process it listed (no pid reuse)
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:

@@ -1,8 +1,16 @@
-"""``serve``: run the coordinator under uvicorn until SIGTERM or Ctrl-C."""
+"""``serve``: run the coordinator under uvicorn until SIGTERM or Ctrl-C.
+
+The listening socket is bound first, before the database is touched or anything is
+printed, so a port that is in use is refused at once (``CannotListen``) instead of after
+a first start wrote tokens for a coordinator that never ran.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
+import secrets
+import socket
 import sys
 
 import uvicorn
@@ -15,8 +23,18 @@ from parallel_pilot.coordinator.bootstrap import (
     ensure_admin,
 )
 from parallel_pilot.core.settings import CoordinatorSettings
+from parallel_pilot.errors import PilotError
 
 log = logging.getLogger("pilot.coordinator")
+
+LISTEN_BACKLOG = 2048  # pending connections the socket queues (uvicorn's default)
+KEEP_ALIVE_SECONDS = 75  # idle keep-alive connections are closed after this
+
+
+class CannotListen(PilotError):
+    """The coordinator cannot listen on that address."""
+
+    code = "cannot_listen"
 
 
 def _redact(url: str) -> str:
@@ -26,13 +44,47 @@ def _redact(url: str) -> str:
     return url
 
 
-def serve(settings: CoordinatorSettings) -> None:
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (as uvicorn binds it: SO_REUSEADDR, so a port
+    left in TIME_WAIT is fine, a listening one is not), or ``CannotListen``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotListen(
+                f"port {port} on {host} is in use (another coordinator or program listens "
+                f"there); stop it or choose another port with --port") from None
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                           "check --host and --port") from None
+    return sock
+
+
+def serve(settings: CoordinatorSettings, *, instance_id: str | None = None) -> None:
+    """Bind, bootstrap the admin on first start, then serve until stopped.
+
+    ``instance_id`` is what ``GET /health`` names this process by (header
+    ``X-Pilot-Instance``), so whoever started it can tell it from another coordinator on
+    the same port; a random one by default."""
+    sock = listen_socket(settings.host, settings.port)
+    try:
+        _serve(settings, sock, instance_id or secrets.token_hex(8))
+    finally:
+        sock.close()
+
+
+def _serve(settings: CoordinatorSettings, sock: socket.socket, instance_id: str) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
     services = build_services(settings)
     first = ensure_admin(services)
-    url = f"http://{settings.host}:{settings.port}"
+    port = int(sock.getsockname()[1])  # the real one when --port 0
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{port}"
     print(f"Parallel Pilot coordinator on {url}", flush=True)
     print(f"  database: {_redact(settings.resolved_database_url())}", flush=True)
     print(f"  blobs:    {settings.blob_dir.resolve()}", flush=True)
@@ -50,5 +102,7 @@ def serve(settings: CoordinatorSettings) -> None:
         print(f"  join a worker:     pilot worker --server {url} --join-token "
               f"\"$(cat {join_file.resolve()})\"", flush=True)
     app = create_app(services)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                timeout_keep_alive=75)
+    app.state.instance_id = instance_id
+    config = uvicorn.Config(app, host=settings.host, port=port, log_level="warning",
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS, backlog=LISTEN_BACKLOG)
+    uvicorn.Server(config).run(sockets=[sock])

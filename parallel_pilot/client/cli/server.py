@@ -31,15 +31,21 @@ def _given(**values: Any) -> dict[str, Any]:
               help="SQLAlchemy URL of PostgreSQL or MariaDB (default: SQLite in the data dir).")
 @click.option("--lease-seconds", type=float, help="Seconds a lease lasts without a heartbeat.")
 @click.option("--heartbeat-seconds", type=float, help="Seconds between worker heartbeats.")
-def server_command(**flags: Any) -> None:
+# set by LocalCluster (pilot up): GET /health names the process by it, so the parent knows
+# it reached the coordinator it started and not another one on the same port
+@click.option("--instance-id", hidden=True)
+def server_command(instance_id: str | None, **flags: Any) -> None:
     """Run a coordinator until Ctrl-C or SIGTERM."""
     try:
         settings = CoordinatorSettings(**_given(**flags))
     except ValidationError as exc:
         raise UsageFailure(describe_validation(exc)) from None
-    from parallel_pilot.coordinator.server import serve
+    from parallel_pilot.coordinator.server import CannotListen, serve
 
-    serve(settings)
+    try:
+        serve(settings, instance_id=instance_id)
+    except CannotListen as exc:  # a port in use: one line, before anything else
+        raise UsageFailure(exc.message) from None
 
 
 def parse_allow(value: str) -> list[str]:

@@ -1,7 +1,14 @@
-"""``pilot up``: a coordinator and local workers on this machine in one command."""
+"""``pilot up``: a coordinator and local workers on this machine in one command.
+
+A port in use is refused before anything is printed or started (exit 2). Ctrl-C once
+stops the workers in order (running tasks get their drain time, then are handed back),
+then the coordinator; Ctrl-C again stops everything at once, bounded in time
+(``LocalCluster.stop``).
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -9,11 +16,14 @@ from types import FrameType
 
 import click
 
-from parallel_pilot.client.cli.common import EXIT_ERROR, console, err_console
-from parallel_pilot.client.local_cluster import LocalCluster, default_worker_count
+from parallel_pilot.client.cli.common import EXIT_ERROR, UsageFailure, console, err_console
+from parallel_pilot.client.local_cluster import LocalCluster, PortInUse, default_worker_count
 from parallel_pilot.core.settings import DEFAULT_PORT
 
 WATCH_SECONDS = 1.0  # seconds between checks that the children are still alive
+ADMIN_PASSWORD_FILE = "admin-password"  # written by the coordinator on first start
+ADMIN_TOKEN_FILE = "admin-token"
+JOIN_TOKEN_FILE = "join-token"
 
 
 class StopRequested(Exception):
@@ -35,41 +45,65 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 @click.option("--slots", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Tasks each worker runs at once.")
 def up_command(workers: int | None, port: int, data_dir: Path, slots: int) -> None:
-    """Run a coordinator and local workers until Ctrl-C.
+    """Run a coordinator and local workers until Ctrl-C (twice: stop at once).
 
     The workers are yours, so they run every kind: render, sweep, python and train."""
     count = default_worker_count() if workers is None else workers
     cluster = LocalCluster(data_dir, port=port, workers=count, slots=slots)
+    try:
+        cluster.check_port()
+    except PortInUse as exc:
+        raise UsageFailure(exc.message) from None
     previous = signal.signal(signal.SIGTERM, _raise_stop)
+    failure: PortInUse | None = None
     try:
         err_console.print(f"starting a coordinator on {cluster.url} and {count} worker(s)…")
         cluster.start()
         _print_welcome(cluster)
         _watch(cluster)
+    except PortInUse as exc:  # taken between the check and the coordinator's start
+        failure = exc
     except (KeyboardInterrupt, StopRequested):
-        err_console.print("stopping…")
+        err_console.print("stopping… (Ctrl-C again to stop at once)")
     finally:
-        # a second Ctrl-C must not cut the orderly stop short
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            cluster.stop()
+            cluster.stop(hurry_on_signal=True, on_hurry=lambda: err_console.print(
+                "stopping now: running tasks are handed back"))
         finally:
-            signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous)
+    if failure is not None:
+        raise UsageFailure(failure.message)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it lies inside it (as the user typed
+    ``--data-dir``), else absolute."""
+    try:
+        return str(path.relative_to(Path(os.getcwd()).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _print_welcome(cluster: LocalCluster) -> None:
-    token_file = cluster.data_dir / "admin-token"
+    data = cluster.data_dir
+    token_file = _shown(data / ADMIN_TOKEN_FILE)
+    password_file = data / ADMIN_PASSWORD_FILE
     console.print(f"[bold green]Parallel Pilot is up[/] at {cluster.url} with "
                   f"{len(cluster.workers)} worker(s), {cluster.slots} slot(s) each")
+    if password_file.is_file():
+        login = f"log in as admin, password in {_shown(password_file)}"
+    else:
+        login = "log in as admin with your password"
+    console.print(f"dashboard: {cluster.url}/  ({login})")
     console.print(f"admin token: {cluster.admin_token}  (in {token_file})")
-    console.print(f"join token for more workers: in {cluster.data_dir / 'join-token'}")
-    console.print(f"logs: {cluster.log_dir}")
-    console.print("submit from another terminal:")
+    console.print(f"join token for more workers: in {_shown(data / JOIN_TOKEN_FILE)}")
+    console.print(f"logs: {_shown(cluster.log_dir)}")
+    console.print("submit from another terminal in this folder:")
     console.print(f"  pilot login --server {cluster.url} < {token_file}")
     console.print("  pilot sweep --items 1-10 -- python -c 'print({item})'")
-    console.print("Ctrl-C stops the coordinator and the workers.")
+    console.print("  pilot render scene.blend   (a sample scene: pilot demo --keep-scene)")
+    console.print("Ctrl-C stops the coordinator and the workers (twice: at once).")
 
 
 def _watch(cluster: LocalCluster) -> None:

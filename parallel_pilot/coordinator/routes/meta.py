@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from parallel_pilot import __version__
 from parallel_pilot.coordinator.auth import CurrentUser
@@ -10,9 +10,16 @@ from parallel_pilot.core.protocol import Health, UserInfo
 
 router = APIRouter(tags=["meta"])
 
+INSTANCE_HEADER = "X-Pilot-Instance"  # names the coordinator process that answered
+
 
 @router.get("/health", response_model=Health)
-def health() -> Health:
+def health(request: Request, response: Response) -> Health:
+    # the process's instance id lets whoever started it tell it from another coordinator
+    # answering on the same port (pilot up's readiness check)
+    instance = getattr(request.app.state, "instance_id", None)
+    if instance:
+        response.headers[INSTANCE_HEADER] = instance
     return Health(ok=True, version=__version__)
 
 
