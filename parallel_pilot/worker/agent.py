@@ -5,6 +5,8 @@ Threads: the caller's thread runs ``Worker.run()`` and only waits for a stop and
 down; a daemon *lease loop* registers and long-polls for tasks (it is abandoned on stop, so
 a 30-second long poll never delays shutdown); each task has a ``TaskRun`` thread and a
 heartbeat thread. A restarting coordinator is waited for with bounded back-off, never fatal.
+A worker restarted under the same name with the same cache dir sends the id and token it was
+given (``worker/identity.py``) and so takes its old row back.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
 from parallel_pilot.worker.cache import BlobCache
 from parallel_pilot.worker.capabilities import detect_capabilities
 from parallel_pilot.worker.context import StopReason
+from parallel_pilot.worker.identity import (
+    Registration,
+    WorkerIdentity,
+    identity_dir,
+    remember_name,
+    remembered_name,
+)
 from parallel_pilot.worker.link import CoordinatorLink
 from parallel_pilot.worker.task_run import TaskRun
 
@@ -83,7 +92,9 @@ class Worker:
         if not settings.join_token:
             raise InvalidInput("a join token is required to register (--join-token)")
         self.settings = settings
-        self.name = (settings.name or default_name())[:NAME_MAX]
+        cache_dir = settings.cache_dir or Path.home() / CACHE_SUBDIR
+        self.identity, self._identity_note = _claim_identity(settings.name, cache_dir)
+        self.name = self.identity.name
         self.clock = clock
         factory = connection_factory or (lambda server: Connection(server))
         self.link = CoordinatorLink(factory(settings.server))
@@ -93,7 +104,6 @@ class Worker:
         lease_connection.retry_seconds = min(lease_connection.retry_seconds,
                                              LOOP_RETRY_SECONDS)
         self.lease_link = CoordinatorLink(lease_connection)
-        cache_dir = settings.cache_dir or Path.home() / CACHE_SUBDIR
         self.cache = BlobCache(cache_dir, settings.cache_bytes)
         # what a sandboxed task must not see of this worker: its home, cache, work root
         self.private_paths = private_folders(Path.home(), cache_dir, settings.work_dir)
@@ -135,6 +145,8 @@ class Worker:
     def run(self) -> int:
         """Register, work until stopped, shut down; 0 after a clean stop, 2 when the
         coordinator refused this worker (bad join token, revoked)."""
+        if self._identity_note:
+            log.warning("%s", self._identity_note)
         if "render" in self.settings.allow:
             if self.render_sandbox.enabled:
                 log.info("renders run in a sandbox (bwrap: no network, read-only system, "
@@ -211,8 +223,13 @@ class Worker:
         capabilities = self._capabilities or detect_capabilities(
             self.settings, render_sandbox=self.render_sandbox.enabled)
         self._capabilities = capabilities
+        # the id and token this name had here before: the coordinator gives the old row
+        # back if the token still matches it, else a new row
+        before = self.identity.load(self.link.server)
         request = RegisterRequest(join_token=self.settings.join_token, name=self.name,
-                                  capabilities=capabilities)
+                                  capabilities=capabilities,
+                                  worker_id=before.worker_id if before else None,
+                                  worker_token=before.worker_token if before else None)
         delay = BACKOFF_START_SECONDS
         while not self._stopping.is_set():
             try:
@@ -227,12 +244,15 @@ class Worker:
                 continue
             for link in (self.link, self.lease_link):
                 link.set_token(answer.worker_token)
+            self.identity.save(self.link.server,
+                               Registration(answer.worker_id, answer.worker_token))
             self.worker_id = answer.worker_id
             self.lease_seconds = answer.lease_seconds
             self.registered.set()
-            log.info("registered with %s as worker %d (%d slot(s), kinds: %s)",
-                     self.link.server, answer.worker_id, self.settings.slots,
-                     ", ".join(self.settings.allow))
+            again = before is not None and before.worker_id == answer.worker_id
+            log.info("registered with %s as worker %d%s (%d slot(s), kinds: %s)",
+                     self.link.server, answer.worker_id, " again" if again else "",
+                     self.settings.slots, ", ".join(self.settings.allow))
             return True
         return False
 
@@ -297,6 +317,7 @@ class Worker:
             self._lease_thread.join(timeout=0)
             if not self._lease_thread.is_alive():
                 self.lease_link.close()
+        self.identity.release()
 
     def _wait_idle(self, seconds: float, *, interruptible: bool) -> None:
         """Wait until no task runs, ``seconds`` pass, or (if interruptible) a hard stop."""
@@ -331,6 +352,28 @@ class Worker:
             log.warning("%s: %s (retrying in %.0f s)", what, exc, delay)
         else:
             log.warning("%s: %s: %s (retrying in %.0f s)", what, type(exc).__name__, exc, delay)
+
+
+def _claim_identity(given: str | None, cache_dir: Path) -> tuple[WorkerIdentity, str]:
+    """This worker's name and its state file (locked), plus a note to log if the file
+    cannot be used. Without ``--name``, the name used last time in this cache dir."""
+    folder = identity_dir(cache_dir)
+    if given:
+        identity = WorkerIdentity(folder, given[:NAME_MAX])
+        if identity.acquire():
+            return identity, ""
+        return identity, (f"another worker named {identity.name!r} runs with the cache "
+                          f"dir {cache_dir}; this one registers as a new worker")
+    before = remembered_name(folder)
+    if before:
+        identity = WorkerIdentity(folder, before[:NAME_MAX])
+        if identity.acquire():
+            return identity, ""
+    identity = WorkerIdentity(folder, default_name())
+    identity.acquire()
+    if not before:  # the remembered name stays with the worker that runs under it
+        remember_name(folder, identity.name)
+    return identity, ""
 
 
 # ---------------------------------------------------------------- entry point

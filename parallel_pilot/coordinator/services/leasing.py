@@ -4,6 +4,7 @@ reaper requeues what a dead worker held. Every report is fenced by (task, attemp
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -26,6 +27,7 @@ from parallel_pilot.core.states import TaskState
 from parallel_pilot.errors import InvalidInput, StaleAttempt, TaskNotFound
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import quorum as qq
+from parallel_pilot.store.queries import workers as qw
 
 log = logging.getLogger("pilot.leasing")
 
@@ -37,16 +39,62 @@ LOG_TRUNCATED = "[log truncated: limit {limit} bytes]"  # stored once when a tas
 
 
 def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
+    """A new row for a worker joining with a join token; or, for a worker that restarted
+    and sends the id and token it was given, that row again (``_take_back``)."""
     now = svc.clock()
+    token = new_token(WORKER_TOKEN_PREFIX)
+    capabilities = request.capabilities.model_dump(mode="json")
+    requeued = 0
     with svc.transaction() as conn:
-        accounts.use_join_token(conn, request.join_token, now)  # or raise Unauthorized
-        token = new_token(WORKER_TOKEN_PREFIX)
-        worker_id = q.insert_worker(conn, request.name, hash_token(token),
-                                    request.capabilities.model_dump(mode="json"), now)
-    log.info("worker %s (%d) joined", request.name, worker_id)
+        taken_back = _take_back(conn, request, hash_token(token), capabilities, now)
+        if taken_back is not None:
+            worker_id = taken_back
+            requeued = _requeue_held(conn, worker_id, request.name, now)
+        else:
+            accounts.use_join_token(conn, request.join_token, now)  # or raise Unauthorized
+            worker_id = q.insert_worker(conn, request.name, hash_token(token), capabilities,
+                                        now)
+    if taken_back is not None:
+        log.info("worker %s (%d) is back%s", request.name, worker_id,
+                 f"; {requeued} task(s) it held requeued" if requeued else "")
+        if requeued:
+            svc.notifier.notify()
+    else:
+        log.info("worker %s (%d) joined", request.name, worker_id)
     return RegisterResponse(worker_id=worker_id, worker_token=token,
                             lease_seconds=svc.settings.lease_seconds,
                             heartbeat_seconds=svc.settings.heartbeat_seconds)
+
+
+def _take_back(conn: sa.Connection, request: RegisterRequest, new_token_hash: str,
+               capabilities: dict[str, Any], now: float) -> int | None:
+    """The id of the row the request may take back, now holding the new token; None
+    unless the id, the name and the token (compared by hash, as every token) match a row
+    that is not revoked. The old token stops working. No join token use is counted: the
+    worker token proves the worker joined before, and revoking the worker is how an admin
+    keeps it out."""
+    if request.worker_id is None or request.worker_token is None:
+        return None
+    if not request.worker_token.startswith(WORKER_TOKEN_PREFIX):
+        return None
+    if not qw.take_back_worker(conn, request.worker_id, request.name,
+                               hash_token(request.worker_token), new_token_hash,
+                               capabilities, now):
+        return None
+    return request.worker_id
+
+
+def _requeue_held(conn: sa.Connection, worker_id: int, name: str, now: float) -> int:
+    """Tasks the row still holds: the restarted process does not run them, so they go
+    back to the queue at once (no failure counted) rather than when their lease expires."""
+    requeued = 0
+    for task in q.leased_tasks_of_worker(conn, worker_id):
+        if q.requeue_task(conn, task.id, task.attempt, count_failure=False, error=None):
+            q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id,
+                               attempt=task.attempt,
+                               lines=[f"worker {name} restarted; task requeued"], now=now)
+            requeued += 1
+    return requeued
 
 
 def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:

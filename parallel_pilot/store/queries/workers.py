@@ -24,6 +24,20 @@ def insert_worker(conn: sa.Connection, name: str, token_hash: str,
     return _new_id(result)
 
 
+def take_back_worker(conn: sa.Connection, worker_id: int, name: str, token_hash: str,
+                     new_token_hash: str, capabilities: dict[str, Any], now: float) -> bool:
+    """Give a restarted worker its row again: only the row of that id and name that still
+    holds ``token_hash`` and is not revoked; it gets the new token and capabilities and
+    is online again, keeping ``tasks_done``. False when no row matches."""
+    return bool(conn.execute(
+        workers.update().where(workers.c.id == worker_id, workers.c.name == name,
+                               workers.c.token_hash == token_hash,
+                               workers.c.revoked_at.is_(None))
+        .values(token_hash=new_token_hash, capabilities=capabilities, last_seen=now,
+                left_at=None)
+    ).rowcount)
+
+
 def worker_by_token_hash(conn: sa.Connection, token_hash: str) -> Row | None:
     return conn.execute(
         sa.select(workers).where(workers.c.token_hash == token_hash,
