@@ -16,7 +16,7 @@ BENCH_ARGS ?=
 help:
 	@echo "make install   create $(VENV) and install the project with [$(EXTRAS)]"
 	@echo "make test      install, then system packages, the test suite and ruff"
-	@echo "make demo      install, then run a sweep across local workers"
+	@echo "make demo      install, then render a sample animation on two local workers (demo-output/sample.mp4)"
 	@echo "make lint      ruff and mypy"
 	@echo "make bench     dispatch benchmark (bench/dispatch.py)"
 	@echo "make bench-executor  Executor.map vs ProcessPoolExecutor and Dask (bench/executor.py)"

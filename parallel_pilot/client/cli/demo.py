@@ -4,8 +4,9 @@ Monte-Carlo sweep instead).
 It generates the sample scene with the project's script (``scenes/sample_scene.py``),
 starts a ``LocalCluster`` (the same code as ``pilot up``) with two workers, renders the
 scene at low resolution with Cycles, and writes ``demo-output/sample.mp4`` and its frames.
-The sweep variant submits a small simulation, downloads the results and prints them with
-a combined estimate.
+``--keep-scene [PATH]`` keeps the generated .blend (default ``demo-output/sample.blend``),
+a scene to try ``pilot render`` with. The sweep variant submits a small simulation,
+downloads the results and prints them with a combined estimate.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from parallel_pilot.client.cli.common import EXIT_ERROR, console, err_console
+from parallel_pilot.client.cli.common import EXIT_ERROR, UsageFailure, console, err_console
 from parallel_pilot.client.cli.progress import follow
 from parallel_pilot.client.cli.render import download_render, follow_render
 from parallel_pilot.client.local_cluster import LocalCluster, default_worker_count
@@ -38,6 +39,7 @@ RENDER_RESOLUTION = 50  # percent of the scene's 320x180
 RENDER_SAMPLES = 16  # Cycles samples per pixel
 RENDER_CHUNK = 6  # frames per task: few Blender start-ups, yet both workers stay busy
 SCENE_TIMEOUT = 120.0  # seconds generating the sample scene may take
+SCENE_FILE = "sample.blend"  # --keep-scene without a path: this file in --out
 
 PI_SCRIPT = '''\
 """Estimate pi from random points in the unit square (one seed per sweep item)."""
@@ -72,12 +74,23 @@ print(f"seed {args.seed}: pi is about {result['pi']:.5f}")
               help="Coordinator data dir (default: a temporary one).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo-output"), show_default=True, help="Where results go.")
+@click.option("--keep-scene", "keep_scene", is_flag=False, flag_value="", default=None,
+              metavar="[PATH]",
+              help=f"Keep the generated sample .blend (default: OUT/{SCENE_FILE}), to render "
+                   "yourself with pilot render.")
 def demo_command(sweep: bool, workers: int | None, items: int, samples: int,
-                 data_dir: Path | None, out_dir: Path) -> None:
+                 data_dir: Path | None, out_dir: Path, keep_scene: str | None) -> None:
     """Render a generated animation on two local workers into demo-output/sample.mp4.
 
     With --sweep: run a Monte-Carlo estimate of pi as a sweep and show the results.
+    With --keep-scene: keep the sample .blend as well, a scene for pilot render.
     """
+    if sweep and keep_scene is not None:
+        raise UsageFailure("--keep-scene keeps the render demo's scene; the sweep demo has "
+                           "none (drop --sweep)")
+    kept = None if keep_scene is None else Path(keep_scene or out_dir / SCENE_FILE)
+    if kept is not None and kept.is_dir():
+        kept = kept / SCENE_FILE
     started = time.monotonic()
     if sweep:
         count = workers or min(default_worker_count(), DEMO_MAX_WORKERS)
@@ -90,6 +103,8 @@ def demo_command(sweep: bool, workers: int | None, items: int, samples: int,
     try:
         if not sweep:
             scene = _make_scene(tmp)
+            if kept is not None:
+                _keep_scene(scene, kept)
         err_console.print(f"starting a coordinator and {count} worker(s)…")
         cluster.start()
         if sweep:
@@ -98,7 +113,7 @@ def demo_command(sweep: bool, workers: int | None, items: int, samples: int,
             ok = _render(cluster, scene, out_dir)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cluster.stop()
+        cluster.stop(hurry_on_signal=True)  # a second Ctrl-C stops everything at once
         signal.signal(signal.SIGTERM, previous)
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -126,6 +141,17 @@ def _make_scene(tmp: Path) -> Path:
         raise PilotError("could not generate the sample scene (is the bpy package "
                          f"installed? pip install 'parallel-pilot[render]'):\n{tail}")
     return scene
+
+
+def _keep_scene(scene: Path, kept: Path) -> None:
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(scene, kept)
+    except OSError as exc:
+        raise PilotError(f"cannot keep the sample scene in {kept}: "
+                         f"{exc.strerror or exc}") from None
+    console.print(f"kept the sample scene in {kept}; render it yourself with "
+                  f"pilot render {kept}")
 
 
 def _render(cluster: LocalCluster, scene: Path, out_dir: Path) -> bool:
