@@ -7,6 +7,9 @@ and whether retrying its failed tasks could help, from one aggregate per list.""
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import sqlalchemy as sa
 from pydantic import ValidationError
 
@@ -111,16 +114,50 @@ def _visible_job(conn: sa.Connection, caller: Caller, job_id: int) -> sa.Row:
     return row
 
 
+class FailedItemsMemo:
+    """Failed items per (job, tasks done), remembered per database: a done task never
+    changes again (``done`` is final), so the count that goes with a number of done tasks
+    is fixed. A finished job is counted once per process instead of at every read (the
+    dashboard reads jobs every second; the aggregate parses each result)."""
+
+    MAX_ENTRIES = 10_000  # jobs remembered per database; the oldest are forgotten first
+
+    def __init__(self) -> None:
+        self._by_engine: weakref.WeakKeyDictionary[sa.Engine, dict[int, tuple[int, int]]] = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def counts(self, conn: sa.Connection, done: dict[int, int]) -> dict[int, int]:
+        """Failed items of the jobs in ``done`` (job id -> its tasks done now)."""
+        with self._lock:
+            known = self._by_engine.setdefault(conn.engine, {})
+            out = {j: known[j][1] for j, n in done.items() if known.get(j, (-1, 0))[0] == n}
+        missing = [j for j in done if j not in out]
+        if missing:
+            fresh = q.failed_item_counts(conn, missing)
+            with self._lock:
+                for job_id in missing:
+                    out[job_id] = fresh.get(job_id, 0)
+                    known.pop(job_id, None)
+                    known[job_id] = (done[job_id], out[job_id])
+                while len(known) > self.MAX_ENTRIES:
+                    known.pop(next(iter(known)))
+        return out
+
+
+FAILED_ITEMS = FailedItemsMemo()
+
+
 class JobFacts:
     """What a job read needs besides its row and task counts, gathered in one aggregate
     per statement for a whole list of jobs: failed items (sweeps) and final failures."""
 
     def __init__(self, conn: sa.Connection, rows: list[sa.Row],
                  counts: dict[int, dict[str, int]]) -> None:
-        with_items = [r.id for r in rows if r.kind in ITEM_KINDS
-                      and counts.get(r.id, {}).get(TaskState.DONE)]
+        done = {r.id: counts.get(r.id, {}).get(TaskState.DONE, 0) for r in rows
+                if r.kind in ITEM_KINDS}
         failed = [r.id for r in rows if r.state == JobState.FAILED]
-        self.failed_items = q.failed_item_counts(conn, with_items) if with_items else {}
+        self.failed_items = FAILED_ITEMS.counts(conn, {j: n for j, n in done.items() if n})
         self.failures = q.final_failure_counts(conn, failed) if failed else {}
 
     def items_failed(self, row: sa.Row) -> int | None:
