@@ -32,6 +32,7 @@ from parallel_pilot.client.python_calls import (
     TaskFailed,
     chunk_outcomes,
     outcome_value,
+    task_failed,
 )
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.protocol import TaskInfo
@@ -347,7 +348,7 @@ class Executor(_BaseExecutor):
                 return
             _set(future, value)
         elif task.state == TaskState.FAILED:
-            _fail(future, TaskFailed(f"task {task.id} ({task.name}) failed: {task.error}"))
+            _fail(future, task_failed(task))
         elif failed_job is None and task.error and "job failed" not in task.error:
             future.cancel()  # cancelled on the farm (by this client or another one)
         else:
