@@ -29,6 +29,9 @@ log = logging.getLogger("pilot.coordinator")
 
 LISTEN_BACKLOG = 2048  # pending connections the socket queues (uvicorn's default)
 KEEP_ALIVE_SECONDS = 75  # idle keep-alive connections are closed after this
+# on SIGTERM, seconds requests still open get before they are cut: an event stream (a
+# dashboard tab, pilot wait) never ends by itself and would hold the stop forever
+GRACEFUL_SHUTDOWN_SECONDS = 3.0
 
 
 class CannotListen(PilotError):
@@ -104,5 +107,6 @@ def _serve(settings: CoordinatorSettings, sock: socket.socket, instance_id: str)
     app = create_app(services)
     app.state.instance_id = instance_id
     config = uvicorn.Config(app, host=settings.host, port=port, log_level="warning",
-                            timeout_keep_alive=KEEP_ALIVE_SECONDS, backlog=LISTEN_BACKLOG)
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS, backlog=LISTEN_BACKLOG,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     uvicorn.Server(config).run(sockets=[sock])
