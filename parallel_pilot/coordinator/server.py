@@ -31,7 +31,7 @@ LISTEN_BACKLOG = 2048  # pending connections the socket queues (uvicorn's defaul
 KEEP_ALIVE_SECONDS = 75  # idle keep-alive connections are closed after this
 # on SIGTERM, seconds requests still open get before they are cut: an event stream (a
 # dashboard tab, pilot wait) never ends by itself and would hold the stop forever
-GRACEFUL_SHUTDOWN_SECONDS = 3.0
+GRACEFUL_SHUTDOWN_SECONDS = 3
 
 
 class CannotListen(PilotError):
