@@ -233,26 +233,16 @@ class LocalCluster:
         """
         catch = hurry_on_signal and threading.current_thread() is threading.main_thread()
         previous: dict[int, object] = {}
+        self._hurry_signals = 0
         if catch:
-            self._hurry_signals = 0
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, self._count_hurry)
-        hurried = [False]
-
-        def hurry() -> bool:
-            if self._hurry_signals and not hurried[0]:
-                hurried[0] = True
-                if on_hurry is not None:
-                    on_hurry()
-                return True
-            return False
-
+        hurry = _Hurry(lambda: self._hurry_signals > 0, on_hurry)
         try:
-            self._stop_group(self.workers, self.stop_timeout, HURRY_WORKER_SECONDS, hurry,
-                             hurried)
+            self._stop_group(self.workers, self.stop_timeout, HURRY_WORKER_SECONDS, hurry)
             if self.server is not None:
                 self._stop_group([self.server], self.stop_timeout, HURRY_SERVER_SECONDS,
-                                 hurry, hurried)
+                                 hurry)
         finally:
             for caught, handler in previous.items():
                 signal.signal(caught, handler)  # type: ignore[arg-type]
@@ -263,18 +253,17 @@ class LocalCluster:
 
     @staticmethod
     def _stop_group(procs: Sequence[subprocess.Popen[bytes]], timeout: float,
-                    hurry_timeout: float, hurry: Callable[[], bool],
-                    hurried: list[bool]) -> None:
-        """SIGTERM ``procs``; after ``hurry()``, SIGTERM them again and wait at most
+                    hurry_timeout: float, hurry: _Hurry) -> None:
+        """SIGTERM ``procs``; once hurried, SIGTERM them again and wait at most
         ``hurry_timeout`` more; past the deadline, SIGKILL them and their children."""
         alive = [p for p in procs if p.poll() is None]
         for proc in alive:
             _signal(proc, signal.SIGTERM)
         now = time.monotonic()
-        deadline = now + (hurry_timeout if hurried[0] else timeout)
+        deadline = now + (hurry_timeout if hurry.noticed else timeout)
         while alive:
             now = time.monotonic()
-            if hurry():
+            if hurry.now():
                 for proc in alive:
                     _signal(proc, signal.SIGTERM)  # a worker's second signal: stop now
                 deadline = min(deadline, now + hurry_timeout)
@@ -377,6 +366,25 @@ class LocalCluster:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class _Hurry:
+    """Whether a stop was asked to hurry, noticed once (``on_hurry`` runs then, in the
+    stopping thread, not in a signal handler)."""
+
+    def __init__(self, asked: Callable[[], bool], on_hurry: Callable[[], None] | None) -> None:
+        self.asked = asked
+        self.on_hurry = on_hurry
+        self.noticed = False
+
+    def now(self) -> bool:
+        """True the first time the hurry is seen."""
+        if self.noticed or not self.asked():
+            return False
+        self.noticed = True
+        if self.on_hurry is not None:
+            self.on_hurry()
+        return True
 
 
 def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
