@@ -17,7 +17,8 @@
     ├── BlobMismatch          (422) uploaded bytes do not hash to the name they were sent under
     ├── PayloadTooLarge       (413)
     ├── RateLimited           (429) too many attempts (failed logins); retry later
-    └── ServerUnavailable     (503) client side: the coordinator could not be reached
+    ├── ServerUnavailable     (503) client side: the coordinator could not be reached
+    └── CannotListen          a coordinator's address cannot be listened on (a port in use)
 
 The HTTP status of each class is set here and nowhere else (``http_status``); the wire
 error body is ``{"error": code, "message": text}`` and ``error_from_body`` turns it back
@@ -143,6 +144,13 @@ class ServerUnavailable(PilotError):
 
     code = "server_unavailable"
     status = 503
+
+
+class CannotListen(PilotError):
+    """The coordinator cannot listen on that address (for ``pilot server``/``pilot up``,
+    never on the wire)."""
+
+    code = "cannot_listen"
 
 
 def _all_subclasses(cls: type[PilotError]) -> list[type[PilotError]]:

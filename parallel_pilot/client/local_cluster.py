@@ -11,7 +11,7 @@ listening on 127.0.0.1, each in its own session so that a terminal's Ctrl-C reac
 parent, which then stops them in order: workers first (they hand back their tasks), then the
 coordinator; SIGTERM, then SIGKILL after a timeout. Their output goes to ``DATA_DIR/logs``.
 
-A port in use is refused before anything starts (``PortInUse``), and the readiness check
+A port in use is refused before anything starts (``CannotListen``), and the readiness check
 only accepts the coordinator it started: each start passes a fresh instance id that
 ``GET /health`` sends back in a header, so another coordinator on the same port never
 passes for this one. ``stop(hurry_on_signal=True)`` (``pilot up``) lets a second Ctrl-C
@@ -40,7 +40,7 @@ import psutil
 
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.protocol import API_PREFIX
-from parallel_pilot.errors import PilotError, ServerUnavailable
+from parallel_pilot.errors import CannotListen, ServerUnavailable
 
 LOCAL_HOST = "127.0.0.1"  # the embedded cluster listens on loopback only
 START_TIMEOUT = 60.0  # seconds the coordinator may take to answer /health and write tokens
@@ -56,12 +56,6 @@ INSTANCE_HEADER = "X-Pilot-Instance"  # GET /health names the coordinator proces
 # on your own machine you are the owner: its workers run every kind
 LOCAL_WORKER_KINDS = ("render", "sleep", "sweep", "python", "train")
 _PR_SET_PDEATHSIG = 1  # prctl option: signal the child when its parent dies
-
-
-class PortInUse(PilotError):
-    """The coordinator's port is in use."""
-
-    code = "port_in_use"
 
 
 def port_in_use(port: int, host: str = LOCAL_HOST) -> bool:
@@ -181,10 +175,10 @@ class LocalCluster:
         return self
 
     def check_port(self) -> None:
-        """Raise ``PortInUse`` (one line naming the port and ``--port``) if something
+        """Raise ``CannotListen`` (one line naming the port and ``--port``) if something
         listens on the cluster's port already."""
         if port_in_use(self.port):
-            raise PortInUse(self._port_in_use_message())
+            raise CannotListen(self._port_in_use_message())
 
     def _port_in_use_message(self) -> str:
         return (f"port {self.port} on {LOCAL_HOST} is in use (another coordinator or "
@@ -346,7 +340,7 @@ class LocalCluster:
         tail = self._log_tail("server.log")
         if proc.returncode == 2 and "in use" in tail:
             # taken between our check and the child's bind: the child said so and left
-            raise PortInUse(self._port_in_use_message())
+            raise CannotListen(self._port_in_use_message())
         raise ServerUnavailable(
             f"the coordinator exited with code {proc.returncode} while starting; "
             f"see {self.log_dir / 'server.log'}\n{tail}")

@@ -23,7 +23,7 @@ from parallel_pilot.coordinator.bootstrap import (
     ensure_admin,
 )
 from parallel_pilot.core.settings import CoordinatorSettings
-from parallel_pilot.errors import PilotError
+from parallel_pilot.errors import CannotListen
 
 log = logging.getLogger("pilot.coordinator")
 
@@ -32,12 +32,6 @@ KEEP_ALIVE_SECONDS = 75  # idle keep-alive connections are closed after this
 # on SIGTERM, seconds requests still open get before they are cut: an event stream (a
 # dashboard tab, pilot wait) never ends by itself and would hold the stop forever
 GRACEFUL_SHUTDOWN_SECONDS = 3
-
-
-class CannotListen(PilotError):
-    """The coordinator cannot listen on that address."""
-
-    code = "cannot_listen"
 
 
 def _redact(url: str) -> str:

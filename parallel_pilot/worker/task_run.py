@@ -225,12 +225,11 @@ class _NotHere(Exception):
 
 
 def failure_reason(error: BaseException) -> str:
-    """Exception type and message, then the last lines of its traceback."""
-    if isinstance(error, _NotHere):
+    """A ``PilotError``'s message (written for people: a kind's refusal, Blender's reason);
+    for anything else, the exception's type and message and the end of its traceback."""
+    if isinstance(error, _NotHere | PilotError):
         return str(error)[:MAX_REASON_CHARS]
     head = f"{type(error).__name__}: {error}"
-    if isinstance(error, PilotError):
-        return head[:MAX_REASON_CHARS]
     tb = traceback.format_exception(type(error), error, error.__traceback__)
     tail = "".join(tb).rstrip().splitlines()[-REASON_TRACEBACK_LINES:]
     reason = head + "\n" + "\n".join(tail)

@@ -161,7 +161,8 @@ def test_a_failure_a_retry_cannot_fix_offers_no_retry(farm: Farm, scenes: tuple[
     assert page.get_by_role("button", name="Retry failed tasks").count() == 0
     assert "No retry" in page.locator("#job-actions").inner_text()
     why = page.locator("#job-summary .alert-error").inner_text()
-    assert "the failure is not one a retry can fix" in why and "wood.png" in why
+    assert "a retry cannot help" in why and "wood.png" in why
+    assert "InvalidInput" not in why  # a reason for people, not an exception class
     log = page.locator("#task-panel pre").inner_text()
     assert "missing: " in log and "wood.png" in log
     # the reason quotes the log as the log shows it: no protocol line on the page

@@ -25,8 +25,9 @@ import httpx
 import psutil
 import pytest
 
-from parallel_pilot.client.local_cluster import LocalCluster, PortInUse, free_port
+from parallel_pilot.client.local_cluster import LocalCluster, free_port
 from parallel_pilot.client.sdk import Client
+from parallel_pilot.errors import CannotListen
 from tests.e2e.farm import Farm, wait_for
 
 PILOT = [sys.executable, "-m", "parallel_pilot"]
@@ -176,7 +177,7 @@ def test_a_port_another_coordinator_uses_is_refused(farm: Farm, tmp_path: Path) 
     assert farm.api("GET", "/me")["name"] == "admin"
 
     cluster = LocalCluster(tmp_path / "cluster", port=port, workers=0)
-    with pytest.raises(PortInUse, match=f"port {port} .*--port"):
+    with pytest.raises(CannotListen, match=f"port {port} .*--port"):
         cluster.start()
     # the readiness check knows its own coordinator from another one on the same port
     cluster.instance_id = "not-the-one-answering"

@@ -233,7 +233,7 @@ def test_server_flags_override_settings(monkeypatch: pytest.MonkeyPatch, run,
                                         tmp_path: Path) -> None:
     seen: list = []
     module = types.ModuleType("parallel_pilot.coordinator.server")
-    module.serve = seen.append  # type: ignore[attr-defined]
+    module.serve = lambda settings, **kwargs: seen.append(settings)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "parallel_pilot.coordinator.server", module)
     monkeypatch.setenv("PILOT_PORT", "9000")
     monkeypatch.setenv("PILOT_LEASE_SECONDS", "7")

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from parallel_pilot.client.cli.common import UsageFailure, split_list
 from parallel_pilot.core.settings import CoordinatorSettings, WorkerSettings
-from parallel_pilot.errors import InvalidInput
+from parallel_pilot.errors import CannotListen, InvalidInput
 from parallel_pilot.kinds.base import describe_validation
 
 
@@ -40,7 +40,7 @@ def server_command(instance_id: str | None, **flags: Any) -> None:
         settings = CoordinatorSettings(**_given(**flags))
     except ValidationError as exc:
         raise UsageFailure(describe_validation(exc)) from None
-    from parallel_pilot.coordinator.server import CannotListen, serve
+    from parallel_pilot.coordinator.server import serve
 
     try:
         serve(settings, instance_id=instance_id)

@@ -17,8 +17,9 @@ from types import FrameType
 import click
 
 from parallel_pilot.client.cli.common import EXIT_ERROR, UsageFailure, console, err_console
-from parallel_pilot.client.local_cluster import LocalCluster, PortInUse, default_worker_count
+from parallel_pilot.client.local_cluster import LocalCluster, default_worker_count
 from parallel_pilot.core.settings import DEFAULT_PORT
+from parallel_pilot.errors import CannotListen
 
 WATCH_SECONDS = 1.0  # seconds between checks that the children are still alive
 ADMIN_PASSWORD_FILE = "admin-password"  # written by the coordinator on first start
@@ -52,16 +53,16 @@ def up_command(workers: int | None, port: int, data_dir: Path, slots: int) -> No
     cluster = LocalCluster(data_dir, port=port, workers=count, slots=slots)
     try:
         cluster.check_port()
-    except PortInUse as exc:
+    except CannotListen as exc:
         raise UsageFailure(exc.message) from None
     previous = signal.signal(signal.SIGTERM, _raise_stop)
-    failure: PortInUse | None = None
+    failure: CannotListen | None = None
     try:
         err_console.print(f"starting a coordinator on {cluster.url} and {count} worker(s)…")
         cluster.start()
         _print_welcome(cluster)
         _watch(cluster)
-    except PortInUse as exc:  # taken between the check and the coordinator's start
+    except CannotListen as exc:  # taken between the check and the coordinator's start
         failure = exc
     except (KeyboardInterrupt, StopRequested):
         err_console.print("stopping… (Ctrl-C again to stop at once)")

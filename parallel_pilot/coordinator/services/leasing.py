@@ -267,9 +267,9 @@ def _requeue_or_fail(conn: sa.Connection, svc: Services, task: sa.Row, reason: s
     if q.fail_task(conn, task.id, task.attempt, reason, svc.clock()):
         if quorum.absorb_failure(conn, svc, task):
             return  # its dependents' quorum decides whether the job goes on
-        tried = f"after {task.failures + 1} attempts" if retry else "(not retryable)"
-        jobs.fail_job(conn, svc, task.job_id, f"task {task.idx} ({task.name}) failed {tried}: "
-                                              f"{reason}")
+        tried = f"after {task.failures + 1} attempts" if retry else "and a retry cannot help"
+        jobs.fail_job(conn, svc, task.job_id,
+                      f"{jobs.task_label(task.idx, task.name)} failed {tried}: {reason}")
 
 
 def reap(svc: Services) -> int:

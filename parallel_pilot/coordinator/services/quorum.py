@@ -62,7 +62,8 @@ def settle(conn: sa.Connection, svc: Services, task: sa.Row, now: float) -> str:
     quorum = min(int(task.quorum), len(deps))
     if len(done) + len(open_) < quorum:
         jobs.fail_job(conn, svc, task.job_id,
-                      f"task {task.idx} ({task.name}) cannot reach its quorum: {len(done)} of "
+                      f"{jobs.task_label(task.idx, task.name)} cannot reach its quorum: "
+                      f"{len(done)} of "
                       f"{len(deps)} dependencies done, {len(open_)} still running, "
                       f"{quorum} needed")
         return "failed"

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from parallel_pilot.core.requirements import version_tuple
-from parallel_pilot.errors import InvalidInput
+from parallel_pilot.errors import InvalidInput, PilotError
 from parallel_pilot.kinds.process import run_process
 from parallel_pilot.kinds.render.blend_file import version_from_code
 
@@ -258,8 +258,10 @@ def _progress(frame: int | None, status: str) -> Event | None:
 # ---------------------------------------------------------------- failure
 
 
-class BlenderFailed(Exception):
+class BlenderFailed(PilotError):
     """Blender could not render the task; retrying on another worker may help."""
+
+    code = "blender_failed"
 
 
 def failure(reader: OutputReader, *, exit_code: int, install: BlenderInstall,
