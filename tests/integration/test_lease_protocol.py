@@ -256,3 +256,16 @@ def test_requirements_keep_tasks_off_workers_that_lack_them(coordinator: Coordin
     bad = coordinator.client.post(f"{API}/jobs", headers=coordinator.user(), json={
         "kind": "sleep", "params": {}, "requirements": {"gpus": 2}})
     assert bad.status_code == 400 and "gpus" in bad.json()["message"]
+
+
+def test_a_worker_that_left_gets_no_task_and_stays_offline(coordinator: Coordinator) -> None:
+    # a long poll still open when the worker leaves claims again a moment later: it must
+    # neither hand that worker a task nor bring it back to "idle"
+    worker = coordinator.register_worker()
+    assert coordinator.client.post(f"{API}/workers/leave", headers=worker).status_code == 200
+    job_id = submit_sleep(coordinator)
+    assert lease(coordinator, worker) == []
+    (row,) = coordinator.client.get(f"{API}/workers", headers=coordinator.user()).json()[
+        "workers"]
+    assert row["state"] == "offline"
+    assert job(coordinator, job_id)["state"] == "queued"

@@ -103,9 +103,8 @@ def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
     now = svc.clock()
     expires = now + svc.settings.lease_seconds
     with svc.transaction() as conn:
-        q.touch_worker(conn, worker.id, now)
-        if not kinds:
-            return []
+        if not q.touch_worker(conn, worker.id, now) or not kinds:
+            return []  # a worker that has left gets no task, even from a poll still open
         blocked = q.jobs_blocking_worker(conn, worker.id, svc.settings.worker_block_failures)
         candidates = q.claimable_tasks(conn, kinds=kinds, exclude_jobs=blocked,
                                        limit=slots * CLAIM_OVERFETCH, lock=svc.lock_claims)

@@ -45,9 +45,13 @@ def worker_by_token_hash(conn: sa.Connection, token_hash: str) -> Row | None:
     ).first()
 
 
-def touch_worker(conn: sa.Connection, worker_id: int, now: float) -> None:
-    conn.execute(workers.update().where(workers.c.id == worker_id)
-                 .values(last_seen=now, left_at=None))
+def touch_worker(conn: sa.Connection, worker_id: int, now: float) -> bool:
+    """Note that the worker was heard from; False when it has left (only registering
+    again brings a worker back: a long poll still open after ``leave`` must not)."""
+    result = conn.execute(workers.update().where(workers.c.id == worker_id,
+                                                 workers.c.left_at.is_(None))
+                          .values(last_seen=now))
+    return result.rowcount > 0
 
 
 def mark_worker_left(conn: sa.Connection, worker_id: int, now: float) -> None:
