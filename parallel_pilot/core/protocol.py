@@ -160,6 +160,92 @@ class Ack(Reply):
     ok: bool = True
 
 
+# ---------------------------------------------------------------- the worker exchange
+# ``POST /workers/sync`` (issue 13): one request per round trip carries everything a worker
+# has to say (finished attempts, progress and logs of running ones, what it holds, how many
+# tasks it wants) and one answer everything the coordinator has for it (new leases, attempts
+# to stop, the worker's lease expiry). Every report stays fenced by (task, attempt, worker).
+
+MAX_SYNC_REPORTS = 1000  # attempt reports in one sync request
+MAX_SYNC_HELD = 1000  # attempts a worker may list as held in one sync request
+MAX_PREFETCH = 256  # tasks a worker may ask to hold beyond its free slots
+
+
+class AttemptRef(Model):
+    task_id: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+
+
+class AttemptReport(Model):
+    """What changed for one attempt the worker holds since its last sync.
+
+    ``running``: progress/log of an attempt still running (its lease is renewed by the
+    sync itself, so a running attempt with nothing new need not be reported);
+    ``completed`` with ``result``; ``failed`` with ``reason`` (and ``retryable``);
+    ``released``: handed back without a failure (shutting down, or not runnable here)."""
+
+    task_id: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+    outcome: Literal["running", "completed", "failed", "released"]
+    result: dict[str, Any] | None = None
+    reason: str | None = Field(default=None, max_length=10_000)
+    retryable: bool = True
+    progress: float | None = Field(default=None, ge=0, le=1)
+    message: str | None = Field(default=None, max_length=1000)
+    log_lines: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class SyncRequest(Model):
+    """One exchange. ``held`` lists every attempt the worker holds after applying its
+    previous answer (running or prefetched, not the ones reported finished here): a task
+    leased to the worker that it does not list was lost on the way (an answer that never
+    arrived) and is requeued at once. ``free_slots`` + ``prefetch`` is how many tasks it
+    would take now; the coordinator grants at most the worker's registered slots plus the
+    prefetch it allows, whatever is asked. ``wait_seconds`` > 0 lets an answer with nothing
+    in it wait (long poll) for new work; ``leaving`` hands back everything held and marks
+    the worker gone."""
+
+    reports: list[AttemptReport] = Field(default_factory=list, max_length=MAX_SYNC_REPORTS)
+    held: list[AttemptRef] = Field(default_factory=list, max_length=MAX_SYNC_HELD)
+    free_slots: int = Field(default=0, ge=0, le=64)
+    prefetch: int = Field(default=0, ge=0, le=MAX_PREFETCH)
+    wait_seconds: float = Field(default=0.0, ge=0, le=120)
+    leaving: bool = False
+
+
+class ReportVerdict(Reply):
+    """The coordinator's answer to one report: ``accepted`` false means the attempt is
+    not this worker's any more (fenced: lease lost, job cancelled, already settled); the
+    worker drops it either way, it never resends a report that got a verdict."""
+
+    task_id: int
+    attempt: int
+    accepted: bool
+    reason: str | None = None
+
+
+class AttemptStop(Reply):
+    """An attempt the worker listed as held that it must stop (job cancelled, task
+    settled elsewhere, lease lost); its result would not be accepted."""
+
+    task_id: int
+    attempt: int
+    reason: str
+
+
+class SyncResponse(Reply):
+    tasks: list[TaskLease] = Field(default_factory=list)
+    verdicts: list[ReportVerdict] = Field(default_factory=list)
+    stop: list[AttemptStop] = Field(default_factory=list)
+    lease_expires_at: float = Field(
+        description="coordinator clock: every attempt this worker holds is its until then")
+    sync_seconds: float = Field(
+        description="sync at least this often while holding attempts (the heartbeat)")
+    lease_seconds: float = Field(description="how long a lease lasts without a sync")
+    prefetch_granted: int = Field(
+        default=0, description="tasks beyond its slots this worker may hold now")
+
+
 # ---------------------------------------------------------------- jobs
 
 
