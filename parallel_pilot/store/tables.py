@@ -106,12 +106,24 @@ tasks = sa.Table(
     # left out by its dependent's quorum (late or failed): does not hold up the job
     sa.Column("skipped", sa.Boolean, nullable=False, default=False),
     sa.Column("affinity", sa.String(200)),  # a worker that did a task of the same key prefers it
+    # requirement_sets.id of its requirements; 0: none (every worker meets them)
+    sa.Column("requirement_set_id", Id, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
     sa.Index("ix_tasks_claim", "state", sa.text("priority DESC"), "id"),
     sa.Index("ix_tasks_lease", "state", "lease_expires_at"),
     sa.Index("ix_tasks_deadline", "state", "deadline_at"),  # quorum deadlines (reaper)
     sa.Index("ix_tasks_worker", "worker_id"),
     sa.Index("ix_tasks_job_state", "job_id", "state"),
+    # a claim: one short range per (kind, requirement set) the worker can take
+    sa.Index("ix_tasks_dispatch", "state", "kind", "requirement_set_id", sa.text("priority DESC"),
+             "id"),
+)
+
+requirement_sets = sa.Table(  # each distinct set of task requirements, once
+    "requirement_sets", metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # SHA-256 of canonical
+    sa.Column("requirements", sa.JSON, nullable=False),  # canonical: no defaults, tags sorted
 )
 
 task_deps = sa.Table(
