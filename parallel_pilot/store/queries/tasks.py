@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from parallel_pilot.core.states import TaskState, task_sources
 from parallel_pilot.store.queries._common import Row, _chunks, _states
+from parallel_pilot.store.queries.sync import with_requirement_sets
 from parallel_pilot.store.tables import (
     task_deps,
     tasks,
@@ -19,6 +20,7 @@ from parallel_pilot.store.tables import (
 def insert_tasks(conn: sa.Connection, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
     """Insert a job's tasks (each dict: idx, name, kind, state, priority, payload, inputs,
     deps_left, max_attempts); returns their ids in ``idx`` order."""
+    rows = with_requirement_sets(conn, rows)  # claims filter on the set id (issue 13)
     for part in _chunks(rows):
         conn.execute(tasks.insert(), [
             {**r, "job_id": job_id, "attempt": 0, "failures": 0} for r in part])

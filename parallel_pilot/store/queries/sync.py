@@ -1,0 +1,358 @@
+"""The statements of the worker exchange (``POST /workers/sync``): requirement sets, the
+worker's held attempts, results and requeues of many attempts at once, one lease expiry
+per worker, and the claim that picks fitting tasks in SQL.
+
+Hot statements are built once at import (``sa.bindparam``), so a sync pays for executing
+them, not for building them. Every write to a task stays fenced by (task, attempt,
+worker, state leased)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from parallel_pilot.core.states import TaskState
+from parallel_pilot.store.queries._common import Row, _chunks
+from parallel_pilot.store.tables import (
+    jobs,
+    requirement_sets,
+    task_deps,
+    task_logs,
+    tasks,
+    worker_job_failures,
+    workers,
+)
+
+NO_REQUIREMENTS = 0  # requirement_set_id of a task with no requirements (no row)
+MAX_CLAIM_BRANCHES = 32  # (kind, set) index ranges one claim reads at most, one each
+
+_b = sa.bindparam
+
+# ---------------------------------------------------------------- requirement sets
+
+
+def canonical_requirements(requirements: Mapping[str, Any] | None) -> str | None:
+    """Requirements as one canonical JSON text (no default values, tags sorted), or None
+    for none; equal requirements give equal texts. Migration 0005 holds a copy."""
+    if not requirements:
+        return None
+    kept = {k: v for k, v in requirements.items() if v not in (None, False, [], "")}
+    if "tags" in kept:
+        kept["tags"] = sorted(set(kept["tags"]))
+    return json.dumps(kept, sort_keys=True, separators=(",", ":")) if kept else None
+
+
+def _digest(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def requirement_set_ids(conn: sa.Connection,
+                        many: Sequence[Mapping[str, Any] | None]) -> list[int]:
+    """The set id of each requirements dict (0 for none), adding the sets not seen yet."""
+    canon = [canonical_requirements(r) for r in many]
+    wanted = {_digest(c): c for c in canon if c is not None}
+    ids = _set_ids_by_digest(conn, list(wanted))
+    for digest in set(wanted) - set(ids):
+        try:
+            with conn.begin_nested():  # another coordinator may add the same set meanwhile
+                conn.execute(requirement_sets.insert().values(
+                    digest=digest, requirements=json.loads(wanted[digest])))
+        except sa.exc.IntegrityError:
+            pass
+    missing = [d for d in wanted if d not in ids]
+    if missing:
+        ids.update(_set_ids_by_digest(conn, missing))
+    return [NO_REQUIREMENTS if c is None else ids[_digest(c)] for c in canon]
+
+
+def _set_ids_by_digest(conn: sa.Connection, digests: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in _chunks(list(digests)):
+        out.update((d, i) for d, i in conn.execute(
+            sa.select(requirement_sets.c.digest, requirement_sets.c.id)
+            .where(requirement_sets.c.digest.in_(part))))
+    return out
+
+
+def with_requirement_sets(conn: sa.Connection,
+                          rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Task rows about to be inserted, each with its ``requirement_set_id``."""
+    if all("requirement_set_id" in r for r in rows):
+        return rows
+    ids = requirement_set_ids(conn, [r.get("requirements") for r in rows])
+    return [{**r, "requirement_set_id": i} for r, i in zip(rows, ids, strict=True)]
+
+
+_SETS_AFTER = (sa.select(requirement_sets.c.id, requirement_sets.c.requirements)
+               .where(requirement_sets.c.id > _b("after")).order_by(requirement_sets.c.id))
+
+
+def requirement_sets_after(conn: sa.Connection, after_id: int) -> list[Row]:
+    """Sets added after ``after_id`` (id, requirements), oldest first."""
+    return list(conn.execute(_SETS_AFTER, {"after": after_id}))
+
+
+# ---------------------------------------------------------------- the worker and what it holds
+
+_TOUCH_LIVE = (workers.update()
+               .where(workers.c.id == _b("w"), workers.c.left_at.is_(None),
+                      workers.c.revoked_at.is_(None))
+               .values(last_seen=_b("now")))
+
+
+def touch_live_worker(conn: sa.Connection, worker_id: int, now: float) -> bool:
+    """Note the worker was heard from; False when it left or was revoked."""
+    return conn.execute(_TOUCH_LIVE, {"w": worker_id, "now": now}).rowcount > 0
+
+
+_HELD_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.attempt, tasks.c.kind, tasks.c.idx,
+                 tasks.c.name, tasks.c.failures, tasks.c.max_attempts, tasks.c.state)
+_HELD = (sa.select(*_HELD_COLUMNS)
+         .where(tasks.c.worker_id == _b("w"), tasks.c.state == TaskState.LEASED)
+         .order_by(tasks.c.id))
+_HELD_LOCKED = _HELD.with_for_update()
+
+
+def held_attempts(conn: sa.Connection, worker_id: int, *, lock: bool) -> list[Row]:
+    """The attempts leased to the worker now; with ``lock`` (server databases) their rows
+    stay locked to this transaction, so a cancel or the reaper waits for the sync."""
+    return list(conn.execute(_HELD_LOCKED if lock else _HELD, {"w": worker_id}))
+
+
+def attempt_states(conn: sa.Connection, task_ids: Sequence[int]) -> dict[int, Row]:
+    """id -> (id, attempt, state, worker_id) of tasks, for the reasons of refusals."""
+    out: dict[int, Row] = {}
+    for part in _chunks(sorted(set(task_ids))):
+        for row in conn.execute(sa.select(tasks.c.id, tasks.c.attempt, tasks.c.state,
+                                          tasks.c.worker_id).where(tasks.c.id.in_(part))):
+            out[row.id] = row
+    return out
+
+
+# ---------------------------------------------------------------- reports
+
+_FENCE = sa.and_(tasks.c.id == _b("t"), tasks.c.attempt == _b("a"),
+                 tasks.c.worker_id == _b("w"), tasks.c.state == TaskState.LEASED)
+_COMPLETE = (tasks.update().where(_FENCE)
+             .values(state=TaskState.DONE, result=_b("result", type_=sa.JSON), progress=1.0,
+                     finished_at=_b("now"), lease_expires_at=None, error=None))
+_PROGRESS = (tasks.update().where(_FENCE)
+             .values(progress=sa.func.coalesce(_b("progress", type_=sa.Double),
+                                               tasks.c.progress),
+                     message=sa.func.coalesce(_b("message", type_=sa.String),
+                                              tasks.c.message)))
+_REQUEUE_FAILED = (tasks.update().where(_FENCE)
+                   .values(state=TaskState.READY, worker_id=None, lease_expires_at=None,
+                           progress=None, failures=tasks.c.failures + 1, error=_b("error")))
+
+
+def complete_attempts(conn: sa.Connection, worker_id: int, done: Sequence[tuple[int, int, Any]],
+                      now: float) -> None:
+    """(task, attempt, result) of attempts held by the worker -> done, in one executemany."""
+    if done:
+        conn.execute(_COMPLETE, [{"t": t, "a": a, "w": worker_id, "result": result, "now": now}
+                                 for t, a, result in done])
+
+
+def set_attempt_progress(conn: sa.Connection, worker_id: int,
+                         running: Sequence[tuple[int, int, float | None, str | None]]) -> None:
+    """(task, attempt, progress, message) of running attempts; None keeps the old value."""
+    if running:
+        conn.execute(_PROGRESS, [
+            {"t": t, "a": a, "w": worker_id, "progress": p,
+             "message": None if m is None else m[:1000]} for t, a, p, m in running])
+
+
+def requeue_failed_attempts(conn: sa.Connection, worker_id: int,
+                            failed: Sequence[tuple[int, int, str]]) -> None:
+    """(task, attempt, error) -> ready for another attempt, one failure counted each."""
+    if failed:
+        conn.execute(_REQUEUE_FAILED, [{"t": t, "a": a, "w": worker_id, "error": e[:10_000]}
+                                       for t, a, e in failed])
+
+
+def hand_back(conn: sa.Connection, worker_id: int, task_ids: Sequence[int]) -> int:
+    """Leased tasks of the worker -> ready, no failure counted (released, lost on the way,
+    or the worker leaving)."""
+    changed = 0
+    for part in _chunks(sorted(set(task_ids))):
+        changed += conn.execute(
+            tasks.update().where(tasks.c.id.in_(part), tasks.c.worker_id == worker_id,
+                                 tasks.c.state == TaskState.LEASED)
+            .values(state=TaskState.READY, worker_id=None, lease_expires_at=None,
+                    progress=None)).rowcount
+    return changed
+
+
+_WORKER_DONE = (workers.update().where(workers.c.id == _b("w"))
+                .values(tasks_done=workers.c.tasks_done + _b("n")))
+_JOB_DONE = (jobs.update().where(jobs.c.id == _b("j"))
+             .values(tasks_done=jobs.c.tasks_done + _b("n")))
+
+
+def count_done(conn: sa.Connection, worker_id: int, per_job: Mapping[int, int]) -> None:
+    """Add finished tasks to the worker's count and to each job's."""
+    total = sum(per_job.values())
+    if total:
+        conn.execute(_WORKER_DONE, {"w": worker_id, "n": total})
+        conn.execute(_JOB_DONE, [{"j": j, "n": n} for j, n in sorted(per_job.items())])
+
+
+def dependents_of(conn: sa.Connection, task_ids: Sequence[int]) -> list[tuple[int, int]]:
+    """(dependent, dependency) pairs for these dependencies."""
+    out: list[tuple[int, int]] = []
+    for part in _chunks(sorted(set(task_ids))):
+        out.extend((t, d) for t, d in conn.execute(
+            sa.select(task_deps.c.task_id, task_deps.c.depends_on_id)
+            .where(task_deps.c.depends_on_id.in_(part))))
+    return out
+
+
+_COUNT_DOWN = (tasks.update().where(tasks.c.id == _b("t"))
+               .values(deps_left=tasks.c.deps_left - _b("n")))
+
+
+def unblock(conn: sa.Connection, counts: Mapping[int, int]) -> dict[str, int]:
+    """Count down ``deps_left`` of dependents (id -> deps done now); those with none left
+    become ready. Returns how many became ready per kind."""
+    if not counts:
+        return {}
+    conn.execute(_COUNT_DOWN, [{"t": t, "n": n} for t, n in sorted(counts.items())])
+    ready: dict[str, int] = {}
+    for part in _chunks(sorted(counts)):
+        where = (tasks.c.id.in_(part), tasks.c.deps_left <= 0,
+                 tasks.c.state == TaskState.BLOCKED)
+        kinds = list(conn.execute(sa.select(tasks.c.kind).where(*where)).scalars())
+        if kinds:
+            conn.execute(tasks.update().where(*where).values(state=TaskState.READY))
+        for kind in kinds:
+            ready[kind] = ready.get(kind, 0) + 1
+    return ready
+
+
+_LOG_CHARS = sa.select(task_logs.c.task_id,
+                       sa.func.coalesce(sa.func.sum(sa.func.length(task_logs.c.line)), 0))
+
+
+def log_chars(conn: sa.Connection, task_ids: Sequence[int]) -> dict[int, int]:
+    """Characters of log stored per task (all attempts), for the log limit."""
+    out = {t: 0 for t in task_ids}
+    for part in _chunks(sorted(set(task_ids))):
+        out.update((t, int(n)) for t, n in conn.execute(
+            _LOG_CHARS.where(task_logs.c.task_id.in_(part)).group_by(task_logs.c.task_id)))
+    return out
+
+
+def tasks_with_line(conn: sa.Connection, task_ids: Sequence[int], line: str) -> set[int]:
+    """Those of ``task_ids`` whose log has ``line``."""
+    found: set[int] = set()
+    for part in _chunks(sorted(set(task_ids))):
+        found.update(conn.execute(
+            sa.select(task_logs.c.task_id).distinct()
+            .where(task_logs.c.task_id.in_(part), task_logs.c.line == line)).scalars())
+    return found
+
+
+def insert_logs(conn: sa.Connection, rows: Sequence[tuple[int, int, int, str]],
+                now: float) -> None:
+    """(job, task, attempt, line) rows, in one insert per chunk."""
+    for part in _chunks(list(rows)):
+        conn.execute(task_logs.insert(), [
+            {"job_id": j, "task_id": t, "attempt": a, "at": now, "line": line}
+            for j, t, a, line in part])
+
+
+# ---------------------------------------------------------------- expiry and claims
+
+_RENEW = (tasks.update().where(tasks.c.worker_id == _b("w"), tasks.c.state == TaskState.LEASED)
+          .values(lease_expires_at=_b("expires")))
+
+
+def renew_leases(conn: sa.Connection, worker_id: int, expires_at: float) -> int:
+    """Every attempt the worker holds is its until ``expires_at`` (one heartbeat)."""
+    return conn.execute(_RENEW, {"w": worker_id, "expires": expires_at}).rowcount
+
+
+_CLAIM_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.kind, tasks.c.name, tasks.c.payload,
+                  tasks.c.inputs, tasks.c.attempt, tasks.c.priority, tasks.c.affinity)
+
+
+def _not_blocked() -> sa.ColumnElement[bool]:
+    """The task's job has not failed on this worker ``threshold`` times (per-job block)."""
+    return ~sa.exists().where(worker_job_failures.c.worker_id == _b("w"),
+                              worker_job_failures.c.job_id == tasks.c.job_id,
+                              worker_job_failures.c.failures >= _b("threshold"))
+
+
+@functools.lru_cache(maxsize=256)
+def _claim_statement(branches: int, lock: bool) -> sa.Select:
+    """Ready tasks best first, from one index range (state, kind, set) per branch (each read
+    in index order up to the limit), merged; ``branches`` 0: one scan filtered by lists
+    (past MAX_CLAIM_BRANCHES). ``lock`` takes the rows FOR UPDATE SKIP LOCKED; only a
+    single statement can (a UNION cannot lock: ``claim_candidates`` locks after it)."""
+    order = (tasks.c.priority.desc(), tasks.c.id)
+    if branches <= 1:
+        where = ((tasks.c.kind.in_(_b("kinds", expanding=True)),
+                  tasks.c.requirement_set_id.in_(_b("sets", expanding=True)))
+                 if branches == 0 else
+                 (tasks.c.kind == _b("k0"), tasks.c.requirement_set_id == _b("s0")))
+        query = (sa.select(*_CLAIM_COLUMNS)
+                 .where(tasks.c.state == TaskState.READY, *where, _not_blocked())
+                 .order_by(*order).limit(_b("limit")))
+        return query.with_for_update(skip_locked=True) if lock else query
+    parts = [(sa.select(*_CLAIM_COLUMNS)
+              .where(tasks.c.state == TaskState.READY, tasks.c.kind == _b(f"k{i}"),
+                     tasks.c.requirement_set_id == _b(f"s{i}"), _not_blocked())
+              .order_by(*order).limit(_b("limit"))).subquery(f"b{i}")
+             for i in range(branches)]
+    union = sa.union_all(*[sa.select(part) for part in parts]).subquery("c")
+    return sa.select(union).order_by(union.c.priority.desc(), union.c.id).limit(_b("limit"))
+
+
+_LOCK_READY = (sa.select(tasks.c.id, tasks.c.attempt)
+               .where(tasks.c.id.in_(_b("ids", expanding=True)),
+                      tasks.c.state == TaskState.READY)
+               .with_for_update(skip_locked=True))
+
+
+def claim_candidates(conn: sa.Connection, *, worker_id: int, kinds: Sequence[str],
+                     sets: Sequence[int], block_threshold: int, limit: int,
+                     lock: bool) -> list[Row]:
+    """Up to ``limit`` ready tasks of these kinds and requirement sets, best first (priority,
+    then id), skipping jobs the worker is blocked from. With ``lock`` the rows returned are
+    locked to this transaction (others' claims skip them)."""
+    combos = [(k, s) for k in sorted(set(kinds)) for s in sorted(set(sets))]
+    if not combos or limit <= 0:
+        return []
+    params: dict[str, Any] = {"w": worker_id, "threshold": block_threshold, "limit": limit}
+    branches = 0 if len(combos) > MAX_CLAIM_BRANCHES else len(combos)
+    if branches == 0:
+        params.update(kinds=sorted(set(kinds)), sets=sorted(set(sets)))
+    for i, (k, s) in enumerate(combos[:branches]):
+        params[f"k{i}"], params[f"s{i}"] = k, s
+    rows = list(conn.execute(_claim_statement(branches, lock), params))
+    if not lock or branches <= 1 or not rows:
+        return rows
+    # read without locks through the union; lock what is still ready, skipping rows
+    # another claim holds (it may take fewer than read: the next sync gets more)
+    locked = dict(conn.execute(_LOCK_READY, {"ids": [r.id for r in rows]}).tuples().all())
+    return [r for r in rows if locked.get(r.id) == r.attempt]
+
+
+def lease_claimed(conn: sa.Connection, task_ids: Sequence[int], *, worker_id: int, now: float,
+                  expires_at: float) -> int:
+    """Claimed ready tasks -> leased to the worker under their next attempt."""
+    changed = 0
+    for part in _chunks(sorted(set(task_ids))):
+        changed += conn.execute(
+            tasks.update().where(tasks.c.id.in_(part), tasks.c.state == TaskState.READY)
+            .values(state=TaskState.LEASED, attempt=tasks.c.attempt + 1, worker_id=worker_id,
+                    lease_expires_at=expires_at, progress=None, message=None,
+                    started_at=sa.func.coalesce(tasks.c.started_at, now))).rowcount
+    return changed
+
