@@ -9,23 +9,35 @@ worker lacks) ends the process with ``LOAD_ERROR_EXIT`` and the reason on stderr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import cloudpickle
 
 if __package__:
+    from parallel_pilot.kinds import warm_child
     from parallel_pilot.kinds.python import calls
 else:  # run as a file by the worker: the child starts without importing the package
     import calls  # type: ignore[no-redef]  # calls.py lies next to this file
 
-PARENT_CHECK_SECONDS = 0.5  # how often a reused child checks that its worker still lives
+    def _load_by_path(name: str, path: Path) -> ModuleType:
+        # by path, not through sys.path: a user's module must not be shadowed by ours
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    warm_child = _load_by_path("_pilot_warm_child",
+                               Path(__file__).resolve().parents[1] / "warm_child.py")
 
 
 class _Loader:
@@ -99,39 +111,18 @@ def run_task(task_dir: Path, loader: _Loader) -> int:
 
 
 def serve(root: Path, worker_pid: int | None = None) -> int:
-    """Reused across a job's tasks: read task folder names (under ``root/tasks``) from
-    stdin, run each, and end each with a ``DONE_MARKER`` line on stdout. Shared argument
-    blobs (``root/blobs``) stay loaded between tasks. Ends when stdin closes, or when the
-    process ``worker_pid`` is no longer its parent (bwrap's --die-with-parent does that
-    in a sandbox, where the parent's pid is not visible)."""
-    commands = os.fdopen(os.dup(0), "r")
-    sys.stdin = open(os.devnull)  # user code must not read the commands
-    if worker_pid is not None:
-        threading.Thread(target=_exit_with_parent, args=(worker_pid,), daemon=True).start()
+    """Reused across a job's tasks (``kinds/warm_child.py``): shared argument blobs
+    (``root/blobs``) stay loaded between tasks."""
     loader = _Loader(root)
-    for line in commands:
-        name = line.strip()
-        if not name:
-            continue
-        status = run_task(root / calls.TASKS_DIR / name, loader)
-        sys.stderr.flush()
-        sys.stdout.write(f"{calls.DONE_MARKER} {name} {status}\n")
-        sys.stdout.flush()
-    return 0
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A worker killed outright leaves its children to init: end with it, even in the
-    middle of a long call (the closed stdin is only noticed between tasks)."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_SECONDS)
-    os._exit(1)
+    return warm_child.serve(root, lambda task_dir: run_task(task_dir, loader),
+                            tasks_dir=calls.TASKS_DIR, done_marker=calls.DONE_MARKER,
+                            worker_pid=worker_pid)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 2 and argv[1] == "--serve":
-        worker_pid = int(argv[4]) if len(argv) > 4 and argv[3] == "--worker-pid" else None
-        return serve(Path(argv[2]), worker_pid)
+    serving = warm_child.serve_args(argv[1:])
+    if serving is not None:
+        return serve(*serving)
     workdir = Path(argv[1]) if len(argv) > 1 else Path.cwd()
     return run_task(workdir, _Loader(workdir))
 

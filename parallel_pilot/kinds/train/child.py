@@ -20,12 +20,12 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from parallel_pilot.kinds import warm_child
 from parallel_pilot.kinds.train.spec import TrainSpec, TrainSpecError, load_spec
 
 PROGRESS_PREFIX = "PILOT_PROGRESS"
@@ -35,7 +35,6 @@ PROGRESS_EVERY = 0.5  # seconds between progress lines at most
 TASKS_DIR = "tasks"  # a reused child's task folders, under its own directory
 REQUEST_FILE = "request.json"  # in a task folder: what the worker asks of the child
 DONE_MARKER = "\x1ePILOT-TRAIN-DONE"  # ends a task's output: "<marker> <task folder> <status>"
-PARENT_CHECK_SECONDS = 0.5  # how often a reused child checks that its worker still lives
 
 _specs: dict[tuple[str, str], TrainSpec] = {}  # (path, sha256 of the file) -> loaded spec
 
@@ -226,35 +225,17 @@ def run_request(request_path: Path) -> int:
 
 
 def serve(root: Path, worker_pid: int | None = None) -> int:
-    """Run the task folders named on stdin, one after another, until stdin closes or the
-    process ``worker_pid`` is no longer the parent (in a sandbox, bwrap's
-    --die-with-parent does that)."""
-    commands = os.fdopen(os.dup(0), "r")
-    sys.stdin = open(os.devnull)  # the user's code must not read the commands
-    if worker_pid is not None:
-        threading.Thread(target=_exit_with_parent, args=(worker_pid,), daemon=True).start()
-    for line in commands:
-        name = line.strip()
-        if not name:
-            continue
-        status = run_request(root / TASKS_DIR / name / REQUEST_FILE)
-        sys.stderr.flush()
-        print(f"{DONE_MARKER} {name} {status}", flush=True)
-    return 0
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A worker killed outright leaves its children to init: end with it, even in the
-    middle of a step (the closed stdin is only noticed between tasks)."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_SECONDS)
-    os._exit(1)
+    """Run the task folders named on stdin (``kinds/warm_child.py``), each holding a
+    ``request.json``."""
+    return warm_child.serve(root, lambda task_dir: run_request(task_dir / REQUEST_FILE),
+                            tasks_dir=TASKS_DIR, done_marker=DONE_MARKER,
+                            worker_pid=worker_pid)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1 and argv[0] == "--serve":
-        worker_pid = int(argv[3]) if len(argv) > 3 and argv[2] == "--worker-pid" else None
-        return serve(Path(argv[1]), worker_pid)
+    serving = warm_child.serve_args(argv)
+    if serving is not None:
+        return serve(*serving)
     return run_request(Path(argv[0]))
 
 
