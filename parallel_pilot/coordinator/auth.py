@@ -41,8 +41,18 @@ def _user(svc: Services, token: str) -> Caller | None:
 
 
 def _worker(svc: Services, token: str) -> sa.Row | None:
+    """The worker row of a token, from ``svc.worker_cache`` for a few seconds after it was
+    read (a worker's every request would otherwise be a query); a revoked or unknown token
+    is looked up each time."""
+    token_hash = hash_token(token)
+    row = svc.worker_cache.get(token_hash)
+    if row is not None:
+        return row
     with svc.transaction() as conn:
-        return q.worker_by_token_hash(conn, hash_token(token))
+        row = q.worker_by_token_hash(conn, token_hash)
+    if row is not None:
+        svc.worker_cache.put(token_hash, row)
+    return row
 
 
 def _bearer_user(svc: Services, credentials: HTTPAuthorizationCredentials | None) -> Caller:

@@ -25,6 +25,7 @@ DEFAULT_MAX_LOG_BYTES_PER_TASK = 10 * 1024**2  # log characters kept per task (a
 DEFAULT_SESSION_SECONDS = 12 * 3600.0  # seconds a web session (login cookie) lasts
 DEFAULT_LOGIN_MAX_FAILURES = 5  # failed logins per (client IP, user name) and window
 DEFAULT_LOGIN_WINDOW_SECONDS = 300.0  # seconds over which failed logins are counted
+DEFAULT_MAX_PREFETCH = 64  # tasks a worker may hold beyond its slots (sync's prefetch)
 
 
 class CoordinatorSettings(BaseSettings):
@@ -38,6 +39,8 @@ class CoordinatorSettings(BaseSettings):
     heartbeat_seconds: float = Field(default=DEFAULT_HEARTBEAT_SECONDS, gt=0)
     reaper_seconds: float = Field(default=DEFAULT_REAPER_SECONDS, gt=0)
     long_poll_seconds: float = Field(default=DEFAULT_LONG_POLL_SECONDS, ge=0)
+    # tasks a worker may hold beyond its registered slots, whatever prefetch it asks
+    max_prefetch: int = Field(default=DEFAULT_MAX_PREFETCH, ge=0)
     # an API event stream (GET /jobs/{id}/events) lasts at most this; clients reconnect
     max_event_stream_seconds: float = Field(default=3600.0, gt=0)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)

@@ -247,6 +247,7 @@ def revoke_worker(svc: Services, caller: Caller, worker_id: int) -> int:
                                    lines=[f"worker {worker.name} was revoked; task requeued"],
                                    now=now)
                 requeued += 1
+    svc.worker_cache.forget(worker_id)  # its token stops working now in this process
     log.info("%s revoked worker %s (%d); %d task(s) requeued", caller.name, worker.name,
              worker_id, requeued)
     if requeued:

@@ -1,12 +1,14 @@
-"""What every service needs: the database engine, the blob store, settings, a clock, and
-the notifier that wakes long-polling lease requests."""
+"""What every service needs: the database engine, the blob store, settings, a clock, the
+notifier that wakes long polls when work for them appears, and the short-lived cache of
+the workers behind tokens."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -15,42 +17,143 @@ import sqlalchemy as sa
 from parallel_pilot.core.settings import CoordinatorSettings
 from parallel_pilot.store.blobs import BlobStore
 
+WORKER_CACHE_SECONDS = 3.0  # seconds a token's worker row is reused without a query
+WORKER_CACHE_ENTRIES = 10_000  # tokens remembered at most (the oldest are dropped)
+
+
+class Waiter:
+    """One long poll waiting for tasks of some kinds; enlisted before the claim it follows,
+    so a task made ready during that claim still wakes it."""
+
+    def __init__(self, notifier: ReadyNotifier, kinds: frozenset[str]) -> None:
+        self.kinds = kinds
+        self.woken_for: str | None = None  # the kind it was woken for ("" for any)
+        self._notifier = notifier
+        self._event = asyncio.Event()
+        self._used = False
+        self._closed = False
+
+    def wake(self, kind: str) -> None:
+        self.woken_for = kind
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when woken, False after ``timeout`` seconds."""
+        self._used = True
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Leave the queue. A waiter woken but never waiting (its claim found work) passes
+        the wake on, so the task it was meant for still wakes someone."""
+        if not self._closed:
+            self._closed = True
+            self._notifier._leave(self, forward=not self._used)
+
 
 class ReadyNotifier:
-    """Wakes waiting lease requests when tasks become ready in this process; callable
-    from any thread. Waiters also re-check on a short timeout, which covers tasks made
-    ready by another coordinator process."""
+    """Wakes long polls when tasks of their kinds become ready in this process, about as
+    many as tasks became ready, first come first woken; callable from any thread.
+    ``notify()`` (something changed, kinds unknown) wakes every waiter. Waiters also
+    re-check on a slow timeout, which covers tasks made ready by another coordinator
+    process."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._event: asyncio.Event | None = None
-        self._lock = threading.Lock()
+        self._waiters: deque[Waiter] = deque()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._event = asyncio.Event()
+        self._waiters.clear()
+
+    def enlist(self, kinds: Collection[str]) -> Waiter:
+        """A place in the queue (call on the event loop); ``close()`` it when done."""
+        waiter = Waiter(self, frozenset(kinds))
+        self._waiters.append(waiter)
+        return waiter
+
+    def tasks_ready(self, per_kind: Mapping[str, int]) -> None:
+        """``per_kind[k]`` tasks of kind k became ready (committed)."""
+        counts = {k: n for k, n in per_kind.items() if n > 0}
+        if counts:
+            self._call(self._wake, counts)
 
     def notify(self) -> None:
-        loop, event = self._loop, self._event
-        if loop is None or event is None or loop.is_closed():
+        """Something changed and what is unknown: every waiter re-checks."""
+        self._call(self._wake, None)
+
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _call(self, fn: Callable[[dict[str, int] | None], None],
+              arg: dict[str, int] | None) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
             return
         try:
-            loop.call_soon_threadsafe(event.set)
+            loop.call_soon_threadsafe(fn, arg)
         except RuntimeError:  # loop closed between the check and the call
             pass
 
-    async def wait(self, timeout: float) -> None:
-        if self._event is None:
-            await asyncio.sleep(timeout)
-            return
-        event = self._event
+    def _wake(self, counts: dict[str, int] | None) -> None:
+        keep: deque[Waiter] = deque()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if counts is None:
+                waiter.wake("")
+                continue
+            kind = next((k for k in sorted(waiter.kinds) if counts.get(k, 0) > 0), None)
+            if kind is None:
+                keep.append(waiter)
+                continue
+            waiter.wake(kind)
+            counts[kind] -= 1
+            if not any(counts.values()):
+                break
+        keep.extend(self._waiters)
+        self._waiters = keep
+
+    def _leave(self, waiter: Waiter, forward: bool) -> None:
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            return
-        # every waiter has seen this wake-up: arm a new event for the next one
-        if self._event is event:
-            self._event = asyncio.Event()
+            self._waiters.remove(waiter)
+        except ValueError:  # woken: already out of the queue
+            if forward and waiter.woken_for:
+                self._wake({waiter.woken_for: 1})
+
+
+class WorkerCache:
+    """token hash -> worker row for a few seconds, so a worker's requests are not each a
+    query; an entry is dropped when the worker leaves, registers again or is revoked in
+    this process, and ages out within WORKER_CACHE_SECONDS otherwise (so a revocation by
+    another coordinator process takes effect within that)."""
+
+    def __init__(self, ttl: float = WORKER_CACHE_SECONDS) -> None:
+        self.ttl = ttl
+        self._rows: dict[str, tuple[float, sa.Row]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: str) -> sa.Row | None:
+        with self._lock:
+            entry = self._rows.get(token_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, token_hash: str, row: sa.Row) -> None:
+        with self._lock:
+            if len(self._rows) >= WORKER_CACHE_ENTRIES:
+                now = time.monotonic()
+                self._rows = {h: e for h, e in self._rows.items() if e[0] >= now}
+                while len(self._rows) >= WORKER_CACHE_ENTRIES:
+                    self._rows.pop(next(iter(self._rows)))
+            self._rows[token_hash] = (time.monotonic() + self.ttl, row)
+
+    def forget(self, worker_id: int) -> None:
+        with self._lock:
+            self._rows = {h: e for h, e in self._rows.items() if e[1].id != worker_id}
 
 
 @dataclass
@@ -60,6 +163,7 @@ class Services:
     settings: CoordinatorSettings
     clock: Callable[[], float] = time.time
     notifier: ReadyNotifier = field(default_factory=ReadyNotifier)
+    worker_cache: WorkerCache = field(default_factory=WorkerCache)
 
     @property
     def lock_claims(self) -> bool:

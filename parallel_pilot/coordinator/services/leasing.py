@@ -4,6 +4,7 @@ reaper requeues what a dead worker held. Every report is fenced by (task, attemp
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,7 +13,6 @@ from parallel_pilot.coordinator.services import accounts, jobs, quorum
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.core.protocol import (
-    Capabilities,
     CompleteRequest,
     FailRequest,
     HeartbeatRequest,
@@ -20,18 +20,16 @@ from parallel_pilot.core.protocol import (
     OutputRequest,
     RegisterRequest,
     RegisterResponse,
-    TaskLease,
 )
-from parallel_pilot.core.requirements import satisfies
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.errors import InvalidInput, StaleAttempt, TaskNotFound
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import quorum as qq
+from parallel_pilot.store.queries import sync as qs
 from parallel_pilot.store.queries import workers as qw
 
 log = logging.getLogger("pilot.leasing")
 
-CLAIM_OVERFETCH = 8  # candidate rows read per free slot (some may need more than it has)
 REAP_BATCH = 200  # expired leases handled per reaper pass
 AFFINITY_MEMORY = 20  # tasks a worker did lately whose affinity keys its claims prefer
 MAX_LOG_LINE_CHARS = 4000  # characters kept of one log line
@@ -44,7 +42,7 @@ def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
     now = svc.clock()
     token = new_token(WORKER_TOKEN_PREFIX)
     capabilities = request.capabilities.model_dump(mode="json")
-    requeued = 0
+    requeued: Counter[str] = Counter()
     with svc.transaction() as conn:
         taken_back = _take_back(conn, request, hash_token(token), capabilities, now)
         if taken_back is not None:
@@ -55,10 +53,10 @@ def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
             worker_id = q.insert_worker(conn, request.name, hash_token(token), capabilities,
                                         now)
     if taken_back is not None:
+        svc.worker_cache.forget(worker_id)  # the old token stopped working
         log.info("worker %s (%d) is back%s", request.name, worker_id,
-                 f"; {requeued} task(s) it held requeued" if requeued else "")
-        if requeued:
-            svc.notifier.notify()
+                 f"; {sum(requeued.values())} task(s) it held requeued" if requeued else "")
+        svc.notifier.tasks_ready(requeued)
     else:
         log.info("worker %s (%d) joined", request.name, worker_id)
     return RegisterResponse(worker_id=worker_id, worker_token=token,
@@ -84,41 +82,17 @@ def _take_back(conn: sa.Connection, request: RegisterRequest, new_token_hash: st
     return request.worker_id
 
 
-def _requeue_held(conn: sa.Connection, worker_id: int, name: str, now: float) -> int:
+def _requeue_held(conn: sa.Connection, worker_id: int, name: str, now: float,
+                  ) -> Counter[str]:
     """Tasks the row still holds: the restarted process does not run them, so they go
-    back to the queue at once (no failure counted) rather than when their lease expires."""
-    requeued = 0
-    for task in q.leased_tasks_of_worker(conn, worker_id):
-        if q.requeue_task(conn, task.id, task.attempt, count_failure=False, error=None):
-            q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id,
-                               attempt=task.attempt,
-                               lines=[f"worker {name} restarted; task requeued"], now=now)
-            requeued += 1
-    return requeued
-
-
-def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
-    """Lease up to ``slots`` ready tasks of kinds the worker allows; empty if none."""
-    kinds = list(worker.capabilities.get("kinds") or [])
-    now = svc.clock()
-    expires = now + svc.settings.lease_seconds
-    with svc.transaction() as conn:
-        if not q.touch_worker(conn, worker.id, now) or not kinds:
-            return []  # a worker that has left gets no task, even from a poll still open
-        blocked = q.jobs_blocking_worker(conn, worker.id, svc.settings.worker_block_failures)
-        candidates = q.claimable_tasks(conn, kinds=kinds, exclude_jobs=blocked,
-                                       limit=slots * CLAIM_OVERFETCH, lock=svc.lock_claims)
-        caps = Capabilities.model_validate(worker.capabilities)
-        fitting = [c for c in candidates if satisfies(c.requirements, caps)]
-        ids = [c.id for c in prefer_affinity(conn, worker.id, fitting)][:slots]
-        rows = q.lease_tasks(conn, ids, worker_id=worker.id, now=now, expires_at=expires)
-        q.mark_job_running(conn, (r.job_id for r in rows), now)
-    return [
-        TaskLease(task_id=r.id, attempt=r.attempt, job_id=r.job_id, kind=r.kind, name=r.name,
-                  payload=r.payload, inputs=r.inputs, lease_expires_at=r.lease_expires_at,
-                  heartbeat_seconds=svc.settings.heartbeat_seconds)
-        for r in rows
-    ]
+    back to the queue at once (no failure counted) rather than when their lease expires.
+    Returns how many per kind."""
+    held = qs.held_attempts(conn, worker_id, lock=conn.dialect.name != "sqlite")
+    if held:
+        qs.hand_back(conn, worker_id, [t.id for t in held])
+        qs.insert_logs(conn, [(t.job_id, t.id, t.attempt, f"worker {name} restarted; task "
+                               "requeued") for t in held], now)
+    return Counter(t.kind for t in held)
 
 
 def prefer_affinity(conn: sa.Connection, worker_id: int,
@@ -227,10 +201,15 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
             raise StaleAttempt(f"task {task_id} is {task.state}; the result is not accepted")
         q.add_worker_done(conn, worker.id)
         q.add_job_done(conn, task.job_id)
-        if q.unblock_dependents(conn, task_id):  # most tasks have none: no quorum look-up
+        pairs = qs.dependents_of(conn, [task_id])
+        ready = qs.unblock(conn, Counter(t for t, _ in pairs))
+        if pairs:  # most tasks have none: no quorum look-up
             quorum.after_dependency_done(conn, svc, task_id)
         jobs.finish_if_complete(conn, svc, task.job_id)
-    svc.notifier.notify()
+    if ready:  # a completion wakes long polls only when it unblocked tasks
+        svc.notifier.tasks_ready(ready)
+    elif pairs:  # a quorum may have let a dependent go ahead: kinds unknown
+        svc.notifier.notify()
 
 
 def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
@@ -243,38 +222,44 @@ def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
             raise StaleAttempt(f"task {task_id} is {task.state}; the report is not accepted")
         q.record_worker_failure(conn, worker.id, task.job_id)
         reason = f"{request.reason} (attempt {attempt} on worker {worker.name})"
-        _requeue_or_fail(conn, svc, task, reason, retry=request.retryable)
-    svc.notifier.notify()
+        requeued = _requeue_or_fail(conn, svc, task, reason, retry=request.retryable)
+    if requeued:
+        svc.notifier.tasks_ready({task.kind: 1})
 
 
 def release(svc: Services, worker: sa.Row, task_id: int, attempt: int) -> None:
     """The worker hands the task back (shutting down); no failure is counted."""
     with svc.transaction() as conn:
         task = _held_task(conn, worker, task_id, attempt)
-        if task.state == TaskState.LEASED:
-            q.requeue_task(conn, task_id, attempt, count_failure=False, error=None)
+        requeued = task.state == TaskState.LEASED and q.requeue_task(
+            conn, task_id, attempt, count_failure=False, error=None)
+        if requeued:
             q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
                                lines=[f"handed back by worker {worker.name}"], now=svc.clock())
-    svc.notifier.notify()
+    if requeued:
+        svc.notifier.tasks_ready({task.kind: 1})
 
 
 def _requeue_or_fail(conn: sa.Connection, svc: Services, task: sa.Row, reason: str,
-                     retry: bool) -> None:
+                     retry: bool) -> bool:
+    """A failed attempt: requeued (True) while attempts remain and a retry can help, or
+    the task fails for good (and with it the job, unless a quorum absorbs it)."""
     if retry and task.failures + 1 < task.max_attempts:
-        q.requeue_task(conn, task.id, task.attempt, count_failure=True, error=reason)
-        return
+        return q.requeue_task(conn, task.id, task.attempt, count_failure=True, error=reason)
     if q.fail_task(conn, task.id, task.attempt, reason, svc.clock()):
         if quorum.absorb_failure(conn, svc, task):
-            return  # its dependents' quorum decides whether the job goes on
+            return False  # its dependents' quorum decides whether the job goes on
         tried = f"after {task.failures + 1} attempts" if retry else "and a retry cannot help"
         jobs.fail_job(conn, svc, task.job_id,
                       f"{jobs.task_label(task.idx, task.name)} failed {tried}: {reason}")
+    return False
 
 
 def reap(svc: Services) -> int:
     """Requeue (or fail, past max_attempts) tasks whose lease expired; returns how many."""
     now = svc.clock()
     handled = 0
+    ready: Counter[str] = Counter()
     with svc.transaction() as conn:
         for task in q.expired_leases(conn, now, REAP_BATCH):
             full = q.get_task(conn, task.id)
@@ -285,11 +270,12 @@ def reap(svc: Services) -> int:
                 q.record_worker_failure(conn, task.worker_id, task.job_id)
             q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id, attempt=task.attempt,
                                lines=[reason], now=now)
-            _requeue_or_fail(conn, svc, full, reason, retry=True)
+            if _requeue_or_fail(conn, svc, full, reason, retry=True):
+                ready[full.kind] += 1
             handled += 1
     if handled:
         log.info("requeued %d task(s) whose lease expired", handled)
-        svc.notifier.notify()
+        svc.notifier.tasks_ready(ready)
     quorum.release_due(svc)
     return handled
 
@@ -304,4 +290,5 @@ def grant_restart_grace(svc: Services) -> int:
 def leave(svc: Services, worker: sa.Row) -> None:
     with svc.transaction() as conn:
         q.mark_worker_left(conn, worker.id, svc.clock())
+    svc.worker_cache.forget(worker.id)
 

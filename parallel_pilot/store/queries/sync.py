@@ -47,6 +47,13 @@ def canonical_requirements(requirements: Mapping[str, Any] | None) -> str | None
     return json.dumps(kept, sort_keys=True, separators=(",", ":")) if kept else None
 
 
+_sets_added = 0  # sets this process added: a claim's cache of sets re-reads when it grew
+
+
+def sets_added() -> int:
+    return _sets_added
+
+
 def _digest(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -56,8 +63,10 @@ def requirement_set_ids(conn: sa.Connection,
     """The set id of each requirements dict (0 for none), adding the sets not seen yet."""
     canon = [canonical_requirements(r) for r in many]
     wanted = {_digest(c): c for c in canon if c is not None}
+    global _sets_added
     ids = _set_ids_by_digest(conn, list(wanted))
     for digest in set(wanted) - set(ids):
+        _sets_added += 1
         try:
             with conn.begin_nested():  # another coordinator may add the same set meanwhile
                 conn.execute(requirement_sets.insert().values(
@@ -128,9 +137,10 @@ def attempt_states(conn: sa.Connection, task_ids: Sequence[int]) -> dict[int, Ro
     """id -> (id, attempt, state, worker_id) of tasks, for the reasons of refusals."""
     out: dict[int, Row] = {}
     for part in _chunks(sorted(set(task_ids))):
-        for row in conn.execute(sa.select(tasks.c.id, tasks.c.attempt, tasks.c.state,
-                                          tasks.c.worker_id).where(tasks.c.id.in_(part))):
-            out[row.id] = row
+        rows: list[Row] = list(conn.execute(
+            sa.select(tasks.c.id, tasks.c.attempt, tasks.c.state, tasks.c.worker_id)
+            .where(tasks.c.id.in_(part))))
+        out.update((row.id, row) for row in rows)
     return out
 
 

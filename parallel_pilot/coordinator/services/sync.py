@@ -1,0 +1,374 @@
+"""The worker exchange (``POST /workers/sync``): one transaction applies a worker's reports
+(results, failures, hand-backs, progress), reconciles what it says it holds with what it
+was leased, renews every lease it holds with one expiry, and grants new leases up to its
+slots plus the prefetch the coordinator allows. Reports are fenced by (task, attempt,
+worker, leased), so a resent sync applies nothing twice.
+
+Claims pick fitting tasks in SQL: each distinct requirement set is a row, the sets a
+worker satisfies are worked out once per worker and set (``FitCache``), and the claim
+reads one index range per (kind, set)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from parallel_pilot.coordinator.services import jobs, leasing, quorum
+from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.core.protocol import (
+    AttemptReport,
+    AttemptStop,
+    Capabilities,
+    ReportVerdict,
+    SyncRequest,
+    SyncResponse,
+    TaskLease,
+)
+from parallel_pilot.core.requirements import satisfies
+from parallel_pilot.core.states import TaskState
+from parallel_pilot.errors import Unauthorized
+from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import sync as qs
+
+log = logging.getLogger("pilot.sync")
+
+CLAIM_SPARE = 8  # candidates read beyond those wanted, for affinity to choose among
+SETS_RECHECK_SECONDS = 2.0  # how stale this process's list of requirement sets may be
+
+
+@dataclass
+class _Fit:
+    max_set: int = 0  # sets up to this id were checked
+    fitting: list[int] = field(default_factory=lambda: [qs.NO_REQUIREMENTS])
+
+
+class FitCache:
+    """The requirement sets of one database (sets never change once written), and per
+    worker (id and token, which change with its capabilities) the ones it satisfies."""
+
+    def __init__(self) -> None:
+        self._sets: dict[int, dict[str, Any]] = {}
+        self._max_set = 0
+        self._checked = -1e9
+        self._added = -1
+        self._fits: dict[tuple[int, str], _Fit] = {}
+        self._lock = threading.Lock()
+
+    def fitting_sets(self, conn: sa.Connection, worker: sa.Row, caps: Capabilities,
+                     fresh: bool = False) -> list[int]:
+        with self._lock:
+            added = qs.sets_added()
+            if fresh or added != self._added or \
+                    time.monotonic() - self._checked > SETS_RECHECK_SECONDS:
+                self._added = added
+                for row in qs.requirement_sets_after(conn, self._max_set):
+                    self._sets[row.id] = row.requirements
+                    self._max_set = max(self._max_set, row.id)
+                self._checked = time.monotonic()
+            fit = self._fits.setdefault((worker.id, worker.token_hash), _Fit())
+            if fit.max_set < self._max_set:
+                fit.fitting.extend(i for i, r in sorted(self._sets.items())
+                                   if i > fit.max_set and satisfies(r, caps))
+                fit.max_set = self._max_set
+            return list(fit.fitting)
+
+    def forget(self, worker_id: int) -> None:
+        with self._lock:
+            self._fits = {k: v for k, v in self._fits.items() if k[0] != worker_id}
+
+
+_fit_caches: weakref.WeakKeyDictionary[sa.Engine, FitCache] = weakref.WeakKeyDictionary()
+_fit_lock = threading.Lock()
+
+
+def fit_cache(svc: Services) -> FitCache:
+    with _fit_lock:
+        cache = _fit_caches.get(svc.engine)
+        if cache is None:
+            cache = _fit_caches[svc.engine] = FitCache()
+        return cache
+
+
+def capabilities(worker: sa.Row) -> Capabilities:
+    return Capabilities.model_validate(worker.capabilities)
+
+
+def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilities,
+             want: int, now: float, fresh_sets: bool = False) -> list[TaskLease]:
+    """Lease up to ``want`` fitting ready tasks to the worker inside ``conn``."""
+    if want <= 0 or not caps.kinds:
+        return []
+    sets = fit_cache(svc).fitting_sets(conn, worker, caps, fresh=fresh_sets)
+    rows = qs.claim_candidates(conn, worker_id=worker.id, kinds=caps.kinds, sets=sets,
+                               block_threshold=svc.settings.worker_block_failures,
+                               limit=want + CLAIM_SPARE, lock=svc.lock_claims)
+    chosen = leasing.prefer_affinity(conn, worker.id, rows)[:want]
+    if not chosen:
+        return []
+    expires = now + svc.settings.lease_seconds
+    changed = qs.lease_claimed(conn, [r.id for r in chosen], worker_id=worker.id, now=now,
+                               expires_at=expires)
+    if changed != len(chosen):  # cannot happen under the claim's locks; never lease blind
+        raise RuntimeError(f"claimed {len(chosen)} tasks but leased {changed}")
+    q.mark_job_running(conn, (r.job_id for r in chosen), now)
+    beat = svc.settings.heartbeat_seconds
+    return [TaskLease(task_id=r.id, attempt=r.attempt + 1, job_id=r.job_id, kind=r.kind,
+                      name=r.name, payload=r.payload, inputs=r.inputs,
+                      lease_expires_at=expires, heartbeat_seconds=beat) for r in chosen]
+
+
+def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
+    """``POST /workers/lease``: up to ``slots`` fitting ready tasks; empty if none (or the
+    worker has left: a poll still open after it left gets nothing)."""
+    now = svc.clock()
+    with svc.transaction() as conn:
+        if not q.touch_worker(conn, worker.id, now):
+            return []
+        return claim_in(conn, svc, worker, capabilities(worker), slots, now)
+
+
+@dataclass
+class Exchange:
+    """What one sync did: the answer, and what the caller must do after the commit."""
+
+    response: SyncResponse
+    ready: Counter[str] = field(default_factory=Counter)  # tasks made ready, per kind
+    changed_unknown: bool = False  # tasks may have become ready through a quorum
+    live: bool = True  # the worker may still be given tasks
+    held: int = 0  # attempts the worker holds after this sync
+
+    @property
+    def empty(self) -> bool:
+        r = self.response
+        return not (r.tasks or r.verdicts or r.stop)
+
+
+def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
+    """Apply one sync request in one transaction (see the module docstring)."""
+    now = svc.clock()
+    expires = now + svc.settings.lease_seconds
+    caps = capabilities(worker)
+    out = Exchange(SyncResponse(lease_expires_at=expires,
+                                sync_seconds=svc.settings.heartbeat_seconds,
+                                lease_seconds=svc.settings.lease_seconds))
+    with svc.transaction() as conn:
+        out.live = qs.touch_live_worker(conn, worker.id, now)
+        if not out.live:
+            _check_not_revoked(conn, svc, worker)
+        held = {r.id: r for r in qs.held_attempts(conn, worker.id, lock=svc.lock_claims)}
+        settled = _apply_reports(conn, svc, worker, request.reports, held, out, now)
+        still = {i: r for i, r in held.items() if i not in settled}
+        listed = {ref.task_id: ref.attempt for ref in request.held}
+        listed.update((r.task_id, r.attempt) for r in request.reports
+                      if r.outcome == "running")
+        lost = [r for i, r in still.items() if listed.get(i) != r.attempt]
+        if request.leaving:
+            lost = list(still.values())
+        _hand_back(conn, worker, lost, out,
+                   "worker {name} is leaving; task handed back" if request.leaving else
+                   "attempt {attempt} never reached worker {name} (an answer lost on the "
+                   "way); task requeued", now)
+        for i in [r.id for r in lost]:
+            del still[i]
+        out.response.stop = _stops(conn, listed, still, settled)
+        if still:
+            qs.renew_leases(conn, worker.id, expires)
+        out.held = len(still)
+        if request.leaving:
+            q.mark_worker_left(conn, worker.id, now)
+            out.live = False
+        elif out.live:
+            granted = min(request.prefetch, svc.settings.max_prefetch)
+            room = caps.slots + granted - len(still)
+            want = min(request.free_slots + request.prefetch, room)
+            out.response.prefetch_granted = granted
+            out.response.tasks = claim_in(conn, svc, worker, caps, want, now)
+            out.held += len(out.response.tasks)
+    if request.leaving:
+        svc.worker_cache.forget(worker.id)
+        log.info("worker %s (%d) left; %d task(s) handed back", worker.name, worker.id,
+                 len(lost))
+    return out
+
+
+def poll(svc: Services, worker: sa.Row, request: SyncRequest, held_now: int,
+         ) -> tuple[list[TaskLease], bool]:
+    """A long poll woke up: claim what the worker may take (it held ``held_now`` when its
+    sync was applied); (leases, whether the worker may still get tasks)."""
+    now = svc.clock()
+    caps = capabilities(worker)
+    granted = min(request.prefetch, svc.settings.max_prefetch)
+    want = min(request.free_slots + request.prefetch, caps.slots + granted - held_now)
+    with svc.transaction() as conn:
+        if not qs.touch_live_worker(conn, worker.id, now):
+            return [], False
+        return claim_in(conn, svc, worker, caps, want, now, fresh_sets=True), True
+
+
+def _check_not_revoked(conn: sa.Connection, svc: Services, worker: sa.Row) -> None:
+    row = q.get_worker(conn, worker.id)
+    if row is None or row.revoked_at is not None:
+        svc.worker_cache.forget(worker.id)
+        raise Unauthorized("the worker token is not valid (revoked or mistyped)")
+
+
+def _apply_reports(conn: sa.Connection, svc: Services, worker: sa.Row,
+                   reports: Sequence[AttemptReport], held: dict[int, sa.Row], out: Exchange,
+                   now: float) -> set[int]:
+    """Apply the reports of attempts the worker holds; a verdict for each. Returns the ids
+    of the tasks that left the worker (done, failed, released)."""
+    verdicts: dict[int, ReportVerdict] = {}
+    accepted: dict[str, list[tuple[AttemptReport, sa.Row]]] = {
+        "completed": [], "failed": [], "released": [], "running": []}
+    refused: list[AttemptReport] = []
+    seen: set[tuple[int, int]] = set()
+    for report in reports:
+        key = (report.task_id, report.attempt)
+        row = held.get(report.task_id)
+        if key in seen or row is None or row.attempt != report.attempt:
+            refused.append(report)
+        else:
+            accepted[report.outcome].append((report, row))
+        seen.add(key)
+    _store_logs(conn, svc, [(row, r.attempt, r.log_lines) for kind in accepted.values()
+                            for r, row in kind if r.log_lines], now)
+    settled = _complete(conn, svc, worker, accepted["completed"], out, now)
+    settled |= _fail(conn, svc, worker, accepted["failed"], out)
+    released = [row for _, row in accepted["released"]]
+    _hand_back(conn, worker, released, out, "handed back by worker {name}", now)
+    settled |= {row.id for row in released}
+    qs.set_attempt_progress(conn, worker.id, [
+        (r.task_id, r.attempt, r.progress, r.message) for r, _ in accepted["running"]
+        if r.progress is not None or r.message is not None])
+    for kind in accepted.values():
+        for report, _ in kind:
+            verdicts[id(report)] = ReportVerdict(task_id=report.task_id,
+                                                 attempt=report.attempt, accepted=True)
+    if refused:
+        states = qs.attempt_states(conn, [r.task_id for r in refused])
+        dup: set[tuple[int, int]] = set()
+        for report in refused:
+            key = (report.task_id, report.attempt)
+            reason = ("reported twice in one sync" if key in dup or key in
+                      {(r.task_id, r.attempt) for r, _ in
+                       (x for k in accepted.values() for x in k)}
+                      else _not_yours(states.get(report.task_id), report.attempt))
+            dup.add(key)
+            verdicts[id(report)] = ReportVerdict(task_id=report.task_id,
+                                                 attempt=report.attempt, accepted=False,
+                                                 reason=reason)
+    out.response.verdicts = [verdicts[id(r)] for r in reports]
+    return settled
+
+
+def _not_yours(state: sa.Row | None, attempt: int) -> str:
+    if state is None:
+        return "no such task"
+    if state.attempt != attempt:
+        return (f"attempt {attempt} is not the current one (the task is {state.state}, "
+                f"attempt {state.attempt})")
+    if state.state == TaskState.READY:
+        return f"attempt {attempt} lost its lease; the task is queued again"
+    if state.state == TaskState.CANCELLED:
+        return "the task was cancelled"
+    if state.state == TaskState.LEASED:
+        return "the task is not held by this worker"
+    return f"the task is {state.state} already"
+
+
+def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
+              done: list[tuple[AttemptReport, sa.Row]], out: Exchange, now: float) -> set[int]:
+    if not done:
+        return set()
+    qs.complete_attempts(conn, worker.id, [(r.task_id, r.attempt, r.result or {})
+                                           for r, _ in done], now)
+    qs.count_done(conn, worker.id, Counter(row.job_id for _, row in done))
+    pairs = qs.dependents_of(conn, [row.id for _, row in done])
+    if pairs:
+        ready = qs.unblock(conn, Counter(t for t, _ in pairs))
+        out.ready.update(ready)
+        for dependency in sorted({d for _, d in pairs}):  # quorum dependents (training)
+            quorum.after_dependency_done(conn, svc, dependency)
+        out.changed_unknown |= not ready  # a quorum may have let a dependent go ahead
+    for job_id in sorted({row.job_id for _, row in done}):
+        jobs.finish_if_complete(conn, svc, job_id)
+    return {row.id for _, row in done}
+
+
+def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
+          failed: list[tuple[AttemptReport, sa.Row]], out: Exchange) -> set[int]:
+    """Failed attempts: requeued (counting a failure) in one statement while attempts
+    remain and a retry can help; else the task fails and with it, maybe, the job."""
+    again: list[tuple[int, int, str]] = []
+    final: list[tuple[sa.Row, str, bool]] = []
+    for report, row in failed:
+        q.record_worker_failure(conn, worker.id, row.job_id)
+        reason = (f"{report.reason or 'failed'} (attempt {report.attempt} on worker "
+                  f"{worker.name})")
+        if report.retryable and row.failures + 1 < row.max_attempts:
+            again.append((row.id, row.attempt, reason))
+            out.ready[row.kind] += 1
+        else:
+            final.append((row, reason, report.retryable))
+    qs.requeue_failed_attempts(conn, worker.id, again)
+    for row, reason, retryable in final:
+        leasing._requeue_or_fail(conn, svc, row, reason, retry=retryable)
+        out.changed_unknown = True
+    return {row.id for _, row in failed}
+
+
+def _hand_back(conn: sa.Connection, worker: sa.Row, rows: Sequence[sa.Row], out: Exchange,
+               line: str, now: float) -> None:
+    """Held attempts back to the queue, no failure counted, a log line each."""
+    if not rows:
+        return
+    qs.hand_back(conn, worker.id, [r.id for r in rows])
+    qs.insert_logs(conn, [(r.job_id, r.id, r.attempt,
+                           line.format(name=worker.name, attempt=r.attempt)) for r in rows],
+                   now)
+    out.ready.update(r.kind for r in rows)
+
+
+def _stops(conn: sa.Connection, listed: dict[int, int], still: dict[int, sa.Row],
+           settled: set[int]) -> list[AttemptStop]:
+    """Attempts the worker lists as held that are not its any more."""
+    gone = {t: a for t, a in listed.items()
+            if t not in settled and (t not in still or still[t].attempt != a)}
+    if not gone:
+        return []
+    states = qs.attempt_states(conn, list(gone))
+    return [AttemptStop(task_id=t, attempt=a, reason=_not_yours(states.get(t), a))
+            for t, a in sorted(gone.items())]
+
+
+def _store_logs(conn: sa.Connection, svc: Services,
+                items: list[tuple[sa.Row, int, list[str]]], now: float) -> None:
+    """Log lines of many attempts, each task up to its log limit (``leasing._store_log``'s
+    rule: past the limit lines are dropped and one marker line says so)."""
+    if not items:
+        return
+    limit = svc.settings.max_log_bytes_per_task
+    marker = leasing.LOG_TRUNCATED.format(limit=limit)
+    used = qs.log_chars(conn, [row.id for row, _, _ in items])
+    near = [t for t, n in used.items() if n + leasing.MAX_LOG_LINE_CHARS > limit]
+    closed = qs.tasks_with_line(conn, near, marker) if near else set()
+    rows: list[tuple[int, int, int, str]] = []
+    for task, attempt, lines in items:
+        if task.id in closed:
+            continue
+        for line in leasing._clean_lines(lines):
+            if used[task.id] + len(line) > limit:
+                rows.append((task.job_id, task.id, attempt, marker))
+                closed.add(task.id)
+                break
+            used[task.id] += len(line)
+            rows.append((task.job_id, task.id, attempt, line))
+    qs.insert_logs(conn, rows, now)
