@@ -18,7 +18,7 @@ help:
 	@echo "make test      install, then system packages, the test suite and ruff"
 	@echo "make demo      install, then render a sample animation on two local workers (demo-output/sample.mp4)"
 	@echo "make lint      ruff and mypy"
-	@echo "make bench     dispatch benchmark (bench/dispatch.py)"
+	@echo "make bench     dispatch vs Ray, Dask, Celery, a process pool (bench/dispatch.py; BENCH_ARGS=--queue)"
 	@echo "make bench-executor  Executor.map vs ProcessPoolExecutor and Dask (bench/executor.py)"
 	@echo "make bench-render    frames per second with 1 and 2 workers (bench/render.py)"
 	@echo "make bench-train  DiLoCo vs one worker, sync data parallel, FedAvg (bench/train.py)"
@@ -48,7 +48,15 @@ lint: install
 	$(BIN)/ruff check parallel_pilot tests bench examples
 	$(BIN)/mypy parallel_pilot
 
-bench: install
+# The peers (Ray, Dask, Celery, redis-py) are the [bench] extra, installed only here.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(INSTALL_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@
+
+bench: install $(BENCH_STAMP)
+	@# Without redis-server (and no root to install it) the Celery arm says so; the rest runs.
+	scripts/install-bench-deps.sh || true
 	$(BIN)/python bench/dispatch.py $(BENCH_ARGS)
 
 bench-executor: install
