@@ -100,8 +100,10 @@ async def _long_poll(svc: Services, request: Request, waiter: Waiter, wait: floa
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            await waiter.wait(min(remaining, RECHECK_SECONDS))
+            woken = await waiter.wait(min(remaining, RECHECK_SECONDS))
             waiter.close()
+            if not woken and time.monotonic() >= deadline:
+                return []  # nothing appeared: the answer stays empty, without a claim
             if await request.is_disconnected():
                 return []
             waiter = svc.notifier.enlist(waiter.kinds)
