@@ -1,15 +1,17 @@
-"""Executor benchmark: throughput and per-call overhead of ``Executor.map`` for no-op calls
-over 2 workers, side by side with ``concurrent.futures.ProcessPoolExecutor(2)`` and Dask's
+"""Executor benchmark: the round trip of one call and ``map`` throughput of no-op calls over
+2 workers, side by side with ``concurrent.futures.ProcessPoolExecutor(2)`` and Dask's
 distributed ``LocalCluster`` (2 worker processes, 1 thread each, on 127.0.0.1), in one run.
 
 Workloads (the same function, ``noop(x) -> x``, everywhere):
-  * ``map`` of many calls, one task per call (``chunksize=1``);
-  * ``map`` of many calls in chunks (``chunksize=100``; Dask gets one task per call, as
-    its ``Client.map`` has no chunks);
-  * the round trip of one ``submit(...).result()`` (median of several).
-Overhead per call = wall time x workers / calls: the worker time each call costs.
+  * the round trip of one ``submit(...).result()``: median and p95 over ``ROUND_TRIPS``;
+  * ``map`` of 10,000 calls with ``chunksize=100`` (Dask gets one task per call: its
+    ``Client.map`` has no chunks);
+  * ``map`` of 1,000 calls with ``chunksize=1`` (one task per call).
+Ratios are the farm's figure over each peer's (throughput: higher is better; round trip:
+lower is better). Targets of issue 13: round trip under 10 ms, 10,000 calls in chunks of
+100 above 20,000 calls/s.
 
-    python bench/executor.py [--quick] [--json]
+    python bench/executor.py [--quick] [--json] [--only pilot]
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from parallel_pilot.client.executor import Executor
 from parallel_pilot.client.local_cluster import LocalCluster
 
 WORKERS = 2  # worker processes on every side
-LATENCY_SAMPLES = 10  # single calls timed for the round trip
+ROUND_TRIPS = 100  # single calls timed for the round trip
+CHUNKED = (10_000, 100)  # calls, chunksize of the chunked map
+SINGLE = (1_000, 1)  # calls, chunksize of the one-task-per-call map
+PILOT = "Parallel Pilot Executor"
+TARGET_ROUND_TRIP_MS = 10.0
+TARGET_CHUNKED_PER_S = 20_000.0
 
 
 def noop(x: Any) -> Any:
@@ -44,13 +51,14 @@ def pilot_pool() -> Iterator[FuturesExecutor]:
             LocalCluster(Path(tmp), workers=WORKERS, allow=("python",)) as cluster, \
             Executor(client=cluster.client()) as pool:
         pool.submit(noop, 0).result(120)  # warm: workers joined, function uploaded
+        list(pool.map(noop, range(4), chunksize=1))  # both workers' children started
         yield pool
 
 
 @contextmanager
 def process_pool() -> Iterator[FuturesExecutor]:
     with ProcessPoolExecutor(WORKERS) as pool:
-        pool.submit(noop, 0).result()
+        list(pool.map(noop, range(4)))
         yield pool
 
 
@@ -85,53 +93,79 @@ def time_map(pool: Any, calls: int, chunksize: int) -> dict[str, float]:
     results = list(pool.map(noop, items, chunksize=chunksize))
     wall = time.perf_counter() - started
     assert results == items, "results differ from the builtin map"
-    return {"seconds": wall, "calls_per_s": calls / wall,
-            "overhead_ms": wall * WORKERS / calls * 1000}
+    return {"seconds": wall, "calls_per_s": calls / wall}
 
 
-def time_latency(pool: Any) -> dict[str, float]:
-    samples = []
-    for i in range(LATENCY_SAMPLES):
+def time_round_trip(pool: Any, samples: int) -> dict[str, float]:
+    times = []
+    for i in range(samples):
         started = time.perf_counter()
         assert pool.submit(noop, i).result() == i
-        samples.append(time.perf_counter() - started)
-    return {"median_ms": statistics.median(samples) * 1000, "max_ms": max(samples) * 1000}
+        times.append(time.perf_counter() - started)
+    times.sort()
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return {"median_ms": statistics.median(times) * 1000, "p95_ms": p95 * 1000}
 
 
-def measure(name: str, make: Callable[[], Any], sizes: dict[str, int]) -> dict[str, Any]:
+def measure(name: str, make: Callable[[], Any], sizes: dict[str, Any]) -> dict[str, Any]:
     print(f"{name}…", file=sys.stderr, flush=True)
     with make() as pool:
         return {
-            "one task per call": time_map(pool, sizes["single"], 1),
-            "chunks of 100": time_map(pool, sizes["chunked"], 100),
-            "round trip": time_latency(pool),
+            "round trip": time_round_trip(pool, sizes["round_trips"]),
+            "chunked": time_map(pool, *sizes["chunked"]),
+            "single": time_map(pool, *sizes["single"]),
         }
+
+
+def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The farm's figures over each peer's."""
+    ours = figures[PILOT]
+    out = {}
+    for name, f in figures.items():
+        if name == PILOT:
+            continue
+        out[name] = {
+            "round trip": ours["round trip"]["median_ms"] / f["round trip"]["median_ms"],
+            "chunked": ours["chunked"]["calls_per_s"] / f["chunked"]["calls_per_s"],
+            "single": ours["single"]["calls_per_s"] / f["single"]["calls_per_s"],
+        }
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller workloads")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--only", choices=("pilot",), help="measure the farm alone")
     args = parser.parse_args()
-    sizes = {"single": 100, "chunked": 2_000} if args.quick else \
-        {"single": 300, "chunked": 10_000}
-    figures = {
-        "Parallel Pilot Executor": measure("Parallel Pilot Executor", pilot_pool, sizes),
-        "ProcessPoolExecutor(2)": measure("ProcessPoolExecutor(2)", process_pool, sizes),
-        "Dask LocalCluster(2)": measure("Dask LocalCluster(2)", dask_pool, sizes),
-    }
+    sizes: dict[str, Any] = {"round_trips": ROUND_TRIPS, "chunked": CHUNKED, "single": SINGLE}
+    if args.quick:
+        sizes = {"round_trips": 20, "chunked": (2_000, 100), "single": (200, 1)}
+    peers = {PILOT: pilot_pool}
+    if args.only is None:
+        peers.update({"ProcessPoolExecutor(2)": process_pool, "Dask LocalCluster(2)": dask_pool})
+    figures = {name: measure(name, make, sizes) for name, make in peers.items()}
     if args.json:
-        print(json.dumps({"sizes": sizes, "figures": figures}, indent=2))
+        print(json.dumps({"sizes": sizes, "figures": figures,
+                          "ratios": ratios(figures) if len(figures) > 1 else {}}, indent=2))
         return
-    print(f"no-op calls over {WORKERS} workers "
-          f"({sizes['single']} calls one task each; {sizes['chunked']} calls in chunks of 100)")
-    print(f"{'':26} {'1 task/call':>12} {'overhead':>10} {'chunks of 100':>14} "
-          f"{'overhead':>10} {'round trip':>11}")
+    (n_chunked, c_chunked), (n_single, _) = sizes["chunked"], sizes["single"]
+    print(f"no-op calls over {WORKERS} workers: round trip of one call (median, p95 of "
+          f"{sizes['round_trips']}); map of {n_chunked} calls in chunks of {c_chunked}; "
+          f"map of {n_single} calls, one task each")
+    print(f"{'':26} {'round trip':>11} {'p95':>9} {'chunked':>12} {'1 task/call':>12}")
     for name, f in figures.items():
-        single, chunked, trip = f["one task per call"], f["chunks of 100"], f["round trip"]
-        print(f"{name:26} {single['calls_per_s']:>8.0f}/s {single['overhead_ms']:>8.2f}ms "
-              f"{chunked['calls_per_s']:>10.0f}/s {chunked['overhead_ms']:>8.3f}ms "
-              f"{trip['median_ms']:>8.1f}ms")
+        trip, chunked, single = f["round trip"], f["chunked"], f["single"]
+        print(f"{name:26} {trip['median_ms']:>9.1f}ms {trip['p95_ms']:>7.1f}ms "
+              f"{chunked['calls_per_s']:>10.0f}/s {single['calls_per_s']:>10.0f}/s")
+    for name, r in ratios(figures).items() if len(figures) > 1 else ():
+        print(f"farm / {name:19} round trip x{r['round trip']:.2f}, chunked "
+              f"x{r['chunked']:.2f}, one task per call x{r['single']:.2f}")
+    ours = figures[PILOT]
+    print(f"targets: round trip < {TARGET_ROUND_TRIP_MS:g} ms: "
+          f"{'met' if ours['round trip']['median_ms'] < TARGET_ROUND_TRIP_MS else 'missed'}; "
+          f"chunked > {TARGET_CHUNKED_PER_S:,.0f}/s: "
+          f"{'met' if ours['chunked']['calls_per_s'] > TARGET_CHUNKED_PER_S else 'missed'}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ results of a chunk -> values or the exceptions raised remotely.
 when the coordinator has it), pickles every argument separately, uploads an argument whose
 pickle is larger than ``share_bytes`` once as a blob of its own (an object passed to many
 calls is pickled and sent once), and lays every chunk of calls end to end in one calls
-blob (see ``kinds.python.calls``).
+blob (the format is ``core.python_calls``).
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cloudpickle
 
 from parallel_pilot.core.protocol import TaskInfo
-from parallel_pilot.errors import PilotError
-from parallel_pilot.kinds.python.calls import (
+from parallel_pilot.core.python_calls import (
     ERROR,
     OK,
     ArgSlot,
@@ -30,6 +30,7 @@ from parallel_pilot.kinds.python.calls import (
     encode_chunk,
     python_version,
 )
+from parallel_pilot.errors import PilotError
 
 SHARE_BYTES = 1024 * 1024  # an argument whose pickle is larger is uploaded once as a blob
 Call = tuple[Sequence[Any], dict[str, Any]]
@@ -71,19 +72,26 @@ class CallEncoder:
         self.share_bytes = share_bytes
         self.packages = list(packages)
         self.timeout_seconds = timeout_seconds
-        self._functions: dict[int, tuple[Callable[..., Any], str]] = {}
+        # fn -> its blob, held weakly: a function (and what a bound method's object holds)
+        # is not kept alive by having been submitted once
+        self._functions: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._uploaded: set[str] = set()
         self._lock = threading.Lock()
 
     def function_sha(self, fn: Callable[..., Any]) -> str:
-        """The blob of ``fn`` (pickled and uploaded once per Executor)."""
+        """The blob of ``fn``: pickled once while ``fn`` lives (so a module registered with
+        ``cloudpickle.register_pickle_by_value`` after ``fn`` was first sent keeps the
+        way ``fn`` was pickled then), uploaded once per content."""
         with self._lock:
-            known = self._functions.get(id(fn))
-        if known is not None and known[0] is fn:
-            return known[1]
+            known = _weak_get(self._functions, fn)
+        if known is not None:
+            return known
         sha = self._upload(cloudpickle.dumps(fn))
         with self._lock:
-            self._functions[id(fn)] = (fn, sha)  # holds fn, so its id is not reused
+            try:
+                self._functions[fn] = sha
+            except TypeError:  # neither hashable nor weakly referenceable: not cached
+                pass
         return sha
 
     def _upload(self, data: bytes) -> str:
@@ -144,6 +152,13 @@ class CallEncoder:
                 shared.append(sha)
             used.add(shared.index(sha))
         return slot
+
+
+def _weak_get(cache: weakref.WeakKeyDictionary[Any, str], fn: Any) -> str | None:
+    try:
+        return cache.get(fn)
+    except TypeError:  # unhashable, or no weak reference to it can be made
+        return None
 
 
 def chunk_outcomes(result: dict[str, Any], download: Callable[[str], bytes]) -> list[Outcome]:

@@ -37,6 +37,7 @@ from parallel_pilot.core.protocol import (
     WorkerList,
 )
 from parallel_pilot.core.settings import ClientSettings
+from parallel_pilot.core.states import JobState
 from parallel_pilot.errors import InvalidInput, ServerUnavailable, error_from_body
 from parallel_pilot.http import RETRY_SECONDS, Connection, sha256_file
 
@@ -45,6 +46,10 @@ POLL_TIMEOUT = 30.0  # seconds one poll request may take
 WATCH_STREAM_SECONDS = 300.0  # one event stream of watch() lasts at most this; then reopened
 LOG_PAGE_LINES = 10_000  # log lines asked for per request (the coordinator's maximum)
 MAX_LOG_PAGES = 1_000  # pages logs() fetches at most, so a runaway log cannot loop forever
+
+# what Client.finished_tasks yields: ("job", (state, error)), ("tasks", (tasks, since)),
+# ("done", None)
+FinishedTasksEvent = tuple[str, Any]
 
 
 class Client(AccountCalls):
@@ -374,6 +379,34 @@ class Client(AccountCalls):
                     raise ServerUnavailable(f"lost the event stream of job {job_id}: "
                                             f"{exc}") from None
                 self._sleep(1.0)
+
+    def finished_tasks(self, job_id: int, *, since: float | None = None,
+                       seconds: float = WATCH_STREAM_SECONDS,
+                       read_timeout: float | None = None) -> Iterator[FinishedTasksEvent]:
+        """One stream of a job's tasks as they finish, with their results, pushed by the
+        coordinator (``GET /jobs/{id}/events?tasks=finished``): ``("job", (state,
+        error))`` first and on every change of the job's state, ``("tasks", (tasks,
+        since))`` with tasks not sent before, ``("done", None)`` last, once the job has
+        finished and all its finished tasks were sent. A stream that ends without
+        ``done`` (its ``seconds``, a restart) is the caller's to reopen with the last
+        ``since``: only tasks finished shortly before it come again. A job the caller
+        may not see raises ``JobNotFound``; a dropped stream the httpx error."""
+        params: dict[str, Any] = {"tasks": "finished", "seconds": seconds}
+        if since is not None:
+            params["since"] = since
+        extra = {} if read_timeout is None else {"read_timeout": read_timeout}
+        for event, data in self.connection.events(f"/jobs/{int(job_id)}/events",
+                                                  params=params, **extra):
+            if event == "job":
+                yield "job", (JobState(data["state"]), data.get("error"))
+            elif event == "tasks":
+                tasks = [TaskInfo.model_validate(t) for t in data["tasks"]]
+                yield "tasks", (tasks, data.get("since"))
+            elif event == "done":
+                yield "done", None
+                return
+            elif event == "gone":
+                raise error_from_body(404, data)
 
     # ------------------------------------------------------------ blobs
 

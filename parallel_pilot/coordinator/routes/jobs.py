@@ -3,7 +3,7 @@ cancel (whole or some tasks), retry, tasks, outputs, logs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
@@ -12,6 +12,7 @@ from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
 from parallel_pilot.coordinator.limits import MAX_DB_INT, AfterId, JobId, TaskFilter
 from parallel_pilot.coordinator.services import jobs
 from parallel_pilot.coordinator.sse import stream_changes
+from parallel_pilot.coordinator.task_stream import stream_finished_tasks
 from parallel_pilot.core.protocol import (
     JobInfo,
     JobList,
@@ -78,8 +79,18 @@ def retry(svc: ServicesDep, user: CurrentUser, job_id: JobId) -> JobInfo:
                    "visible. The stream ends after `seconds`; reconnect to go on."}})
 def job_events(request: Request, svc: ServicesDep, user: CurrentUser, job_id: JobId,
                seconds: float = Query(DEFAULT_EVENT_SECONDS, gt=0, le=MAX_EVENT_SECONDS),
+               tasks: Literal["finished"] | None = Query(None, description=(
+                   "`finished`: stream the tasks that finish, with their results, instead "
+                   "(events `job` `{state, error}`, `tasks` `{tasks: [TaskInfo], since}`, "
+                   "`done`; see coordinator/task_stream.py)")),
+               since: float | None = Query(None, ge=0, description=(
+                   "with tasks=finished: only tasks finished at or after this time (the "
+                   "`since` of the last `tasks` event, to resume a dropped stream)")),
                ) -> StreamingResponse:
-    jobs.get(svc, user, job_id)  # 404 now, before the stream starts
+    if tasks == "finished":  # 404 now, before the stream starts, in either case
+        return stream_finished_tasks(request, svc, user, job_id, since=since, seconds=min(
+            seconds, svc.settings.max_event_stream_seconds))
+    jobs.get(svc, user, job_id)
 
     def snapshot() -> tuple[dict[str, object], bool]:
         info = jobs.get(svc, user, job_id)

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parallel_pilot.core.protocol import TaskLease, check_sha256
+from parallel_pilot.core.python_calls import python_version
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
 from parallel_pilot.kinds.python.calls import (
@@ -33,7 +34,6 @@ from parallel_pilot.kinds.python.calls import (
     LOAD_ERROR_EXIT,
     RESULTS_FILE,
     SUMMARY_FILE,
-    python_version,
 )
 from parallel_pilot.kinds.python.warm import POOL, WarmRunner
 
