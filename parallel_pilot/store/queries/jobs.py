@@ -8,8 +8,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.core.states import JobState, TaskState, job_sources
-from parallel_pilot.store.queries._common import Row, _chunks, _new_id, _states
+from parallel_pilot.core.states import JobState, TaskState
+from parallel_pilot.store.queries._common import Row, _chunks, _new_id
+from parallel_pilot.store.queries.moves import job_move
 from parallel_pilot.store.tables import (
     jobs,
     tasks,
@@ -27,6 +28,10 @@ def insert_job(conn: sa.Connection, *, owner_id: int, name: str, kind: str,
     ))
     return _new_id(result)
 
+
+# every job state write of this module, checked against the transition table at import
+MOVES = {target: job_move(target) for target in JobState}  # set_job_state: any allowed source
+START = job_move(JobState.RUNNING, JobState.QUEUED)  # its first task was leased
 
 _JOB_COLUMNS = [*jobs.c, users.c.name.label("owner")]
 
@@ -50,14 +55,14 @@ def list_jobs(conn: sa.Connection, *, owner_id: int | None, state: str | None,
 
 def set_job_state(conn: sa.Connection, job_id: int, target: JobState, now: float,
                   error: str | None = None) -> bool:
-    values: dict[str, Any] = {"state": target}
+    move = MOVES[target]
+    values: dict[str, Any] = {}
     if target.finished:
         values.update(finished_at=now, error=error)
     elif target == JobState.QUEUED:
         values.update(finished_at=None, error=None)
     return bool(conn.execute(
-        jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(_states(job_sources(target))))
-        .values(**values)
+        jobs.update().where(jobs.c.id == job_id, move.where).values(**move.values(**values))
     ).rowcount)
 
 
@@ -65,9 +70,8 @@ def mark_job_running(conn: sa.Connection, job_ids: Iterable[int], now: float) ->
     ids = sorted(set(job_ids))
     if ids:
         conn.execute(
-            jobs.update().where(jobs.c.id.in_(ids), jobs.c.state == JobState.QUEUED)
-            .values(state=JobState.RUNNING,
-                    started_at=sa.func.coalesce(jobs.c.started_at, now))
+            jobs.update().where(jobs.c.id.in_(ids), START.where)
+            .values(**START.values(started_at=sa.func.coalesce(jobs.c.started_at, now)))
         )
 
 

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from parallel_pilot.core.states import TaskState, task_sources
-from parallel_pilot.store.queries._common import Row, _chunks, _states
+from parallel_pilot.core.states import TaskState
+from parallel_pilot.store.queries._common import Row, _chunks
+from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.tables import task_deps, tasks
 
 OPEN_STATES = (TaskState.BLOCKED, TaskState.READY, TaskState.LEASED)
+SKIP = task_move(TaskState.CANCELLED, *OPEN_STATES)  # left out of a quorum while open
+RELEASE = task_move(TaskState.READY, TaskState.BLOCKED)  # its quorum is met
 
 
 def _dependents_of(task_id: int) -> sa.Select:
@@ -71,10 +74,9 @@ def skip_tasks(conn: sa.Connection, task_ids: Sequence[int], now: float, reason:
     cancelled = 0
     for part in _chunks(list(task_ids)):
         cancelled += conn.execute(
-            tasks.update().where(tasks.c.id.in_(part),
-                                 tasks.c.state.in_(_states(task_sources(TaskState.CANCELLED))))
-            .values(state=TaskState.CANCELLED, finished_at=now, lease_expires_at=None,
-                    error=reason, skipped=True)
+            tasks.update().where(tasks.c.id.in_(part), SKIP.where)
+            .values(**SKIP.values(finished_at=now, lease_expires_at=None, error=reason,
+                                  skipped=True))
         ).rowcount
         conn.execute(tasks.update().where(tasks.c.id.in_(part),
                                           tasks.c.state == TaskState.FAILED)
@@ -85,8 +87,8 @@ def skip_tasks(conn: sa.Connection, task_ids: Sequence[int], now: float, reason:
 def release_quorum_task(conn: sa.Connection, task_id: int) -> bool:
     """blocked -> ready with its quorum met (the deps left out no longer count)."""
     return bool(conn.execute(
-        tasks.update().where(tasks.c.id == task_id, tasks.c.state == TaskState.BLOCKED)
-        .values(state=TaskState.READY, deps_left=0)
+        tasks.update().where(tasks.c.id == task_id, RELEASE.where)
+        .values(**RELEASE.values(deps_left=0))
     ).rowcount)
 
 

@@ -7,14 +7,25 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.core.states import TaskState, task_sources
-from parallel_pilot.store.queries._common import Row, _chunks, _states
+from parallel_pilot.core.states import TaskState
+from parallel_pilot.store.queries._common import Row, _chunks
+from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.queries.sync import with_requirement_sets
 from parallel_pilot.store.tables import (
     task_deps,
     tasks,
     workers,
 )
+
+# every state write of this module, checked against the transition table at import
+LEASE = task_move(TaskState.LEASED, TaskState.READY)  # a claim
+COMPLETE = task_move(TaskState.DONE, TaskState.LEASED)  # a report from the holder
+REQUEUE = task_move(TaskState.READY, TaskState.LEASED)  # expiry, hand-back, retryable failure
+FAIL = task_move(TaskState.FAILED, TaskState.LEASED)  # a failure for good
+UNBLOCK = task_move(TaskState.READY, TaskState.BLOCKED)  # its last dependency is done
+CANCEL = task_move(TaskState.CANCELLED)  # every open task: blocked, ready or leased
+REOPEN = {target: task_move(target, TaskState.FAILED, TaskState.CANCELLED)  # retry
+          for target in (TaskState.READY, TaskState.BLOCKED)}
 
 
 def insert_tasks(conn: sa.Connection, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
@@ -85,18 +96,19 @@ def lease_tasks(conn: sa.Connection, task_ids: Sequence[int], *, worker_id: int,
     if not task_ids:
         return []
     conn.execute(
-        tasks.update().where(tasks.c.id.in_(list(task_ids)), tasks.c.state == TaskState.READY)
-        .values(state=TaskState.LEASED, attempt=tasks.c.attempt + 1, worker_id=worker_id,
-                lease_expires_at=expires_at, progress=None, message=None,
-                started_at=sa.func.coalesce(tasks.c.started_at, now))
+        tasks.update().where(tasks.c.id.in_(list(task_ids)), LEASE.where)
+        .values(**LEASE.values(attempt=tasks.c.attempt + 1, worker_id=worker_id,
+                               lease_expires_at=expires_at, progress=None, message=None,
+                               started_at=sa.func.coalesce(tasks.c.started_at, now)))
     )
     return [r for r in get_tasks(conn, task_ids)
             if r.state == TaskState.LEASED and r.worker_id == worker_id]
 
 
 def _held(task_id: int, attempt: int, worker_id: int) -> sa.ColumnElement[bool]:
+    """The attempt, held by the worker (the caller adds the state it must be leased in)."""
     return sa.and_(tasks.c.id == task_id, tasks.c.attempt == attempt,
-                   tasks.c.worker_id == worker_id, tasks.c.state == TaskState.LEASED)
+                   tasks.c.worker_id == worker_id)
 
 
 def extend_lease(conn: sa.Connection, task_id: int, attempt: int, worker_id: int,
@@ -107,40 +119,39 @@ def extend_lease(conn: sa.Connection, task_id: int, attempt: int, worker_id: int
     if message is not None:
         values["message"] = message[:1000]
     return bool(conn.execute(
-        tasks.update().where(_held(task_id, attempt, worker_id)).values(**values)).rowcount)
+        tasks.update().where(_held(task_id, attempt, worker_id),
+                             tasks.c.state == TaskState.LEASED).values(**values)).rowcount)
 
 
 def complete_task(conn: sa.Connection, task_id: int, attempt: int, worker_id: int,
                   result: dict[str, Any], now: float) -> bool:
     return bool(conn.execute(
-        tasks.update().where(_held(task_id, attempt, worker_id))
-        .values(state=TaskState.DONE, result=result, progress=1.0, finished_at=now,
-                lease_expires_at=None, error=None)
+        tasks.update().where(_held(task_id, attempt, worker_id), COMPLETE.where)
+        .values(**COMPLETE.values(result=result, progress=1.0, finished_at=now,
+                                  lease_expires_at=None, error=None))
     ).rowcount)
 
 
 def requeue_task(conn: sa.Connection, task_id: int, attempt: int, *, count_failure: bool,
                  error: str | None) -> bool:
     """leased -> ready for another attempt (optionally counting a failure)."""
-    values: dict[str, Any] = {"state": TaskState.READY, "worker_id": None,
-                              "lease_expires_at": None, "progress": None}
+    values = REQUEUE.values(worker_id=None, lease_expires_at=None, progress=None)
     if count_failure:
         values["failures"] = tasks.c.failures + 1
     if error is not None:
         values["error"] = error
     return bool(conn.execute(
         tasks.update().where(tasks.c.id == task_id, tasks.c.attempt == attempt,
-                             tasks.c.state == TaskState.LEASED).values(**values)
+                             REQUEUE.where).values(**values)
     ).rowcount)
 
 
 def fail_task(conn: sa.Connection, task_id: int, attempt: int, error: str, now: float) -> bool:
     """leased -> failed for good."""
     return bool(conn.execute(
-        tasks.update().where(tasks.c.id == task_id, tasks.c.attempt == attempt,
-                             tasks.c.state == TaskState.LEASED)
-        .values(state=TaskState.FAILED, failures=tasks.c.failures + 1, error=error,
-                finished_at=now, lease_expires_at=None)
+        tasks.update().where(tasks.c.id == task_id, tasks.c.attempt == attempt, FAIL.where)
+        .values(**FAIL.values(failures=tasks.c.failures + 1, error=error, finished_at=now,
+                              lease_expires_at=None))
     ).rowcount)
 
 
@@ -172,9 +183,8 @@ def unblock_dependents(conn: sa.Connection, task_id: int) -> list[int]:
     conn.execute(tasks.update().where(tasks.c.id.in_(dependents))
                  .values(deps_left=tasks.c.deps_left - 1))
     conn.execute(
-        tasks.update().where(tasks.c.id.in_(dependents), tasks.c.deps_left <= 0,
-                             tasks.c.state == TaskState.BLOCKED)
-        .values(state=TaskState.READY)
+        tasks.update().where(tasks.c.id.in_(dependents), tasks.c.deps_left <= 0, UNBLOCK.where)
+        .values(**UNBLOCK.values())
     )
     return dependents
 
@@ -183,10 +193,9 @@ def cancel_open_tasks(conn: sa.Connection, job_id: int, now: float, reason: str)
     """Every task of the job not yet finished -> cancelled (a leased one's worker is told
     to stop at its next heartbeat)."""
     return conn.execute(
-        tasks.update().where(tasks.c.job_id == job_id,
-                             tasks.c.state.in_(_states(task_sources(TaskState.CANCELLED))))
-        .values(state=TaskState.CANCELLED, finished_at=now, lease_expires_at=None,
-                error=sa.func.coalesce(tasks.c.error, reason))
+        tasks.update().where(tasks.c.job_id == job_id, CANCEL.where)
+        .values(**CANCEL.values(finished_at=now, lease_expires_at=None,
+                                error=sa.func.coalesce(tasks.c.error, reason)))
     ).rowcount
 
 
@@ -216,13 +225,12 @@ def unmet_dependency_counts(conn: sa.Connection, task_ids: Sequence[int]) -> dic
 
 def reopen_tasks(conn: sa.Connection, task_ids: Sequence[int], deps_left: int) -> None:
     """Retry: failed or cancelled tasks go back to ready (no unmet dependencies) or blocked."""
-    target = TaskState.READY if deps_left == 0 else TaskState.BLOCKED
+    move = REOPEN[TaskState.READY if deps_left == 0 else TaskState.BLOCKED]
     for part in _chunks(list(task_ids)):
         conn.execute(
-            tasks.update().where(tasks.c.id.in_(part),
-                                 tasks.c.state.in_(_states(task_sources(target))))
-            .values(state=target, failures=0, error=None, finished_at=None, worker_id=None,
-                    progress=None, deps_left=deps_left, deadline_at=None)
+            tasks.update().where(tasks.c.id.in_(part), move.where)
+            .values(**move.values(failures=0, error=None, finished_at=None, worker_id=None,
+                                  progress=None, deps_left=deps_left, deadline_at=None))
         )
 
 
@@ -230,18 +238,16 @@ def cancel_job_tasks(conn: sa.Connection, job_id: int, task_ids: Sequence[int], 
                      reason: str) -> list[int]:
     """The named tasks of the job that are not finished -> cancelled (a leased one's worker
     is told to stop at its next heartbeat); returns the ids actually cancelled."""
-    open_states = _states(task_sources(TaskState.CANCELLED))
     cancelled: list[int] = []
     for part in _chunks(sorted(set(task_ids))):
         ids = list(conn.execute(
             sa.select(tasks.c.id).where(tasks.c.job_id == job_id, tasks.c.id.in_(part),
-                                        tasks.c.state.in_(open_states))).scalars())
+                                        CANCEL.where)).scalars())
         if not ids:
             continue
         conn.execute(
-            tasks.update().where(tasks.c.id.in_(ids), tasks.c.state.in_(open_states))
-            .values(state=TaskState.CANCELLED, finished_at=now, lease_expires_at=None,
-                    error=reason)
+            tasks.update().where(tasks.c.id.in_(ids), CANCEL.where)
+            .values(**CANCEL.values(finished_at=now, lease_expires_at=None, error=reason))
         )
         cancelled.extend(ids)
     return cancelled
