@@ -72,6 +72,12 @@ jobs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("tasks_total", sa.Integer, nullable=False, default=0),
     sa.Column("tasks_done", sa.Integer, nullable=False, default=0),
+    # how many of its tasks are in each state, kept by triggers on tasks (migration 0006)
+    *(sa.Column(f"count_{state}", sa.Integer, nullable=False, default=0, server_default="0")
+      for state in ("blocked", "ready", "leased", "done", "failed", "cancelled")),
+    # the Idempotency-Key of the submission that made the job: a retried submit finds it
+    sa.Column("idempotency_key", sa.String(100)),
+    sa.Index("uq_jobs_owner_idempotency_key", "owner_id", "idempotency_key", unique=True),
 )
 
 tasks = sa.Table(
@@ -104,7 +110,7 @@ tasks = sa.Table(
     sa.Column("deadline_seconds", sa.Double),
     sa.Column("deadline_at", Time),
     # left out by its dependent's quorum (late or failed): does not hold up the job
-    sa.Column("skipped", sa.Boolean, nullable=False, default=False),
+    sa.Column("skipped", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("affinity", sa.String(200)),  # a worker that did a task of the same key prefers it
     # requirement_sets.id of its requirements; 0: none (every worker meets them)
     sa.Column("requirement_set_id", Id, nullable=False, default=0, server_default="0"),

@@ -350,7 +350,7 @@ def claim_candidates(conn: sa.Connection, *, worker_id: int, kinds: Sequence[str
         return rows
     # read without locks through the union; lock what is still ready, skipping rows
     # another claim holds (it may take fewer than read: the next sync gets more)
-    locked = dict(conn.execute(_LOCK_READY, {"ids": [r.id for r in rows]}).tuples().all())
+    locked = {i: a for i, a in conn.execute(_LOCK_READY, {"ids": [r.id for r in rows]})}
     return [r for r in rows if locked.get(r.id) == r.attempt]
 
 

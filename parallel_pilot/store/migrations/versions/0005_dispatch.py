@@ -4,7 +4,8 @@ its set (``requirement_set_id``; 0 is "no requirements", which every worker meet
 claim then asks for the sets a worker satisfies by id, through ``ix_tasks_dispatch``
 (state, kind, set, priority descending, id): one short index range per (kind, set).
 
-Existing tasks are given their set here.
+Existing tasks are given their set here. On SQLite the claim index gets back the DESC
+that 0004's table rebuild dropped.
 
 Revision ID: 0005
 Revises: 0004
@@ -51,6 +52,9 @@ def upgrade() -> None:
                                    server_default="0"))
     op.create_index("ix_tasks_dispatch", "tasks",
                     ["state", "kind", "requirement_set_id", sa.text("priority DESC"), "id"])
+    # SQLite: 0004's table rebuild (batch mode) recreated the claim index without DESC
+    op.drop_index("ix_tasks_claim", table_name="tasks")
+    op.create_index("ix_tasks_claim", "tasks", ["state", sa.text("priority DESC"), "id"])
     _backfill()
 
 
