@@ -5,6 +5,13 @@ keeps jobs, tasks, outputs, logs, workers and blobs in dicts, records every requ
 lets a test move jobs along by hand (``finish``, ``add_output``). It checks bearer tokens
 and speaks the wire models of ``core.protocol``, but plans nothing: a job gets one task per
 item (sweep) or per ``tasks`` (sleep), and only as far as a test needs.
+
+It also plays the worker side simply, for unit tests of the worker: ``register`` (any
+join token in ``join_tokens``), ``POST /workers/sync`` after the contract of
+``core.protocol`` (reports fenced by (task, attempt), held attempts reconciled, stops, at
+most the worker's slots plus the granted prefetch, a long poll woken by ``add_lease``),
+an attempt's outputs and its job's outputs. ``down_for`` refuses connections,
+``drop_answers`` applies syncs and then loses their answers.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +28,21 @@ import httpx
 
 from parallel_pilot.core.protocol import (
     API_PREFIX,
+    AttemptReport,
+    AttemptStop,
     Capabilities,
     Health,
     JobInfo,
     JobSubmit,
     LogLine,
     OutputInfo,
+    OutputRequest,
+    RegisterRequest,
+    ReportVerdict,
+    SyncRequest,
+    SyncResponse,
     TaskInfo,
+    TaskLease,
     UserInfo,
     WorkerInfo,
 )
@@ -45,6 +61,8 @@ from parallel_pilot.errors import (
 )
 
 FAKE_TOKEN = "fake-token"  # the one user token the fake accepts
+FAKE_WORKER_TOKEN = "fake-worker-token"  # the token a registered worker gets
+FAKE_WORKER_ID = 5
 
 
 @dataclass
@@ -68,6 +86,26 @@ class FakeCoordinator:
     requests: list[Recorded] = field(default_factory=list)
     # states a job reports on successive GET /jobs/{id} before it stays where it ends
     script: dict[int, list[JobState]] = field(default_factory=dict)
+    # ---- the worker side
+    join_tokens: set[str] = field(default_factory=lambda: {"join"})
+    lease_seconds: float = 60.0
+    sync_seconds: float = 0.05  # the heartbeat it asks for
+    max_prefetch: int = 64
+    poll_cap_seconds: float = 2.0  # a long poll waits at most this long here
+    slots: int = 1  # the registered worker's slots
+    ready: list[TaskLease] = field(default_factory=list)  # tasks waiting for a worker
+    leased: dict[int, TaskLease] = field(default_factory=dict)  # task id -> its lease
+    cancelled: set[int] = field(default_factory=set)  # tasks whose attempt must stop
+    results: dict[int, list[AttemptReport]] = field(default_factory=dict)  # accepted finals
+    worker_logs: dict[int, list[str]] = field(default_factory=dict)  # task id -> lines
+    attempt_outputs: list[dict[str, Any]] = field(default_factory=list)
+    most_held: int = 0  # the most attempts the worker held at once
+    left: bool = False
+    down_for: int = 0  # refuse this many connections first (restarting)
+    drop_answers: int = 0  # apply this many syncs, then lose their answers
+    on_leased: Any = None  # called (no arguments) after a sync leased tasks, before answering
+    closed: threading.Event = field(default_factory=threading.Event)  # ends long polls
+    changed: threading.Condition = field(default_factory=threading.Condition)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -101,6 +139,38 @@ class FakeCoordinator:
         self.jobs[job_id] = job
         return job
 
+    def add_lease(self, task_id: int, kind: str, payload: dict[str, Any],
+                  inputs: dict[str, str] | None = None, job_id: int = 1) -> None:
+        """A task for the worker (attempt 1), handed out by the next sync."""
+        with self.changed:
+            self.ready.append(TaskLease(
+                task_id=task_id, attempt=1, job_id=job_id, kind=kind, name=f"item {task_id}",
+                payload=payload, inputs=inputs or {}, lease_expires_at=time.time() + 60,
+                heartbeat_seconds=self.sync_seconds))
+            self.changed.notify_all()
+
+    def cancel_task(self, task_id: int) -> None:
+        with self.changed:
+            self.cancelled.add(task_id)
+            self.ready = [t for t in self.ready if t.task_id != task_id]
+
+    def syncs(self) -> list[SyncRequest]:
+        with self.changed:
+            return [SyncRequest.model_validate(r.body) for r in self.requests
+                    if r.path == "/workers/sync"]
+
+    def wait_for(self, predicate: Any, timeout: float = 5.0) -> bool:
+        """Wait until ``predicate()`` holds (checked on every request and otherwise
+        every 20 ms), at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(min(left, 0.02))
+            return True
+
     def bodies(self, method: str, path_prefix: str) -> list[Any]:
         return [r.body for r in self.requests
                 if r.method == method and r.path.startswith(path_prefix)]
@@ -113,12 +183,36 @@ class FakeCoordinator:
         body: Any = content
         if request.headers.get("content-type", "").startswith("application/json") and content:
             body = json.loads(content)
-        self.requests.append(Recorded(request.method, path, dict(request.url.params), body))
+        with self.changed:
+            if self.down_for > 0:
+                self.down_for -= 1
+                raise httpx.ConnectError("connection refused", request=request)
+            self.requests.append(Recorded(request.method, path, dict(request.url.params),
+                                          body))
+            self.changed.notify_all()
+        params = dict(request.url.params)
+        worker_side = path.startswith(("/workers/", "/attempts/"))
+        tokens = {FAKE_WORKER_TOKEN} if worker_side else {self.token}
+        if path.startswith("/blobs/"):
+            tokens.add(FAKE_WORKER_TOKEN)  # workers fetch inputs and upload outputs
         try:
-            if path != "/health" and request.headers.get("authorization") != (
-                    f"Bearer {self.token}"):
+            if path == "/workers/register":
+                return _ok(self._register(RegisterRequest.model_validate(body)))
+            if path != "/health" and request.headers.get("authorization") not in {
+                    f"Bearer {t}" for t in tokens}:
                 raise Unauthorized("that token is not valid")
-            return self._route(request.method, path, dict(request.url.params), body)
+            if path == "/workers/sync":
+                answer = self._sync(SyncRequest.model_validate(body))
+                if answer.tasks and self.on_leased is not None:
+                    self.on_leased()
+                with self.changed:
+                    if self.drop_answers > 0:
+                        self.drop_answers -= 1
+                        raise httpx.ReadError("connection dropped", request=request)
+                return _ok(answer)
+            if attempt := re.fullmatch(r"/attempts/(\d+)/(\d+)/(outputs|job-outputs)", path):
+                return self._attempt(int(attempt.group(1)), attempt.group(3), params, body)
+            return self._route(request.method, path, params, body)
         except PilotError as exc:
             return httpx.Response(exc.status, json=error_body(exc))
 
@@ -168,6 +262,93 @@ class FakeCoordinator:
         if method == "POST" and action == "/retry":
             return _ok(self.finish(job_id, JobState.QUEUED))
         raise NotFound(f"no route {method} {path}")
+
+    # ------------------------------------------------------------ the worker side
+
+    def _register(self, request: RegisterRequest) -> dict[str, Any]:
+        if request.join_token not in self.join_tokens:
+            raise Unauthorized("unknown join token")
+        with self.changed:
+            self.slots = request.capabilities.slots
+            self.left = False
+        return {"worker_id": FAKE_WORKER_ID, "worker_token": FAKE_WORKER_TOKEN,
+                "lease_seconds": self.lease_seconds, "heartbeat_seconds": self.sync_seconds}
+
+    def _sync(self, request: SyncRequest) -> SyncResponse:
+        answer = SyncResponse(lease_expires_at=time.time() + self.lease_seconds,
+                              sync_seconds=self.sync_seconds, lease_seconds=self.lease_seconds)
+        with self.changed:
+            listed = {(r.task_id, r.attempt) for r in request.held}
+            for report in request.reports:
+                answer.verdicts.append(self._apply(report))
+                if report.outcome == "running":
+                    listed.add((report.task_id, report.attempt))
+            for task_id, lease in list(self.leased.items()):
+                key = (task_id, lease.attempt)
+                if task_id in self.cancelled and key in listed:
+                    answer.stop.append(AttemptStop(task_id=task_id, attempt=lease.attempt,
+                                                   reason="the task was cancelled"))
+                    del self.leased[task_id]
+                elif key not in listed or request.leaving:
+                    self._requeue(lease)  # lost on the way, or handed back by leaving
+            if request.leaving:
+                self.left = True
+                self.changed.notify_all()
+                return answer
+            answer.prefetch_granted = min(request.prefetch, self.max_prefetch)
+            deadline = time.monotonic() + min(request.wait_seconds, self.poll_cap_seconds)
+            while True:
+                room = self.slots + answer.prefetch_granted - len(self.leased)
+                want = min(request.free_slots + request.prefetch, room)
+                while want > 0 and self.ready and not self.left:
+                    lease = self.ready.pop(0)
+                    self.leased[lease.task_id] = lease
+                    answer.tasks.append(lease)
+                    want -= 1
+                self.most_held = max(self.most_held, len(self.leased))
+                left = deadline - time.monotonic()
+                if answer.tasks or answer.verdicts or answer.stop or left <= 0 or \
+                        self.closed.is_set() or want <= 0:
+                    break
+                self.changed.wait(min(left, 0.05))  # the long poll
+            self.changed.notify_all()
+        return answer
+
+    def _apply(self, report: AttemptReport) -> ReportVerdict:
+        lease = self.leased.get(report.task_id)
+        if lease is None or lease.attempt != report.attempt or report.task_id in self.cancelled:
+            return ReportVerdict(task_id=report.task_id, attempt=report.attempt,
+                                 accepted=False, reason="not held by this worker")
+        self.worker_logs.setdefault(report.task_id, []).extend(report.log_lines)
+        if report.outcome == "completed" or (report.outcome == "failed"
+                                             and not report.retryable):
+            self.results.setdefault(report.task_id, []).append(report)
+            del self.leased[report.task_id]
+        elif report.outcome in ("failed", "released"):
+            if report.outcome == "failed":
+                self.results.setdefault(report.task_id, []).append(report)
+            self._requeue(lease)
+        return ReportVerdict(task_id=report.task_id, attempt=report.attempt, accepted=True)
+
+    def _requeue(self, lease: TaskLease) -> None:
+        self.leased.pop(lease.task_id, None)
+        self.ready.append(lease.model_copy(update={"attempt": lease.attempt + 1}))
+
+    def _attempt(self, task_id: int, action: str, params: dict[str, str],
+                 body: Any) -> httpx.Response:
+        lease = self.leased.get(task_id)
+        if lease is None:
+            raise TaskNotFound(f"task {task_id} is not held by this worker")
+        if action == "outputs":
+            output = OutputRequest.model_validate(body)
+            self.attempt_outputs.append(output.model_dump())
+            self.add_output(lease.job_id, output.path, self.blobs.get(output.sha256, b""),
+                            task_id)
+            return _ok({"ok": True})
+        prefix = params.get("prefix", "")
+        return _ok({"outputs": [o.model_dump(mode="json")
+                                for o in self.outputs.get(lease.job_id, [])
+                                if o.path.startswith(prefix)]})
 
     def _poll(self, job_id: int) -> JobInfo:
         states = self.script.get(job_id)

@@ -1,17 +1,23 @@
-"""The worker agent: register, lease tasks while slots are free, run each in its own thread,
-and leave cleanly on a signal (drain, then hand back what is still running).
+"""The worker agent: register, then one loop around the worker's state machine.
 
-Threads: the caller's thread runs ``Worker.run()`` and only waits for a stop and then shuts
-down; a daemon *lease loop* registers and long-polls for tasks (it is abandoned on stop, so
-a 30-second long poll never delays shutdown); each task has a ``TaskRun`` thread and a
-heartbeat thread. A restarting coordinator is waited for with bounded back-off, never fatal.
-A worker restarted under the same name with the same cache dir sends the id and token it was
+Threads: the caller's thread runs ``Worker.run()``, which only watches signals and waits
+for the loop to end. The *loop* thread owns the exchange with the coordinator: it feeds
+events to ``WorkerState`` (``worker/state.py``) and carries out its instructions: start an
+attempt on a slot thread (``worker/runners.py``), stop one, send a sync
+(``POST /workers/sync``), leave. Slot threads only run kinds and push their finished
+attempts into the loop's queue, which wakes the loop at once; attempts that finish while a
+sync is in flight go in the next one. Short syncs are sent by the loop itself; an idle
+worker's long poll is sent by a *poll* thread, so the loop can give it up on a stop. A
+restarting coordinator is waited for with bounded back-off, never fatal. A worker
+restarted under the same name with the same cache dir sends the id and token it was
 given (``worker/identity.py``) and so takes its old row back.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import re
 import secrets
 import signal
 import socket
@@ -21,9 +27,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from parallel_pilot.core.protocol import Capabilities, LeaseRequest, RegisterRequest, TaskLease
-from parallel_pilot.core.settings import DEFAULT_LEASE_SECONDS, WorkerSettings
+from parallel_pilot.core.protocol import Capabilities, RegisterRequest, SyncResponse
+from parallel_pilot.core.settings import WorkerSettings
 from parallel_pilot.errors import (
     Forbidden,
     InvalidInput,
@@ -42,7 +49,6 @@ from parallel_pilot.kinds.render.sandbox import (
 from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
 from parallel_pilot.worker.cache import BlobCache
 from parallel_pilot.worker.capabilities import detect_capabilities
-from parallel_pilot.worker.context import StopReason
 from parallel_pilot.worker.identity import (
     Registration,
     WorkerIdentity,
@@ -51,17 +57,23 @@ from parallel_pilot.worker.identity import (
     remembered_name,
 )
 from parallel_pilot.worker.link import CoordinatorLink
+from parallel_pilot.worker.runners import Runners
+from parallel_pilot.worker.state import (
+    OUTAGE_FAST_SECONDS,
+    Leave,
+    Send,
+    Start,
+    Stop,
+    StopReason,
+    WorkerState,
+)
 from parallel_pilot.worker.task_run import TaskRun
 
-LEASE_WAIT_SECONDS = 30.0  # seconds one lease request waits on the coordinator for tasks
-LEASE_IDLE_SECONDS = 0.5  # seconds to pause after an empty answer that came back at once
-MAX_LEASE_SLOTS = 64  # slots one lease request may ask for (the wire's limit)
-LOOP_RETRY_SECONDS = 5.0  # seconds one register/lease call retries before the loop backs off
-BACKOFF_START_SECONDS = 1.0  # first pause after a failed call to the coordinator
-BACKOFF_MAX_SECONDS = 30.0  # longest pause between tries while the coordinator is away
-STOP_GRACE_SECONDS = 10.0  # seconds stopped tasks get to wind down and release themselves
-HARD_STOP_JOIN_SECONDS = 5.0  # seconds after a second signal for tasks to kill children
-WAIT_TICK_SECONDS = 0.2  # how often waits in the main thread look at received signals
+LOOP_RETRY_SECONDS = 5.0  # seconds one register call retries before the loop backs off
+BACKOFF_START_SECONDS = 1.0  # first pause after a failed registration
+BACKOFF_MAX_SECONDS = 30.0  # longest pause between registrations while the coordinator is away
+HARD_STOP_JOIN_SECONDS = 5.0  # seconds after the loop ends for tasks to kill children
+WAIT_TICK_SECONDS = 0.2  # how often the main thread looks at received signals
 CACHE_SUBDIR = Path(".cache") / "parallel-pilot" / "blobs"  # under the home directory
 NAME_MAX = 100  # characters of a worker name (the wire's limit)
 
@@ -97,13 +109,14 @@ class Worker:
         self.name = self.identity.name
         self.clock = clock
         factory = connection_factory or (lambda server: Connection(server))
+        # tasks' inputs and outputs; syncs (and registering) on a connection of their own,
+        # quick to give up on registering so the loop logs and backs off on its own;
+        # long polls on a third, given up on at shutdown
         self.link = CoordinatorLink(factory(settings.server))
-        # register and lease calls get their own connection: abandoned on shutdown while a
-        # long poll waits, and quick to give up so the loop logs and backs off on its own
-        lease_connection = factory(settings.server)
-        lease_connection.retry_seconds = min(lease_connection.retry_seconds,
-                                             LOOP_RETRY_SECONDS)
-        self.lease_link = CoordinatorLink(lease_connection)
+        sync_connection = factory(settings.server)
+        sync_connection.retry_seconds = min(sync_connection.retry_seconds, LOOP_RETRY_SECONDS)
+        self.sync_link = CoordinatorLink(sync_connection)
+        self.poll_link = CoordinatorLink(factory(settings.server))
         self.cache = BlobCache(cache_dir, settings.cache_bytes)
         # what a sandboxed task must not see of this worker: its home, cache, work root
         self.private_paths = private_folders(Path.home(), cache_dir, settings.work_dir)
@@ -112,38 +125,43 @@ class Worker:
         self.render_sandbox = self._decide_render_sandbox()
         self._capabilities = capabilities
         self.worker_id: int | None = None
-        self.lease_seconds = DEFAULT_LEASE_SECONDS
         self.registered = threading.Event()
-        self.outcomes: Counter[str] = Counter()  # finished attempts by outcome
         self.fatal: PilotError | None = None
+        self.state = WorkerState(settings.slots, now=clock())
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()
-        self._slots = threading.Condition()  # guards _running; notified when it changes
-        self._running: dict[tuple[int, int], TaskRun] = {}
+        self._runs: dict[tuple[int, int], TaskRun] = {}  # attempts executing, by key
+        self._runners: Runners | None = None
+        self._polls: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
+        self._poll_thread: threading.Thread | None = None
         self._signals = 0  # SIGTERM/SIGINT received, counted by on_signal
-        self._lease_thread: threading.Thread | None = None
+        self._announced: str | None = None  # the outage said in the log ("fast", "slow")
 
     # ------------------------------------------------------------ public
 
     @property
     def running(self) -> list[TaskRun]:
-        with self._slots:
-            return list(self._running.values())
+        return list(self._runs.copy().values())
+
+    @property
+    def outcomes(self) -> Counter[str]:
+        """Attempts settled, by outcome (completed, failed, released, dropped)."""
+        return self.state.outcomes
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
     def request_stop(self, hard: bool = False) -> None:
-        """Stop leasing and shut down; ``hard`` hands running tasks back at once."""
+        """Stop taking tasks and leave; ``hard`` hands running tasks back at once."""
         if hard:
             self._hard_stop.set()
         self._stopping.set()
-        with self._slots:
-            self._slots.notify_all()
+        self._events.put(("stop", hard))
 
     def run(self) -> int:
-        """Register, work until stopped, shut down; 0 after a clean stop, 2 when the
+        """Register, work until stopped, leave; 0 after a clean stop, 2 when the
         coordinator refused this worker (bad join token, revoked)."""
         if self._identity_note:
             log.warning("%s", self._identity_note)
@@ -153,12 +171,12 @@ class Worker:
                          "only the task folder writable)")
             else:
                 log.warning("renders run without a sandbox: %s", self.render_sandbox.reason)
-        self._lease_thread = threading.Thread(target=self._lease_loop, name="lease-loop",
-                                              daemon=True)
-        self._lease_thread.start()
-        while not self._stopping.wait(WAIT_TICK_SECONDS):
+        loop = threading.Thread(target=self._loop, name="worker-loop", daemon=True)
+        loop.start()
+        while loop.is_alive():
+            loop.join(WAIT_TICK_SECONDS)
             self._poll_signals()
-        self._shutdown()
+        self._close()
         return 2 if self.fatal is not None else 0
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -170,47 +188,193 @@ class Worker:
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
                           else signal.SIG_DFL)
 
-    # ------------------------------------------------------------ lease loop
+    # ------------------------------------------------------------ the loop
 
-    def _lease_loop(self) -> None:
+    def _loop(self) -> None:
         try:
-            if not self._register():
-                return
-            delay = BACKOFF_START_SECONDS
-            while not self._stopping.is_set():
-                free = self._wait_for_free_slot()
-                if free <= 0:
-                    break
-                try:
-                    self._lease_once(free)
-                    if delay > BACKOFF_START_SECONDS:
-                        log.info("the coordinator answers again")
-                    delay = BACKOFF_START_SECONDS
-                except Unauthorized as exc:
-                    log.warning("coordinator no longer knows this worker (%s); registering again",
-                                exc)
-                    if not self._register():
-                        return
-                except Forbidden as exc:
-                    self._fail_fatally(f"the coordinator refuses this worker: {exc}")
-                    return
-                except Exception as exc:  # the loop must survive anything the coordinator does
-                    self._log_trouble("cannot lease tasks", exc, delay)
-                    self._stopping.wait(delay)
-                    delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+            if self._register():
+                self._runners = Runners(self.settings.slots)
+                self._drive()
         except Exception:
-            log.exception("lease loop crashed; stopping")
-            self.request_stop()
+            log.exception("the worker loop crashed; stopping")
+            self._stop_all("the worker loop crashed")
+        finally:
+            self._stopping.set()
 
-    def _lease_once(self, free: int) -> None:
-        asked = self.clock()
-        answer = self.lease_link.lease(
-            LeaseRequest(slots=min(free, MAX_LEASE_SLOTS), wait_seconds=LEASE_WAIT_SECONDS))
-        leased_at = self.clock()
-        for lease in answer.tasks:
-            self._start(lease, leased_at)
-        if not answer.tasks and leased_at - asked < LEASE_IDLE_SECONDS:
-            self._stopping.wait(LEASE_IDLE_SECONDS)  # no long poll: do not spin
+    def _drive(self) -> None:
+        state = self.state
+        while True:
+            now = self.clock()
+            state.tick(now)
+            if not state.in_flight:
+                for key, run in self._runs.items():
+                    fraction, message = run.ctx.snapshot()
+                    state.progress(key, fraction, message, run.ctx.logs.drain())
+            while True:
+                instructions = state.decide(now)
+                self._say_notes()
+                if not instructions:
+                    break
+                for instruction in instructions:
+                    if isinstance(instruction, Leave):
+                        self._left(instruction.told)
+                        return
+                    self._carry_out(instruction)
+                if self.fatal is not None:
+                    return
+                now = self.clock()
+            wake = state.wake_at()
+            timeout = None if wake is None else max(0.0, wake - self.clock())
+            try:
+                event = self._events.get(timeout=timeout)
+                while True:  # everything that is there already: one decision for all
+                    self._apply(event)
+                    event = self._events.get_nowait()
+            except queue.Empty:
+                pass
+
+    def _apply(self, event: tuple[Any, ...]) -> None:
+        what = event[0]
+        if what == "finished":
+            run: TaskRun = event[1]
+            self._runs.pop(run.key, None)
+            report = run.report
+            if report is not None:
+                self.state.finished(report, run.seconds)
+        elif what == "stop":
+            if not self.state.stopping:
+                running = len(self.state.running)
+                if running and not event[1]:
+                    log.info("stopping: letting %d running task(s) finish (up to %.0f s; "
+                             "signal again to stop now)", running, self.settings.drain_seconds)
+                else:
+                    log.info("stopping")
+            elif event[1] and not self.state.hard:
+                log.info("handing running tasks back now")
+            self.state.stop_requested(event[1], self.clock(), self.settings.drain_seconds)
+        elif what == "answered":
+            self._answered(event[1], event[2])
+        elif what == "failed":
+            self._sync_failed(event[1], event[2])
+
+    def _carry_out(self, instruction: Start | Stop | Send) -> None:
+        if isinstance(instruction, Start):
+            lease = instruction.lease
+            run = TaskRun(lease, link=self.link, cache=self.cache, allowed=self.settings.allow,
+                          work_root=self.settings.work_dir, on_finished=self._finished,
+                          sandbox=self.settings.sandbox,
+                          render_sandbox=self.render_sandbox.enabled,
+                          private_paths=self.private_paths, clock=self.clock)
+            self._runs[run.key] = run
+            log.debug("%s started (attempt %d)", run.label, lease.attempt)
+            assert self._runners is not None
+            self._runners.submit(run)
+        elif isinstance(instruction, Stop):
+            found = self._runs.get((instruction.task_id, instruction.attempt))
+            if found is not None:
+                if instruction.reason is not StopReason.SHUTDOWN:
+                    log.info("%s: stopping: %s", found.label, instruction.detail)
+                found.stop(instruction.reason, instruction.detail)
+        elif instruction.request.wait_seconds > 0:
+            self._long_poll(instruction)
+        else:
+            try:
+                answer = self.sync_link.sync(instruction.request)
+            except Exception as exc:
+                self._sync_failed(instruction.sync_id, exc)
+            else:
+                self._answered(instruction.sync_id, answer)
+
+    def _finished(self, run: TaskRun) -> None:
+        """On a slot thread: the attempt is over."""
+        self._events.put(("finished", run))
+
+    # ------------------------------------------------------------ syncs
+
+    def _answered(self, sync_id: int, answer: SyncResponse) -> None:
+        if self._announced is not None and self.state.outage_since is not None:
+            log.warning("the coordinator at %s answers again (after %.0f s)",
+                        self.sync_link.server, self.clock() - self.state.outage_since)
+        self._announced = None
+        self.state.answered(sync_id, answer, self.clock())
+
+    def _sync_failed(self, sync_id: int, exc: BaseException) -> None:
+        if isinstance(exc, Forbidden):
+            self._fail_fatally(f"the coordinator refuses this worker: {exc}")
+            self._stop_all("the coordinator refuses this worker")
+            return
+        if isinstance(exc, Unauthorized) and not self.state.stopping:
+            log.warning("coordinator no longer knows this worker (%s); registering again", exc)
+            self.state.lost("the coordinator no longer knows this worker")
+            if not self._register():
+                self._stop_all("could not register again")
+            return
+        self.state.sync_failed(sync_id, self.clock())
+        since = self.state.outage_since
+        if not isinstance(exc, ServerUnavailable):
+            log.warning("sync refused: %s: %s", type(exc).__name__, exc)
+        elif self._announced is None:
+            self._announced = "fast"
+            log.warning("cannot reach the coordinator at %s (%s); retrying for up to %.0f s…",
+                        self.sync_link.server, _outage_reason(exc), OUTAGE_FAST_SECONDS)
+        elif self._announced == "fast" and since is not None and \
+                self.clock() - since >= OUTAGE_FAST_SECONDS:
+            self._announced = "slow"
+            log.warning("no answer from the coordinator at %s for %.0f s; still trying, "
+                        "less often", self.sync_link.server, OUTAGE_FAST_SECONDS)
+
+    def _long_poll(self, send: Send) -> None:
+        if self._poll_thread is None:
+            self._poll_thread = threading.Thread(target=self._poll_main, name="worker-poll",
+                                                 daemon=True)
+            self._poll_thread.start()
+        self._polls.put((send.sync_id, send.request))
+
+    def _poll_main(self) -> None:
+        while True:
+            item = self._polls.get()
+            if item is None:
+                return
+            sync_id, request = item
+            if self._stopping.is_set():
+                continue  # given up on already: a poll sent now could only bring tasks back
+            try:
+                answer = self.poll_link.sync(request)
+            except Exception as exc:
+                self._events.put(("failed", sync_id, exc))
+            else:
+                self._events.put(("answered", sync_id, answer))
+
+    def _say_notes(self) -> None:
+        notes = self.state.notes
+        while notes:
+            log.warning("%s", notes.pop(0))
+
+    # ------------------------------------------------------------ leaving
+
+    def _left(self, told: bool) -> None:
+        if told:
+            log.info("left the coordinator")
+        else:
+            log.warning("could not tell the coordinator that this worker leaves")
+
+    def _stop_all(self, detail: str) -> None:
+        """The loop ends without leaving: stop every attempt where it is."""
+        for run in self.running:
+            run.stop(StopReason.SHUTDOWN, detail)
+
+    def _close(self) -> None:
+        """After the loop: let stopped tasks kill their children, close connections."""
+        if self._runners is not None and not self._runners.close(HARD_STOP_JOIN_SECONDS):
+            log.warning("%d task(s) did not stop in time", self._runners.busy)
+        self._polls.put(None)
+        self.link.close()
+        self.sync_link.close()
+        if self._poll_thread is None or not self._poll_thread.is_alive():
+            self.poll_link.close()  # else abandoned in its long poll: the process ends it
+        self.identity.release()
+
+    # ------------------------------------------------------------ registering
 
     def _decide_render_sandbox(self) -> RenderSandboxDecision:
         """Whether Blender runs in bwrap here: probed once, at start."""
@@ -233,7 +397,7 @@ class Worker:
         delay = BACKOFF_START_SECONDS
         while not self._stopping.is_set():
             try:
-                answer = self.lease_link.register(request)
+                answer = self.sync_link.register(request)
             except (Unauthorized, Forbidden, InvalidInput) as exc:
                 self._fail_fatally(f"the coordinator refused to register this worker: {exc}")
                 return False
@@ -242,12 +406,13 @@ class Worker:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX_SECONDS)
                 continue
-            for link in (self.link, self.lease_link):
+            for link in (self.link, self.sync_link, self.poll_link):
                 link.set_token(answer.worker_token)
             self.identity.save(self.link.server,
                                Registration(answer.worker_id, answer.worker_token))
             self.worker_id = answer.worker_id
-            self.lease_seconds = answer.lease_seconds
+            self.state.lease_seconds = answer.lease_seconds
+            self.state.sync_seconds = answer.heartbeat_seconds
             self.registered.set()
             again = before is not None and before.worker_id == answer.worker_id
             log.info("registered with %s as worker %d%s (%d slot(s), kinds: %s)",
@@ -256,81 +421,7 @@ class Worker:
             return True
         return False
 
-    def _wait_for_free_slot(self) -> int:
-        with self._slots:
-            while not self._stopping.is_set() and len(self._running) >= self.settings.slots:
-                self._slots.wait()
-            return 0 if self._stopping.is_set() else self.settings.slots - len(self._running)
-
-    def _start(self, lease: TaskLease, leased_at: float) -> None:
-        run = TaskRun(lease, link=self.link, cache=self.cache, allowed=self.settings.allow,
-                      lease_seconds=self.lease_seconds, leased_at=leased_at,
-                      work_root=self.settings.work_dir, on_finished=self._finished,
-                      hard_stop=self._hard_stop, sandbox=self.settings.sandbox,
-                      render_sandbox=self.render_sandbox.enabled,
-                      private_paths=self.private_paths, clock=self.clock)
-        with self._slots:
-            late = self._stopping.is_set()
-            if not late:
-                self._running[(lease.task_id, lease.attempt)] = run
-        if late:
-            # leased by a call that answered after the stop: give it straight back
-            if run.claim():
-                run.release()
-            return
-        log.info("%s started (attempt %d)", run.label, lease.attempt)
-        run.start()
-
-    def _finished(self, run: TaskRun) -> None:
-        with self._slots:
-            self._running.pop((run.lease.task_id, run.lease.attempt), None)
-            self.outcomes[run.outcome or "dropped"] += 1
-            self._slots.notify_all()
-
-    # ------------------------------------------------------------ shutdown
-
-    def _shutdown(self) -> None:
-        running = self.running
-        if running and not self._hard_stop.is_set():
-            log.info("stopping: letting %d running task(s) finish (up to %.0f s; "
-                     "signal again to stop now)", len(running), self.settings.drain_seconds)
-        elif not running:
-            log.info("stopping")
-        self._wait_idle(self.settings.drain_seconds, interruptible=True)
-        for run in self.running:
-            run.stop(StopReason.SHUTDOWN, "the worker is stopping")
-        if not self._hard_stop.is_set():
-            self._wait_idle(STOP_GRACE_SECONDS, interruptible=True)
-        for run in self.running:
-            if run.claim():
-                run.release()
-        # let stopped tasks kill their child processes before the process ends
-        self._wait_idle(HARD_STOP_JOIN_SECONDS, interruptible=False)
-        if self.registered.is_set():
-            try:
-                self.link.leave()
-                log.info("left the coordinator")
-            except Exception as exc:
-                log.warning("could not tell the coordinator that this worker leaves: %s", exc)
-        self.link.close()
-        if self._lease_thread is not None:
-            self._lease_thread.join(timeout=0)
-            if not self._lease_thread.is_alive():
-                self.lease_link.close()
-        self.identity.release()
-
-    def _wait_idle(self, seconds: float, *, interruptible: bool) -> None:
-        """Wait until no task runs, ``seconds`` pass, or (if interruptible) a hard stop."""
-        deadline = self.clock() + seconds
-        with self._slots:
-            while self._running:
-                self._poll_signals()
-                if interruptible and self._hard_stop.is_set():
-                    return
-                left = deadline - self.clock()
-                if left <= 0:
-                    return
-                self._slots.wait(min(left, WAIT_TICK_SECONDS))
+    # ------------------------------------------------------------ helpers
 
     def _poll_signals(self) -> None:
         if self._signals >= 2 and not self._hard_stop.is_set():
@@ -339,12 +430,10 @@ class Worker:
         elif self._signals >= 1 and not self._stopping.is_set():
             self.request_stop()
 
-    # ------------------------------------------------------------ helpers
-
     def _fail_fatally(self, message: str) -> None:
         log.error("%s", message)
         self.fatal = PilotError(message)
-        self.request_stop()
+        self._stopping.set()
 
     def _log_trouble(self, what: str, exc: Exception, delay: float) -> None:
         if isinstance(exc, ServerUnavailable):
@@ -352,6 +441,12 @@ class Worker:
             log.warning("%s: %s (retrying in %.0f s)", what, exc, delay)
         else:
             log.warning("%s: %s: %s (retrying in %.0f s)", what, type(exc).__name__, exc, delay)
+
+
+def _outage_reason(exc: BaseException) -> str:
+    """``connection refused``: the few words ``Connection`` put in parentheses."""
+    found = re.search(r"\(([^()]+)\)", str(exc))
+    return found.group(1) if found else "no answer"
 
 
 def _claim_identity(given: str | None, cache_dir: Path) -> tuple[WorkerIdentity, str]:

@@ -1,13 +1,13 @@
 """``TaskContext``: what one leased task may do on this worker (the kinds' ``RunContext``).
 
-It owns the task's fresh working directory (removed afterwards), its inputs (through the
-blob cache, pinned while the task runs), its progress and buffered log lines (carried away
-by heartbeats), its output uploads, and its stop event with the reason it was set.
+It owns the task's fresh working directory (made when a kind first asks for it, so a
+task that needs none costs no file system calls; removed afterwards), its inputs (through
+the blob cache, pinned while the task runs), its progress and buffered log lines (carried
+away by the worker's syncs), its output uploads, and its stop event with the reason.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 import shutil
 import stat
@@ -25,17 +25,12 @@ from parallel_pilot.kinds.base import describe_validation
 from parallel_pilot.worker.cache import BlobCache
 from parallel_pilot.worker.link import CoordinatorLink
 from parallel_pilot.worker.log_buffer import LogBuffer
+from parallel_pilot.worker.state import StopReason
+
+__all__ = ["StopReason", "TaskContext", "remove_tree"]
 
 MAX_MESSAGE_CHARS = 1000  # characters of a progress message (the wire's limit)
 WORKDIR_PREFIX = "pilot-task-"
-
-
-class StopReason(enum.StrEnum):
-    """Why a task's stop event was set; decides what is reported afterwards."""
-
-    COORDINATOR = "coordinator"  # the coordinator said stop, or refused the attempt: drop it
-    LEASE_LOST = "lease lost"  # heartbeats failed past the lease: the task is not ours now
-    SHUTDOWN = "shutdown"  # the worker is leaving: hand the task back
 
 
 class TaskContext:
@@ -61,12 +56,26 @@ class TaskContext:
         self._message: str | None = None
         self._pinned: list[str] = []
         self.outputs: dict[str, str] = {}  # output path -> SHA-256, as uploaded
-        if work_root is not None:
-            work_root.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(
-            prefix=f"{WORKDIR_PREFIX}{task.task_id}-{task.attempt}-",
-            dir=str(work_root) if work_root is not None else None,
-        )).resolve()
+        self.work_root = work_root
+        self._workdir: Path | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """The task's own fresh folder, made on first use."""
+        with self._lock:
+            if self._workdir is None:
+                if self.work_root is not None:
+                    self.work_root.mkdir(parents=True, exist_ok=True)
+                self._workdir = Path(tempfile.mkdtemp(
+                    prefix=f"{WORKDIR_PREFIX}{self.task.task_id}-{self.task.attempt}-",
+                    dir=str(self.work_root) if self.work_root is not None else None,
+                )).resolve()
+            return self._workdir
+
+    @workdir.setter
+    def workdir(self, path: Path) -> None:
+        with self._lock:
+            self._workdir = path
 
     # ------------------------------------------------------------ RunContext
 
@@ -151,7 +160,7 @@ class TaskContext:
     # ------------------------------------------------------------ worker side
 
     def snapshot(self) -> tuple[float | None, str | None]:
-        """The latest progress fraction and message, for a heartbeat."""
+        """The latest progress fraction and message, for a sync."""
         with self._lock:
             return self._progress, self._message
 
@@ -176,12 +185,14 @@ class TaskContext:
         return resolved
 
     def close(self) -> None:
-        """Unpin the inputs and remove the working directory."""
+        """Unpin the inputs and remove the working directory (if one was made)."""
         with self._lock:
             pinned, self._pinned = self._pinned, []
+            workdir, self._workdir = self._workdir, None
         for sha256 in pinned:
             self.cache.release(sha256)
-        remove_tree(self.workdir)
+        if workdir is not None:
+            remove_tree(workdir)
 
     def __enter__(self) -> TaskContext:
         return self

@@ -1,4 +1,5 @@
-"""The worker's side of the wire: one typed method per worker endpoint of the coordinator.
+"""The worker's side of the wire: one typed method per worker endpoint of the coordinator
+(register, the sync exchange, an attempt's outputs and its job's outputs, blobs).
 
 ``CoordinatorLink`` wraps a ``parallel_pilot.http.Connection`` and is the only thing in the
 worker that names URLs. Transport failures that ``Connection`` lets through as raw httpx
@@ -17,16 +18,12 @@ from pydantic import BaseModel
 
 from parallel_pilot.core.protocol import (
     Ack,
-    CompleteRequest,
-    FailRequest,
-    HeartbeatRequest,
-    HeartbeatResponse,
-    LeaseRequest,
-    LeaseResponse,
     OutputList,
     OutputRequest,
     RegisterRequest,
     RegisterResponse,
+    SyncRequest,
+    SyncResponse,
 )
 from parallel_pilot.errors import ServerUnavailable
 from parallel_pilot.http import Connection
@@ -35,9 +32,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-LEASE_READ_MARGIN = 15.0  # seconds a lease answer may take beyond the long-poll wait
-HEARTBEAT_TIMEOUT = 15.0  # seconds to wait for a heartbeat answer
-QUICK_CALL_TIMEOUT = 10.0  # seconds for calls made while shutting down (release, leave)
+SYNC_TIMEOUT = 15.0  # seconds a sync answer may take beyond its long-poll wait
 
 
 class CoordinatorLink:
@@ -63,22 +58,14 @@ class CoordinatorLink:
     def register(self, request: RegisterRequest) -> RegisterResponse:
         return self._call("POST", "/workers/register", RegisterResponse, request)
 
-    def lease(self, request: LeaseRequest) -> LeaseResponse:
-        return self._call("POST", "/workers/lease", LeaseResponse, request,
-                          timeout=request.wait_seconds + LEASE_READ_MARGIN)
-
-    def leave(self) -> Ack:
-        return self._call("POST", "/workers/leave", Ack, None, timeout=QUICK_CALL_TIMEOUT,
+    def sync(self, request: SyncRequest, timeout: float | None = None) -> SyncResponse:
+        """One exchange. Never retried inside ``Connection``: the worker's loop keeps what
+        the request carried and sends it again itself, watching its lease meanwhile."""
+        return self._call("POST", "/workers/sync", SyncResponse, request,
+                          timeout=timeout or request.wait_seconds + SYNC_TIMEOUT,
                           retry=False)
 
     # ------------------------------------------------------------ attempts
-
-    def heartbeat(self, task_id: int, attempt: int, request: HeartbeatRequest
-                  ) -> HeartbeatResponse:
-        # no retries inside Connection: the heartbeat loop retries itself and must keep
-        # watching the lease expiry meanwhile
-        return self._call("POST", _attempt(task_id, attempt, "heartbeat"), HeartbeatResponse,
-                          request, timeout=HEARTBEAT_TIMEOUT, retry=False)
 
     def output(self, task_id: int, attempt: int, request: OutputRequest) -> Ack:
         return self._call("POST", _attempt(task_id, attempt, "outputs"), Ack, request)
@@ -86,16 +73,6 @@ class CoordinatorLink:
     def job_outputs(self, task_id: int, attempt: int, prefix: str) -> OutputList:
         return self._get(_attempt(task_id, attempt, "job-outputs"), OutputList,
                          {"prefix": prefix})
-
-    def complete(self, task_id: int, attempt: int, request: CompleteRequest) -> Ack:
-        return self._call("POST", _attempt(task_id, attempt, "complete"), Ack, request)
-
-    def fail(self, task_id: int, attempt: int, request: FailRequest) -> Ack:
-        return self._call("POST", _attempt(task_id, attempt, "fail"), Ack, request)
-
-    def release(self, task_id: int, attempt: int) -> Ack:
-        return self._call("POST", _attempt(task_id, attempt, "release"), Ack, None,
-                          timeout=QUICK_CALL_TIMEOUT, retry=False)
 
     # ------------------------------------------------------------ blobs
 

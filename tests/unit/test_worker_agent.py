@@ -1,10 +1,10 @@
-"""The worker agent against a fake coordinator (``httpx.MockTransport``, no sockets):
-register, lease, heartbeats, reports, stop answers, shutdown and an absent coordinator."""
+"""The worker agent against the package's fake coordinator (``httpx.MockTransport``, no
+sockets): register, syncs carrying results, stops, shutdown, leases answered after a stop,
+lost answers, an absent coordinator, slots and prefetch."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import sys
 import threading
@@ -18,6 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from parallel_pilot import kinds
+from parallel_pilot.client.fake_coordinator import FAKE_WORKER_TOKEN, FakeCoordinator
 from parallel_pilot.core.protocol import Capabilities, TaskLease
 from parallel_pilot.core.settings import WorkerSettings
 from parallel_pilot.errors import InvalidInput
@@ -26,82 +27,7 @@ from parallel_pilot.kinds.base import RunContext
 from parallel_pilot.worker import agent
 from parallel_pilot.worker.agent import Worker, run_worker
 
-WAIT = 2.0  # seconds a test waits for a condition at most
-WORKER_TOKEN = "worker-secret"
-
-
-class FakeCoordinator:
-    """Answers the worker endpoints from memory and records every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, Any] | None, str | None]] = []
-        self.changed = threading.Condition()
-        self.pending: list[TaskLease] = []
-        self.heartbeat_answer: dict[str, Any] = {"action": "continue"}
-        self.down_for = 0  # refuse this many connections first (coordinator restarting)
-        self.on_lease: Callable[[], None] | None = None
-        self.closed = threading.Event()  # set at teardown: ends held long polls
-        self.blobs: dict[str, bytes] = {}
-
-    def add_task(self, task_id: int, kind: str, payload: dict[str, Any],
-                 heartbeat_seconds: float = 0.05, inputs: dict[str, str] | None = None) -> None:
-        self.pending.append(TaskLease(
-            task_id=task_id, attempt=1, job_id=1, kind=kind, name=f"item {task_id}",
-            payload=payload, inputs=inputs or {}, lease_expires_at=time.time() + 60,
-            heartbeat_seconds=heartbeat_seconds))
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path.removeprefix("/api/v1")
-        body = json.loads(request.content) if request.content else None
-        if self.down_for > 0:
-            self.down_for -= 1
-            raise httpx.ConnectError("connection refused", request=request)
-        if path.startswith("/blobs/"):
-            return self.blob(request, path.rsplit("/", 1)[1])
-        with self.changed:
-            self.calls.append((path, body, request.headers.get("Authorization")))
-            self.changed.notify_all()
-        if path == "/workers/register":
-            return httpx.Response(200, json={"worker_id": 5, "worker_token": WORKER_TOKEN,
-                                             "lease_seconds": 60.0, "heartbeat_seconds": 0.05})
-        if path == "/workers/lease":
-            assert body is not None
-            if self.on_lease is not None:
-                self.on_lease()
-            tasks, self.pending = self.pending[: body["slots"]], self.pending[body["slots"]:]
-            if not tasks:
-                self.closed.wait(min(body["wait_seconds"], WAIT))  # the long poll
-            return httpx.Response(200, json={"tasks": [t.model_dump() for t in tasks]})
-        if path.endswith("/heartbeat"):
-            return httpx.Response(200, json={**self.heartbeat_answer,
-                                             "lease_expires_at": time.time() + 60})
-        return httpx.Response(200, json={"ok": True})
-
-    def blob(self, request: httpx.Request, sha: str) -> httpx.Response:
-        if request.method == "PUT":
-            self.blobs[sha] = request.read()
-            return httpx.Response(201, json={"sha256": sha, "size": len(self.blobs[sha])})
-        if sha not in self.blobs:
-            return httpx.Response(404, json={"error": "blob_not_found", "message": sha})
-        return httpx.Response(200, content=b"" if request.method == "HEAD" else self.blobs[sha])
-
-    def paths(self) -> list[str]:
-        with self.changed:
-            return [path for path, _, _ in self.calls]
-
-    def bodies(self, suffix: str) -> list[dict[str, Any]]:
-        with self.changed:
-            return [body or {} for path, body, _ in self.calls if path.endswith(suffix)]
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.changed.wait(min(left, 0.02))
-            return True
+WAIT = 5.0  # seconds a test waits for a condition at most
 
 
 class BoomKind:
@@ -127,6 +53,26 @@ class BoomKind:
         return {}
 
 
+class CountKind(BoomKind):
+    """Counts how many of its tasks run at once; each waits until ``release`` is set."""
+
+    name: ClassVar[str] = "count"
+    release = threading.Event()
+    lock = threading.Lock()
+    now = 0
+    most = 0
+
+    def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
+        cls = type(self)
+        with cls.lock:
+            cls.now += 1
+            cls.most = max(cls.most, cls.now)
+        cls.release.wait(WAIT)
+        with cls.lock:
+            cls.now -= 1
+        return {}
+
+
 @pytest.fixture
 def coordinator() -> Iterator[FakeCoordinator]:
     fake = FakeCoordinator()
@@ -136,7 +82,7 @@ def coordinator() -> Iterator[FakeCoordinator]:
 
 @pytest.fixture
 def make_worker(coordinator: FakeCoordinator, tmp_path: Path):
-    def make(handler: Callable[[httpx.Request], httpx.Response] = coordinator,
+    def make(handler: Callable[[httpx.Request], httpx.Response] = coordinator.handle,
              **overrides: Any) -> Worker:
         options: dict[str, Any] = {
             "server": "http://coordinator.test", "join_token": "join", "name": "w1",
@@ -146,7 +92,8 @@ def make_worker(coordinator: FakeCoordinator, tmp_path: Path):
             WorkerSettings(**options),
             connection_factory=lambda server: Connection(
                 server, transport=httpx.MockTransport(handler), retry_seconds=0),
-            capabilities=Capabilities(cpu_cores=1, ram_bytes=0, kinds=options["allow"]),
+            capabilities=Capabilities(cpu_cores=1, ram_bytes=0, kinds=options["allow"],
+                                      slots=options.get("slots", 1)),
         )
 
     return make
@@ -166,78 +113,66 @@ def stop(worker: Worker, thread: threading.Thread, codes: list[int]) -> int:
     return codes[0]
 
 
-def test_runs_a_sleep_task_with_heartbeats_and_completes(coordinator: FakeCoordinator,
-                                                         make_worker) -> None:
-    coordinator.add_task(17, "sleep", {"milliseconds": 250})
+def outcomes(fake: FakeCoordinator, task_id: int) -> list[str]:
+    return [r.outcome for r in fake.results.get(task_id, [])]
+
+
+def test_runs_a_sleep_task_and_reports_it_in_a_sync(coordinator: FakeCoordinator,
+                                                    make_worker) -> None:
+    coordinator.add_lease(17, "sleep", {"milliseconds": 250})
     worker = make_worker()
     thread, codes = start(worker)
-    assert coordinator.wait_for(lambda: "/attempts/17/1/complete" in coordinator.paths())
-    paths = coordinator.paths()
-    assert paths[0] == "/workers/register" and paths[1] == "/workers/lease"
-    assert "/attempts/17/1/heartbeat" in paths
-    assert paths.index("/attempts/17/1/heartbeat") < paths.index("/attempts/17/1/complete")
-    register = coordinator.bodies("/register")[0]
+    assert coordinator.wait_for(lambda: outcomes(coordinator, 17) == ["completed"], WAIT)
+    paths = [r.path for r in coordinator.requests]
+    assert paths[0] == "/workers/register" and set(paths[1:]) == {"/workers/sync"}
+    register = coordinator.requests[0].body
     assert register["join_token"] == "join" and register["name"] == "w1"
-    lease_auth = [auth for path, _, auth in coordinator.calls if path == "/workers/lease"]
-    assert lease_auth[0] == f"Bearer {WORKER_TOKEN}"
-    result = coordinator.bodies("/complete")[0]["result"]
-    assert result["slept_ms"] == 250 and result["stopped"] is False
+    result = coordinator.results[17][0].result
+    assert result is not None and result["slept_ms"] == 250 and result["stopped"] is False
+    # the task was listed as held while it ran (the heartbeat is the sync itself)
+    assert any(ref.task_id == 17 for s in coordinator.syncs() for ref in s.held)
     assert stop(worker, thread, codes) == 0
-    assert coordinator.paths()[-1] == "/workers/leave"
+    # the last exchange leaves (an idle long poll given up on may still be on its way)
+    assert [s for s in coordinator.syncs() if not s.wait_seconds][-1].leaving
+    assert coordinator.left
     assert worker.outcomes["completed"] == 1
-    assert list((worker.settings.work_dir or Path()).iterdir()) == []  # workdir removed
+    assert not (worker.settings.work_dir or Path("/nonexistent")).exists()  # no folder
 
 
 def test_a_raising_kind_is_reported_as_failed(coordinator: FakeCoordinator, make_worker,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(kinds.KINDS, "boom", BoomKind())
-    coordinator.add_task(1, "boom", {})
-    coordinator.add_task(2, "boom", {"invalid": True})
+    coordinator.add_lease(1, "boom", {})
+    coordinator.add_lease(2, "boom", {"invalid": True})
     worker = make_worker(allow=["boom"], slots=2)
     thread, codes = start(worker)
-    assert coordinator.wait_for(lambda: len(coordinator.bodies("/fail")) == 2)
-    bodies = coordinator.bodies("/fail")
-    crash = next(b for b in bodies if b["reason"].startswith("RuntimeError"))
-    assert "kaboom" in crash["reason"] and "Traceback" in crash["reason"]
-    assert crash["retryable"] is True and crash["log_lines"] == ["about to fail"]
+    assert coordinator.wait_for(lambda: 1 in coordinator.results and 2 in coordinator.results)
+    crash = coordinator.results[1][0]
+    assert crash.outcome == "failed" and crash.reason is not None
+    assert crash.reason.startswith("RuntimeError") and "kaboom" in crash.reason
+    assert "Traceback" in crash.reason and crash.retryable is True
+    assert crash.log_lines == ["about to fail"]
     # a kind's own refusal is its message, for people: no exception class, no traceback
-    refused = next(b for b in bodies if b is not crash)
-    assert refused["retryable"] is False and "backwards" in refused["reason"]
-    assert "InvalidInput" not in refused["reason"] and "Traceback" not in refused["reason"]
-    assert not coordinator.bodies("/complete")
+    refused = coordinator.results[2][0]
+    assert refused.retryable is False and refused.reason is not None
+    assert "backwards" in refused.reason and "Traceback" not in refused.reason
+    assert "InvalidInput" not in refused.reason
     assert stop(worker, thread, codes) == 0
 
 
-def test_a_stop_answer_stops_the_task_without_a_report(coordinator: FakeCoordinator,
-                                                       make_worker) -> None:
-    coordinator.heartbeat_answer = {"action": "stop", "reason": "job cancelled"}
-    coordinator.add_task(3, "sleep", {"milliseconds": 60_000})
+def test_a_cancelled_task_is_stopped_without_a_report(coordinator: FakeCoordinator,
+                                                      make_worker) -> None:
+    coordinator.add_lease(3, "sleep", {"milliseconds": 60_000})
     worker = make_worker()
     thread, codes = start(worker)
+    assert coordinator.wait_for(lambda: len(worker.running) == 1)
     began = time.monotonic()
+    coordinator.cancel_task(3)
     assert coordinator.wait_for(lambda: worker.outcomes["dropped"] == 1)
     assert time.monotonic() - began < WAIT
-    paths = coordinator.paths()
-    assert "/attempts/3/1/heartbeat" in paths
-    assert not [p for p in paths if p.endswith(("/complete", "/fail"))]
-    assert stop(worker, thread, codes) == 0
-
-
-def test_a_refused_heartbeat_stops_the_task(coordinator: FakeCoordinator,
-                                            make_worker) -> None:
-    original = coordinator.__call__
-
-    def stale(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/heartbeat"):
-            return httpx.Response(409, json={"error": "stale_attempt",
-                                             "message": "attempt 1 no longer holds task 4"})
-        return original(request)
-
-    coordinator.add_task(4, "sleep", {"milliseconds": 60_000})
-    worker = make_worker(stale)
-    thread, codes = start(worker)
-    assert coordinator.wait_for(lambda: worker.outcomes["dropped"] == 1)
-    assert not [p for p in coordinator.paths() if p.endswith(("/complete", "/fail"))]
+    assert 3 not in coordinator.results
+    assert not [r for s in coordinator.syncs() for r in s.reports
+                if r.task_id == 3 and r.outcome != "running"]
     assert stop(worker, thread, codes) == 0
 
 
@@ -263,95 +198,169 @@ def test_sweep_task_fetches_inputs_and_uploads_outputs(coordinator: FakeCoordina
     coordinator.blobs[sha] = data
     script = ("import pathlib; n = int(pathlib.Path('in/data.txt').read_text()); "
               "pathlib.Path('out.txt').write_text(str(n + 1)); print('wrote', n + 1)")
-    coordinator.add_task(30, "sweep", {
+    coordinator.add_lease(30, "sweep", {
         "item": "1", "command": [sys.executable, "-c", script], "collect": ["out.txt"],
         "timeout_seconds": None, "output_cap": 1000}, inputs={"in/data.txt": sha})
     worker = make_worker(allow=["sweep"])
     thread, codes = start(worker)
-    assert coordinator.wait_for(lambda: len(coordinator.bodies("/complete")) == 1, timeout=5)
-    complete = coordinator.bodies("/complete")[0]
-    assert complete["result"]["exit_code"] == 0, complete
-    out_sha = complete["result"]["files"]["out.txt"]
+    assert coordinator.wait_for(lambda: 30 in coordinator.results, timeout=10)
+    complete = coordinator.results[30][0]
+    assert complete.result is not None and complete.result["exit_code"] == 0, complete
+    out_sha = complete.result["files"]["out.txt"]
     assert coordinator.blobs[out_sha] == b"42"
-    assert coordinator.bodies("/outputs") == [
+    assert coordinator.attempt_outputs == [
         {"path": "items/1/out.txt", "sha256": out_sha, "size": 2}]
-    sent_lines = [line for body in coordinator.bodies("/heartbeat") + [complete]
-                  for line in body["log_lines"]]
-    assert sent_lines[0].startswith("$ ") and "wrote 42" in sent_lines
+    lines = coordinator.worker_logs[30]
+    assert lines[0].startswith("$ ") and "wrote 42" in lines
     assert stop(worker, thread, codes) == 0
     assert worker.cache.path_of(sha).read_bytes() == data  # kept in the cache
 
 
 def test_shutdown_releases_unfinished_tasks_and_leaves(coordinator: FakeCoordinator,
                                                        make_worker) -> None:
-    coordinator.add_task(8, "sleep", {"milliseconds": 60_000}, heartbeat_seconds=10)
+    coordinator.add_lease(8, "sleep", {"milliseconds": 60_000})
     worker = make_worker(drain_seconds=0.05)
     thread, codes = start(worker)
     assert coordinator.wait_for(lambda: len(worker.running) == 1)
     assert stop(worker, thread, codes) == 0
-    paths = coordinator.paths()
-    assert "/attempts/8/1/release" in paths
-    assert paths.index("/attempts/8/1/release") < paths.index("/workers/leave")
-    assert not [p for p in paths if p.endswith(("/complete", "/fail"))]
+    syncs = coordinator.syncs()
+    released = [n for n, s in enumerate(syncs)
+                if any(r.task_id == 8 and r.outcome == "released" for r in s.reports)]
+    leaving = [n for n, s in enumerate(syncs) if s.leaving]
+    assert released and leaving and released[0] <= leaving[0]
+    assert 8 not in coordinator.results and coordinator.leased == {}
+    assert [t.task_id for t in coordinator.ready] == [8]  # back in the queue
     assert worker.outcomes["released"] == 1
 
 
 def test_drain_lets_a_short_task_finish(coordinator: FakeCoordinator, make_worker) -> None:
-    coordinator.add_task(9, "sleep", {"milliseconds": 200}, heartbeat_seconds=10)
+    coordinator.add_lease(9, "sleep", {"milliseconds": 200})
     worker = make_worker(drain_seconds=WAIT)
     thread, codes = start(worker)
     assert coordinator.wait_for(lambda: len(worker.running) == 1)
     assert stop(worker, thread, codes) == 0
-    assert "/attempts/9/1/complete" in coordinator.paths()
-    assert "/attempts/9/1/release" not in coordinator.paths()
+    assert outcomes(coordinator, 9) == ["completed"]
+    assert not [r for s in coordinator.syncs() for r in s.reports if r.outcome == "released"]
 
 
-def test_tasks_leased_after_stop_are_released(coordinator: FakeCoordinator,
-                                              make_worker) -> None:
+def test_a_lease_answered_after_the_stop_goes_back_at_once(coordinator: FakeCoordinator,
+                                                           make_worker) -> None:
     worker = make_worker()
-    coordinator.add_task(11, "sleep", {"milliseconds": 0})
-    coordinator.on_lease = worker.request_stop  # the stop arrives while the poll is held
     thread, codes = start(worker)
-    assert coordinator.wait_for(lambda: "/attempts/11/1/release" in coordinator.paths())
+    # the worker is idle in its long poll
+    assert coordinator.wait_for(lambda: any(s.wait_seconds > 0 for s in coordinator.syncs()))
+    began = time.monotonic()
+    worker.request_stop()
+    coordinator.add_lease(11, "sleep", {"milliseconds": 0})  # the poll answers it
     thread.join(WAIT)
-    assert codes == [0]
-    assert "/attempts/11/1/heartbeat" not in coordinator.paths()
-    assert "/attempts/11/1/complete" not in coordinator.paths()
+    assert codes == [0] and time.monotonic() - began < WAIT
+    assert coordinator.left and coordinator.leased == {}
+    assert 11 not in coordinator.results  # never run, and back in the queue
+    assert [t.task_id for t in coordinator.ready] == [11]
 
 
-def test_waits_for_a_restarting_coordinator(coordinator: FakeCoordinator, make_worker,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent, "BACKOFF_START_SECONDS", 0.01)
-    coordinator.down_for = 3  # register fails three times before the coordinator is back
-    coordinator.add_task(12, "sleep", {"milliseconds": 0})
+def test_a_lease_answered_while_stopping_is_handed_back(coordinator: FakeCoordinator,
+                                                        make_worker) -> None:
+    worker = make_worker()
+    coordinator.on_leased = worker.request_stop  # the stop arrives as the poll answers
+    thread, codes = start(worker)
+    assert coordinator.wait_for(lambda: any(s.wait_seconds > 0 for s in coordinator.syncs()))
+    coordinator.add_lease(14, "sleep", {"milliseconds": 0})
+    thread.join(WAIT)
+    assert codes == [0] and coordinator.left and coordinator.leased == {}
+    assert 14 not in coordinator.results
+    assert [(t.task_id, t.attempt) for t in coordinator.ready] == [(14, 2)]  # requeued
+
+
+def test_a_result_whose_answer_was_lost_is_sent_again_and_applied_once(
+        coordinator: FakeCoordinator, make_worker) -> None:
+    coordinator.add_lease(12, "sleep", {"milliseconds": 100})
     worker = make_worker()
     thread, codes = start(worker)
-    assert coordinator.wait_for(lambda: "/attempts/12/1/complete" in coordinator.paths())
-    coordinator.down_for = 2  # and again between leases
-    assert coordinator.wait_for(lambda: coordinator.paths().count("/workers/lease") >= 2)
-    assert thread.is_alive()
+    assert coordinator.wait_for(lambda: len(worker.running) == 1)
+    coordinator.drop_answers = 1  # the next sync is applied, its answer lost
+    assert coordinator.wait_for(lambda: worker.outcomes["completed"] + worker.outcomes[
+        "dropped"] == 1)
+    carrying = [s for s in coordinator.syncs()
+                if any(r.task_id == 12 and r.outcome == "completed" for r in s.reports)]
+    assert len(carrying) >= 1
+    assert outcomes(coordinator, 12) == ["completed"]  # applied exactly once
     assert stop(worker, thread, codes) == 0
 
 
-def test_slots_bound_concurrent_tasks(coordinator: FakeCoordinator, make_worker) -> None:
-    for task_id in (21, 22, 23):
-        coordinator.add_task(task_id, "sleep", {"milliseconds": 150}, heartbeat_seconds=10)
-    worker = make_worker(slots=2)
+def test_waits_for_a_restarting_coordinator(coordinator: FakeCoordinator, make_worker,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(agent, "BACKOFF_START_SECONDS", 0.01)
+    coordinator.down_for = 3  # register fails three times before the coordinator is back
+    coordinator.add_lease(12, "sleep", {"milliseconds": 0})
+    worker = make_worker()
     thread, codes = start(worker)
-    assert coordinator.wait_for(lambda: len(coordinator.bodies("/complete")) == 3)
-    leases = coordinator.bodies("/workers/lease")
-    assert leases[0]["slots"] == 2 and all(b["slots"] <= 2 for b in leases)
+    assert coordinator.wait_for(lambda: outcomes(coordinator, 12) == ["completed"])
+    with caplog.at_level(logging.WARNING, logger="parallel_pilot.worker"):
+        logging.getLogger("parallel_pilot.worker").propagate = True
+        coordinator.down_for = 2  # and again between syncs
+        coordinator.add_lease(13, "sleep", {"milliseconds": 0})
+        assert coordinator.wait_for(lambda: outcomes(coordinator, 13) == ["completed"])
+    assert thread.is_alive()
+    assert "cannot reach the coordinator at http://coordinator.test (connection refused); " \
+           "retrying for up to 120 s…" in caplog.text
+    assert "answers again" in caplog.text
+    assert stop(worker, thread, codes) == 0
+
+
+def test_slots_bound_concurrent_tasks(coordinator: FakeCoordinator, make_worker,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(kinds.KINDS, "count", CountKind())
+    CountKind.release.clear()
+    CountKind.most = 0
+    for task_id in range(21, 27):
+        coordinator.add_lease(task_id, "count", {})
+    worker = make_worker(allow=["count"], slots=2)
+    thread, codes = start(worker)
+    assert coordinator.wait_for(lambda: CountKind.now == 2)
+    assert all(s.free_slots <= 2 for s in coordinator.syncs())
+    CountKind.release.set()
+    assert coordinator.wait_for(lambda: len(coordinator.results) == 6)
+    assert CountKind.most == 2
+    assert stop(worker, thread, codes) == 0
+
+
+def test_fast_tasks_are_prefetched_within_the_grant(coordinator: FakeCoordinator,
+                                                    make_worker) -> None:
+    coordinator.max_prefetch = 3
+    for task_id in range(1, 201):
+        coordinator.add_lease(task_id, "sleep", {"milliseconds": 0})
+    worker = make_worker()
+    thread, codes = start(worker)
+    assert coordinator.wait_for(lambda: len(coordinator.results) == 200, timeout=20)
+    assert max(s.prefetch for s in coordinator.syncs()) > 0
+    assert coordinator.most_held <= 1 + 3
+    assert worker.outcomes["completed"] == 200
     assert stop(worker, thread, codes) == 0
 
 
 def test_a_refused_join_token_ends_the_worker_with_2(coordinator: FakeCoordinator,
                                                       make_worker) -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, json={"error": "unauthorized",
-                                         "message": "unknown join token"})
-
-    worker = make_worker(refuse)
+    coordinator.join_tokens = {"another"}
+    worker = make_worker()
     thread, codes = start(worker)
     thread.join(WAIT)
     assert codes == [2]
     assert worker.fatal is not None and "unknown join token" in worker.fatal.message
+
+
+def test_the_worker_token_is_sent_on_every_sync(coordinator: FakeCoordinator,
+                                               make_worker) -> None:
+    seen: list[str | None] = []
+
+    def spy(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/workers/sync"):
+            seen.append(request.headers.get("Authorization"))
+        return coordinator.handle(request)
+
+    worker = make_worker(spy)
+    thread, codes = start(worker)
+    assert coordinator.wait_for(lambda: len(seen) >= 1)
+    assert stop(worker, thread, codes) == 0
+    assert set(seen) == {f"Bearer {FAKE_WORKER_TOKEN}"}

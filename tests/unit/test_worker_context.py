@@ -70,15 +70,29 @@ def ctx(tmp_path: Path, server: FakeBlobServer):
 
 
 def test_workdir_is_fresh_and_removed_on_close(ctx: TaskContext, tmp_path: Path) -> None:
-    assert ctx.workdir.is_dir() and list(ctx.workdir.iterdir()) == []
-    assert ctx.workdir.parent == (tmp_path / "work").resolve()
-    locked = ctx.workdir / "locked"
+    assert not (tmp_path / "work").exists()  # made only when a kind asks for it
+    workdir = ctx.workdir
+    assert workdir.is_dir() and list(workdir.iterdir()) == []
+    assert workdir.parent == (tmp_path / "work").resolve()
+    assert ctx.workdir == workdir  # the same folder every time
+    locked = workdir / "locked"
     locked.mkdir()
     (locked / "f").write_text("x")
     os.chmod(locked / "f", 0o444)
     os.chmod(locked, 0o555)  # a task may leave read-only folders behind
     ctx.close()
-    assert not ctx.workdir.exists()
+    assert not workdir.exists()
+
+
+def test_a_task_that_needs_no_folder_makes_none(tmp_path: Path, server: FakeBlobServer) -> None:
+    link = CoordinatorLink(Connection("http://fake", transport=httpx.MockTransport(server),
+                                      retry_seconds=0))
+    context = TaskContext(lease(), link, BlobCache(tmp_path / "cache", max_bytes=1 << 20),
+                          tmp_path / "work")
+    context.progress(0.5, "half")
+    context.log("a line")
+    context.close()
+    assert not (tmp_path / "work").exists()
 
 
 def test_input_path_goes_through_the_cache_and_is_pinned(ctx: TaskContext,
