@@ -178,7 +178,7 @@ def job_info(conn: sa.Connection, svc: Services, job_id: int,
     row = row or q.get_job(conn, job_id)
     if row is None:
         raise JobNotFound(f"no job {job_id}")
-    counts = counts if counts is not None else q.task_counts(conn, [job_id])[job_id]
+    counts = counts if counts is not None else q.job_task_counts(row)
     facts = facts or JobFacts(conn, [row], {job_id: counts})
     running = q.running_stats(conn, job_id) if counts.get(TaskState.LEASED) else None
     total = max(row.tasks_total, 1)
@@ -210,7 +210,7 @@ def list_jobs(svc: Services, caller: Caller, state: JobState | None,
     with svc.transaction() as conn:
         rows = q.list_jobs(conn, owner_id=None if caller.is_admin else caller.user_id,
                            state=state, limit=min(limit, MAX_JOBS_LISTED))
-        counts = q.task_counts(conn, [r.id for r in rows])
+        counts = {r.id: q.job_task_counts(r) for r in rows}
         facts = JobFacts(conn, rows, counts)
         return [job_info(conn, svc, r.id, r, counts[r.id], facts) for r in rows]
 
@@ -302,8 +302,9 @@ def cancel_tasks(svc: Services, caller: Caller, job_id: int,
                                                       "cancelled by user")
         if cancelled:
             q.add_job_done(conn, job_id, len(cancelled))  # settled, like a done task
-            counts = q.task_counts(conn, [job_id])[job_id]
-            if set(counts) == {TaskState.CANCELLED}:
+            fresh = q.get_job(conn, job_id)
+            assert fresh is not None
+            if set(q.job_task_counts(fresh)) == {TaskState.CANCELLED}:
                 q.set_job_state(conn, job_id, JobState.CANCELLED, now,
                                 error="every task was cancelled by the user")
             else:

@@ -43,10 +43,12 @@ from parallel_pilot.store.queries.blobs import (
 )
 from parallel_pilot.store.queries.jobs import (
     add_job_done,
+    adjust_job_counts,
     failed_item_counts,
     final_failure_counts,
     get_job,
     insert_job,
+    job_task_counts,
     list_jobs,
     mark_job_running,
     running_stats,
@@ -103,6 +105,7 @@ __all__ = [
     "Row",
     "add_blob_reader",
     "add_job_done",
+    "adjust_job_counts",
     "add_worker_done",
     "blob_is_input_of_held_task",
     "blob_is_input_of_users_job",
@@ -131,6 +134,7 @@ __all__ = [
     "insert_api_token",
     "insert_blob",
     "insert_job",
+    "job_task_counts",
     "insert_join_token",
     "insert_log_lines",
     "insert_output",

@@ -3,7 +3,7 @@ state, running progress, failed sweep items, final failures)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -80,7 +80,30 @@ def add_job_done(conn: sa.Connection, job_id: int, delta: int = 1) -> None:
                  .values(tasks_done=jobs.c.tasks_done + delta))
 
 
+COUNTED = {state: jobs.c[f"count_{state}"] for state in TaskState}  # per-state task counters
+
+
+def adjust_job_counts(conn: sa.Connection, deltas: Mapping[int, Mapping[str, int]]) -> None:
+    """Add ``{job id: {task state: delta}}`` to the jobs' task counters. Inserted tasks are
+    counted this way; state changes of existing tasks are counted by the triggers of
+    migration 0006 and must not be counted again here."""
+    for job_id, by_state in deltas.items():
+        values = {f"count_{TaskState(state)}": COUNTED[TaskState(state)] + n
+                  for state, n in by_state.items() if n}
+        if values:
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+
+
+def job_task_counts(row: Row) -> dict[str, int]:
+    """The job's tasks in each state (states with none left out), from the counters on its
+    row: no statement, whatever the number of tasks. Triggers on ``tasks`` keep them exact
+    in the transaction of every task write (migration 0006)."""
+    return {str(state): n for state in TaskState if (n := getattr(row, f"count_{state}"))}
+
+
 def task_counts(conn: sa.Connection, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """The same counts as ``job_task_counts``, aggregated over the tasks (a check of the
+    counters; a read of a job uses the row)."""
     out: dict[int, dict[str, int]] = {j: {} for j in job_ids}
     for part in _chunks(list(job_ids)):
         for job_id, state, n in conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ import sqlalchemy as sa
 
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.store.queries._common import Row, _chunks
+from parallel_pilot.store.queries.jobs import adjust_job_counts
 from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.queries.sync import with_requirement_sets
 from parallel_pilot.store.tables import (
@@ -35,6 +37,7 @@ def insert_tasks(conn: sa.Connection, job_id: int, rows: list[dict[str, Any]]) -
     for part in _chunks(rows):
         conn.execute(tasks.insert(), [
             {**r, "job_id": job_id, "attempt": 0, "failures": 0} for r in part])
+    adjust_job_counts(conn, {job_id: Counter(str(r["state"]) for r in rows)})
     return list(conn.execute(
         sa.select(tasks.c.id).where(tasks.c.job_id == job_id).order_by(tasks.c.idx)
     ).scalars())
