@@ -33,7 +33,7 @@ from parallel_pilot.core.protocol import (
     TaskLease,
 )
 from parallel_pilot.core.requirements import satisfies
-from parallel_pilot.core.states import TaskState
+from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import Unauthorized
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import sync as qs
@@ -118,7 +118,7 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
                                expires_at=expires)
     if changed != len(chosen):  # cannot happen under the claim's locks; never lease blind
         raise RuntimeError(f"claimed {len(chosen)} tasks but leased {changed}")
-    q.mark_job_running(conn, (r.job_id for r in chosen), now)
+    q.mark_job_running(conn, (r.job_id for r in chosen if r.job_state == JobState.QUEUED), now)
     beat = svc.settings.heartbeat_seconds
     return [TaskLease(task_id=r.id, attempt=r.attempt + 1, job_id=r.job_id, kind=r.kind,
                       name=r.name, payload=r.payload, inputs=r.inputs,
@@ -160,11 +160,14 @@ def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
                                 sync_seconds=svc.settings.heartbeat_seconds,
                                 lease_seconds=svc.settings.lease_seconds))
     with svc.transaction() as conn:
-        out.live = qs.touch_live_worker(conn, worker.id, now)
-        if not out.live:
-            _check_not_revoked(conn, svc, worker)
         held = {r.id: r for r in qs.held_attempts(conn, worker.id, lock=svc.lock_claims)}
         settled = _apply_reports(conn, svc, worker, request.reports, held, out, now)
+        finished = sum(v.accepted for v, r in zip(out.response.verdicts, request.reports,
+                                                  strict=True) if r.outcome == "completed")
+        out.live = qs.touch_live_worker(conn, worker.id, now, finished)
+        if not out.live:
+            _check_not_revoked(conn, svc, worker)  # a revoked worker's sync is refused
+            qs.add_worker_done(conn, worker.id, finished)
         still = {i: r for i, r in held.items() if i not in settled}
         listed = {ref.task_id: ref.attempt for ref in request.held}
         listed.update((r.task_id, r.attempt) for r in request.reports
@@ -290,7 +293,7 @@ def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
         return set()
     qs.complete_attempts(conn, worker.id, [(r.task_id, r.attempt, r.result or {})
                                            for r, _ in done], now)
-    qs.count_done(conn, worker.id, Counter(row.job_id for _, row in done))
+    maybe_complete = qs.add_jobs_done(conn, Counter(row.job_id for _, row in done))
     pairs = qs.dependents_of(conn, [row.id for _, row in done])
     if pairs:
         ready = qs.unblock(conn, Counter(t for t, _ in pairs))
@@ -298,7 +301,7 @@ def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
         for dependency in sorted({d for _, d in pairs}):  # quorum dependents (training)
             quorum.after_dependency_done(conn, svc, dependency)
         out.changed_unknown |= not ready  # a quorum may have let a dependent go ahead
-    for job_id in sorted({row.job_id for _, row in done}):
+    for job_id in maybe_complete:
         jobs.finish_if_complete(conn, svc, job_id)
     return {row.id for _, row in done}
 

@@ -111,12 +111,23 @@ def requirement_sets_after(conn: sa.Connection, after_id: int) -> list[Row]:
 _TOUCH_LIVE = (workers.update()
                .where(workers.c.id == _b("w"), workers.c.left_at.is_(None),
                       workers.c.revoked_at.is_(None))
-               .values(last_seen=_b("now")))
+               .values(last_seen=_b("now"), tasks_done=workers.c.tasks_done + _b("done")))
 
 
-def touch_live_worker(conn: sa.Connection, worker_id: int, now: float) -> bool:
-    """Note the worker was heard from; False when it left or was revoked."""
-    return conn.execute(_TOUCH_LIVE, {"w": worker_id, "now": now}).rowcount > 0
+def touch_live_worker(conn: sa.Connection, worker_id: int, now: float, done: int = 0) -> bool:
+    """Note the worker was heard from and finished ``done`` more tasks; False (nothing
+    changed) when it left or was revoked."""
+    return conn.execute(_TOUCH_LIVE, {"w": worker_id, "now": now, "done": done}).rowcount > 0
+
+
+_WORKER_DONE = (workers.update().where(workers.c.id == _b("w"))
+                .values(tasks_done=workers.c.tasks_done + _b("n")))
+
+
+def add_worker_done(conn: sa.Connection, worker_id: int, n: int) -> None:
+    """Count finished tasks of a worker that has left (``touch_live_worker`` did not)."""
+    if n:
+        conn.execute(_WORKER_DONE, {"w": worker_id, "n": n})
 
 
 _HELD_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.attempt, tasks.c.kind, tasks.c.idx,
@@ -199,18 +210,25 @@ def hand_back(conn: sa.Connection, worker_id: int, task_ids: Sequence[int]) -> i
     return changed
 
 
-_WORKER_DONE = (workers.update().where(workers.c.id == _b("w"))
-                .values(tasks_done=workers.c.tasks_done + _b("n")))
 _JOB_DONE = (jobs.update().where(jobs.c.id == _b("j"))
              .values(tasks_done=jobs.c.tasks_done + _b("n")))
+_JOB_DONE_RETURNING = _JOB_DONE.returning(jobs.c.id, jobs.c.tasks_done, jobs.c.tasks_total)
 
 
-def count_done(conn: sa.Connection, worker_id: int, per_job: Mapping[int, int]) -> None:
-    """Add finished tasks to the worker's count and to each job's."""
-    total = sum(per_job.values())
-    if total:
-        conn.execute(_WORKER_DONE, {"w": worker_id, "n": total})
+def add_jobs_done(conn: sa.Connection, per_job: Mapping[int, int]) -> list[int]:
+    """Add finished tasks to each job's count; returns the jobs that may be complete now
+    (every one where the database cannot say: MariaDB has no UPDATE ... RETURNING)."""
+    if not per_job:
+        return []
+    if not conn.dialect.update_returning:
         conn.execute(_JOB_DONE, [{"j": j, "n": n} for j, n in sorted(per_job.items())])
+        return sorted(per_job)
+    complete: list[int] = []
+    for j, n in sorted(per_job.items()):
+        for job_id, done, total in conn.execute(_JOB_DONE_RETURNING, {"j": j, "n": n}):
+            if done >= total:
+                complete.append(job_id)
+    return complete
 
 
 def dependents_of(conn: sa.Connection, task_ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -289,7 +307,11 @@ def renew_leases(conn: sa.Connection, worker_id: int, expires_at: float) -> int:
 
 
 _CLAIM_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.kind, tasks.c.name, tasks.c.payload,
-                  tasks.c.inputs, tasks.c.attempt, tasks.c.priority, tasks.c.affinity)
+                  tasks.c.inputs, tasks.c.attempt, tasks.c.priority, tasks.c.affinity,
+                  # read per row returned (not a join the plan could start from): a claim
+                  # marks the job running only when it is not yet
+                  sa.select(jobs.c.state).where(jobs.c.id == tasks.c.job_id)
+                  .scalar_subquery().label("job_state"))
 
 
 def _not_blocked() -> sa.ColumnElement[bool]:
