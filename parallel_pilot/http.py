@@ -11,6 +11,12 @@ Retries: a connection that the coordinator has answered retries for ``retry_seco
 interactive client facing a coordinator that is not there fails at once. A retry that
 may last ``NOTICE_MIN_SECONDS`` or more is announced through ``notify`` once per outage,
 and so is the coordinator's return.
+
+What is sent again: a request that cannot have reached the coordinator (the connection
+was refused or never opened) always; once it may have reached it (a connection dropped
+after sending), only a request that is safe to repeat (``replayable``): any but a POST,
+a POST with an ``Idempotency-Key`` (the same key on every try, so the coordinator makes
+one job of it), and the worker's POSTs, whose reports are fenced per (task, attempt).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,8 +68,27 @@ log = logging.getLogger(__name__)
 # the connection errors worth retrying: nothing reached the coordinator, or it went away
 _UNREACHABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
                 httpx.WriteError, httpx.ConnectTimeout)
+# of those, the ones raised before any byte of the request was sent
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# POSTs repeated safely without a key: the worker's exchange is fenced per (task, attempt)
+# (a repeated report is refused or changes nothing; a lease whose answer was lost expires)
+REPLAYABLE_POST_PREFIXES = ("/workers/", "/attempts/")
+REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # "ftp:x", "http:/x": a scheme without "//" (a port after "host:" starts with a digit)
 _SCHEME_WITHOUT_SLASHES = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?!\d)(?!//)")
+
+
+def idempotency_key() -> str:
+    """A fresh key for one logical call that creates something (sent on each of its tries)."""
+    return secrets.token_urlsafe(24)
+
+
+def replayable(method: str, path: str, key: str | None = None) -> bool:
+    """Whether a request may be sent again after it may have reached the coordinator."""
+    method = method.upper()
+    return (method in REPLAYABLE_METHODS or key is not None
+            or (method == "POST" and path.startswith(REPLAYABLE_POST_PREFIXES)))
 
 
 def normalize_server(url: str, *, source: str = "server") -> str:
@@ -165,27 +191,35 @@ class Connection:
         params: dict[str, Any] | None = None,
         timeout: float | None = None,
         retry: bool = True,
+        idempotency_key: str | None = None,
     ) -> Any:
-        """One JSON request; returns the parsed ``response_model`` (or the raw JSON)."""
+        """One JSON request; returns the parsed ``response_model`` (or the raw JSON).
+        ``idempotency_key`` (``idempotency_key()``, one per logical call) lets a POST that
+        creates something be sent again after a dropped connection."""
         content = None
         if isinstance(body, BaseModel):
             content = body.model_dump_json().encode()
         elif body is not None:
             content = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if content is not None else {}
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
         request_timeout = (httpx.Timeout(timeout, connect=self.connect_timeout) if timeout
                            else httpx.USE_CLIENT_DEFAULT)
         response = self._send(
             lambda: self._client.request(method, path, content=content, params=params,
                                          headers=headers, timeout=request_timeout),
-            retry=retry,
+            retry=retry, replay=replayable(method, path, idempotency_key),
         )
         data = response.json() if response.content else None
         if response_model is None:
             return data
         return response_model.model_validate(data)
 
-    def _send(self, do: Callable[[], httpx.Response], *, retry: bool) -> httpx.Response:
+    def _send(self, do: Callable[[], httpx.Response], *, retry: bool,
+              replay: bool = True) -> httpx.Response:
+        """Send, retrying while the coordinator cannot be reached; a request that is not
+        ``replay``-able is sent again only when it cannot have reached the coordinator."""
         window = self.retry_window() if retry else 0.0
         deadline = self._clock() + window
         delay = 0.25
@@ -193,6 +227,11 @@ class Connection:
             try:
                 response = do()
             except _UNREACHABLE as exc:
+                if not replay and not isinstance(exc, _NOT_SENT):
+                    raise ServerUnavailable(
+                        f"the connection to the coordinator at {self.server} dropped after "
+                        f"the request was sent ({_reason(exc)}); it was not sent again, as "
+                        "it may have been carried out: check before repeating it") from None
                 if self._clock() >= deadline:
                     raise self._gave_up(exc, window) from None
                 self._unreachable(exc, window)
@@ -204,7 +243,9 @@ class Connection:
                 raise ServerUnavailable(
                     f"the coordinator at {self.server} did not answer in time: {exc}"
                 ) from None
-            if response.status_code in (502, 503, 504) and self._clock() < deadline:
+            # a gateway's 502/504 may come after the coordinator did the work; 503: it did not
+            retry_status = (502, 503, 504) if replay else (503,)
+            if response.status_code in retry_status and self._clock() < deadline:
                 self._unreachable(f"HTTP {response.status_code}", window)
                 self._sleep(max(0.0, min(delay, deadline - self._clock())))
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)

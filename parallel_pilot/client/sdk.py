@@ -39,7 +39,7 @@ from parallel_pilot.core.protocol import (
 from parallel_pilot.core.settings import ClientSettings
 from parallel_pilot.core.states import JobState
 from parallel_pilot.errors import InvalidInput, ServerUnavailable, error_from_body
-from parallel_pilot.http import RETRY_SECONDS, Connection, sha256_file
+from parallel_pilot.http import RETRY_SECONDS, Connection, idempotency_key, sha256_file
 
 DEFAULT_POLL_SECONDS = 0.5  # seconds between polls of a job's state in wait()
 POLL_TIMEOUT = 30.0  # seconds one poll request may take
@@ -107,7 +107,9 @@ class Client(AccountCalls):
         ``requirements`` (see core.requirements) is what every task needs of a worker."""
         body = JobSubmit(kind=kind, params=params, priority=priority, name=name,
                          max_attempts=max_attempts, requirements=requirements or {})
-        return self.connection.call("POST", "/jobs", JobInfo, body=body)
+        # one key for this submission: a retry after a lost answer gets the same job back
+        return self.connection.call("POST", "/jobs", JobInfo, body=body,
+                                    idempotency_key=idempotency_key())
 
     def submit_sweep(
         self,

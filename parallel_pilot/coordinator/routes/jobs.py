@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
@@ -39,9 +39,15 @@ TaskNumber = Annotated[int | None, Query(
     "as the dashboard and `pilot logs --task` number them)")]
 
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", description="a key of the client's choosing, the same on each "
+    "try of one submission: a repeated key gets the job it made, never a second one")]
+
+
 @router.post("", response_model=JobInfo, status_code=201)
-def submit(svc: ServicesDep, user: CurrentUser, body: JobSubmit) -> JobInfo:
-    return jobs.submit(svc, user, body)
+def submit(svc: ServicesDep, user: CurrentUser, body: JobSubmit,
+           idempotency_key: IdempotencyKey = None) -> JobInfo:
+    return jobs.submit(svc, user, body, idempotency_key)
 
 
 @router.get("", response_model=JobList)

@@ -35,7 +35,41 @@ class Caller:
         self.user_id, self.name, self.is_admin = user_id, name, is_admin
 
 
-def submit(svc: Services, caller: Caller, request: JobSubmit) -> JobInfo:
+IDEMPOTENCY_KEY_CHARS = 100  # characters an Idempotency-Key may have at most
+
+
+def submit(svc: Services, caller: Caller, request: JobSubmit,
+           idempotency_key: str | None = None) -> JobInfo:
+    """Validate, plan and insert a job in one transaction. A submission carrying an
+    ``idempotency_key`` the caller used before gets the job that key made (as it is now),
+    never a second job: a client whose answer was lost sends the same key again."""
+    if idempotency_key is not None:
+        _check_key(idempotency_key)
+        with svc.transaction() as conn:
+            made = q.job_id_by_idempotency_key(conn, caller.user_id, idempotency_key)
+            if made is not None:
+                return job_info(conn, svc, made)
+    try:
+        return _submit(svc, caller, request, idempotency_key)
+    except sa.exc.IntegrityError:
+        if idempotency_key is None:
+            raise
+        with svc.transaction() as conn:  # the same key was submitted concurrently
+            made = q.job_id_by_idempotency_key(conn, caller.user_id, idempotency_key)
+            if made is None:
+                raise
+            return job_info(conn, svc, made)
+
+
+def _check_key(key: str) -> None:
+    if not key or len(key) > IDEMPOTENCY_KEY_CHARS or not key.isascii() \
+            or not key.isprintable():
+        raise InvalidInput(f"the Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_CHARS} "
+                           "printable ASCII characters")
+
+
+def _submit(svc: Services, caller: Caller, request: JobSubmit,
+            idempotency_key: str | None) -> JobInfo:
     kind = get_kind(request.kind)
     params = parse_params(kind, request.params)
     job_requirements = _requirements(request.requirements)
@@ -63,6 +97,7 @@ def submit(svc: Services, caller: Caller, request: JobSubmit) -> JobInfo:
             conn, owner_id=caller.user_id, name=request.name or f"{kind.name} job",
             kind=kind.name, params=params.model_dump(mode="json"), priority=request.priority,
             max_attempts=max_attempts, tasks_total=len(specs), now=now,
+            idempotency_key=idempotency_key,
         )
         task_ids = q.insert_tasks(conn, job_id, [
             {"idx": i, "name": spec.name[:200], "kind": kind.name,

@@ -20,13 +20,20 @@ from parallel_pilot.store.tables import (
 
 def insert_job(conn: sa.Connection, *, owner_id: int, name: str, kind: str,
                params: dict[str, Any], priority: int, max_attempts: int, tasks_total: int,
-               now: float) -> int:
+               now: float, idempotency_key: str | None = None) -> int:
     result = conn.execute(jobs.insert().values(
         owner_id=owner_id, name=name, kind=kind, params=params, state=JobState.QUEUED,
         priority=priority, max_attempts=max_attempts, created_at=now, tasks_total=tasks_total,
-        tasks_done=0,
+        tasks_done=0, idempotency_key=idempotency_key,
     ))
     return _new_id(result)
+
+
+def job_id_by_idempotency_key(conn: sa.Connection, owner_id: int, key: str) -> int | None:
+    """The job the owner's submission with this ``Idempotency-Key`` made, if any."""
+    return conn.execute(
+        sa.select(jobs.c.id).where(jobs.c.owner_id == owner_id, jobs.c.idempotency_key == key)
+    ).scalar_one_or_none()
 
 
 # every job state write of this module, checked against the transition table at import
