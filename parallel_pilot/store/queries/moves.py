@@ -14,6 +14,7 @@ for its SET clause, so both halves come from the same checked pair::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -59,19 +60,18 @@ class Move(Generic[State]):
 def task_move(target: TaskState, *from_: TaskState) -> Move[TaskState]:
     """A task's move to ``target`` from the named states (each checked against the
     table), or from every state the table allows."""
-    for source in from_:
-        check_task_move(source, target)
-    sources = from_ or tuple(sorted(task_sources(target)))
-    move = Move(tasks.c.state, target, tuple(sources))
-    MOVES.append(move)
-    return move
+    return _build(tasks.c.state, target, from_, check_task_move, task_sources(target))
 
 
 def job_move(target: JobState, *from_: JobState) -> Move[JobState]:
     """A job's move to ``target`` from the named states, or from every allowed one."""
+    return _build(jobs.c.state, target, from_, check_job_move, job_sources(target))
+
+
+def _build(column: sa.Column[Any], target: State, from_: tuple[State, ...],
+           check: Callable[[Any, Any], None], allowed: frozenset[State]) -> Move[State]:
     for source in from_:
-        check_job_move(source, target)
-    sources = from_ or tuple(sorted(job_sources(target)))
-    move = Move(jobs.c.state, target, tuple(sources))
+        check(source, target)  # raises InvalidTransition
+    move = Move(column, target, from_ or tuple(sorted(allowed)))
     MOVES.append(move)
     return move
