@@ -72,24 +72,26 @@ class CallEncoder:
         self.share_bytes = share_bytes
         self.packages = list(packages)
         self.timeout_seconds = timeout_seconds
-        # fn -> its blob, held weakly: a function (and what a bound method's object holds)
-        # is not kept alive by having been submitted once
-        self._functions: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        # fn -> (the modules pickled by value then, its blob), held weakly: a function (and
+        # what a bound method's object holds) is not kept alive by having been submitted
+        self._functions: weakref.WeakKeyDictionary[Any, tuple[frozenset[str], str]] = \
+            weakref.WeakKeyDictionary()
         self._uploaded: set[str] = set()
         self._lock = threading.Lock()
 
     def function_sha(self, fn: Callable[..., Any]) -> str:
-        """The blob of ``fn``: pickled once while ``fn`` lives (so a module registered with
-        ``cloudpickle.register_pickle_by_value`` after ``fn`` was first sent keeps the
-        way ``fn`` was pickled then), uploaded once per content."""
+        """The blob of ``fn``: pickled once while ``fn`` lives and the modules registered
+        with ``cloudpickle.register_pickle_by_value`` stay the same (a registration made
+        after ``fn`` was sent takes effect the next time), uploaded once per content."""
+        by_value = frozenset(cloudpickle.list_registry_pickle_by_value())
         with self._lock:
             known = _weak_get(self._functions, fn)
-        if known is not None:
-            return known
+        if known is not None and known[0] == by_value:
+            return known[1]
         sha = self._upload(cloudpickle.dumps(fn))
         with self._lock:
             try:
-                self._functions[fn] = sha
+                self._functions[fn] = (by_value, sha)
             except TypeError:  # neither hashable nor weakly referenceable: not cached
                 pass
         return sha
@@ -154,7 +156,8 @@ class CallEncoder:
         return slot
 
 
-def _weak_get(cache: weakref.WeakKeyDictionary[Any, str], fn: Any) -> str | None:
+def _weak_get(cache: weakref.WeakKeyDictionary[Any, tuple[frozenset[str], str]],
+              fn: Any) -> tuple[frozenset[str], str] | None:
     try:
         return cache.get(fn)
     except TypeError:  # unhashable, or no weak reference to it can be made
