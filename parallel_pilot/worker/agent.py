@@ -6,8 +6,9 @@ events to ``WorkerState`` (``worker/state.py``) and carries out its instructions
 attempt on a slot thread (``worker/runners.py``), stop one, send a sync
 (``POST /workers/sync``), leave. Slot threads only run kinds and push their finished
 attempts into the loop's queue, which wakes the loop at once; attempts that finish while a
-sync is in flight go in the next one. Short syncs are sent by the loop itself; an idle
-worker's long poll is sent by a *poll* thread, so the loop can give it up on a stop. A
+sync is in flight go in the next one. Syncs are sent by two *sender* threads
+(``worker/sender.py``), so the loop never waits on the network: one for short syncs, one
+for an idle worker's long poll, which the loop gives up on at a stop. A
 restarting coordinator is waited for with bounded back-off, never fatal. A worker
 restarted under the same name with the same cache dir sends the id and token it was
 given (``worker/identity.py``) and so takes its old row back.
@@ -58,6 +59,7 @@ from parallel_pilot.worker.identity import (
 )
 from parallel_pilot.worker.link import CoordinatorLink
 from parallel_pilot.worker.runners import Runners
+from parallel_pilot.worker.sender import Sender
 from parallel_pilot.worker.state import (
     OUTAGE_FAST_SECONDS,
     Leave,
@@ -133,8 +135,8 @@ class Worker:
         self._hard_stop = threading.Event()
         self._runs: dict[tuple[int, int], TaskRun] = {}  # attempts executing, by key
         self._runners: Runners | None = None
-        self._polls: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
-        self._poll_thread: threading.Thread | None = None
+        self._sender: Sender | None = None  # short syncs
+        self._poller: Sender | None = None  # idle long polls
         self._signals = 0  # SIGTERM/SIGINT received, counted by on_signal
         self._announced: str | None = None  # the outage said in the log ("fast", "slow")
 
@@ -194,6 +196,11 @@ class Worker:
         try:
             if self._register():
                 self._runners = Runners(self.settings.slots)
+                self._sender = Sender(self.sync_link, self._events, "worker-sync")
+                # a poll whose turn comes after a stop is not sent: it could only bring
+                # tasks that go straight back
+                self._poller = Sender(self.poll_link, self._events, "worker-poll",
+                                      skip=self._stopping.is_set)
                 self._drive()
         except Exception:
             log.exception("the worker loop crashed; stopping")
@@ -206,7 +213,7 @@ class Worker:
         while True:
             now = self.clock()
             state.tick(now)
-            if not state.in_flight:
+            if state.wants_progress(now):
                 for key, run in self._runs.items():
                     fraction, message = run.ctx.snapshot()
                     state.progress(key, fraction, message, run.ctx.logs.drain())
@@ -275,15 +282,10 @@ class Worker:
                 if instruction.reason is not StopReason.SHUTDOWN:
                     log.info("%s: stopping: %s", found.label, instruction.detail)
                 found.stop(instruction.reason, instruction.detail)
-        elif instruction.request.wait_seconds > 0:
-            self._long_poll(instruction)
         else:
-            try:
-                answer = self.sync_link.sync(instruction.request)
-            except Exception as exc:
-                self._sync_failed(instruction.sync_id, exc)
-            else:
-                self._answered(instruction.sync_id, answer)
+            sender = self._poller if instruction.request.wait_seconds > 0 else self._sender
+            assert sender is not None
+            sender.send(instruction.sync_id, instruction.request)
 
     def _finished(self, run: TaskRun) -> None:
         """On a slot thread: the attempt is over."""
@@ -323,28 +325,6 @@ class Worker:
             log.warning("no answer from the coordinator at %s for %.0f s; still trying, "
                         "less often", self.sync_link.server, OUTAGE_FAST_SECONDS)
 
-    def _long_poll(self, send: Send) -> None:
-        if self._poll_thread is None:
-            self._poll_thread = threading.Thread(target=self._poll_main, name="worker-poll",
-                                                 daemon=True)
-            self._poll_thread.start()
-        self._polls.put((send.sync_id, send.request))
-
-    def _poll_main(self) -> None:
-        while True:
-            item = self._polls.get()
-            if item is None:
-                return
-            sync_id, request = item
-            if self._stopping.is_set():
-                continue  # given up on already: a poll sent now could only bring tasks back
-            try:
-                answer = self.poll_link.sync(request)
-            except Exception as exc:
-                self._events.put(("failed", sync_id, exc))
-            else:
-                self._events.put(("answered", sync_id, answer))
-
     def _say_notes(self) -> None:
         notes = self.state.notes
         while notes:
@@ -367,11 +347,12 @@ class Worker:
         """After the loop: let stopped tasks kill their children, close connections."""
         if self._runners is not None and not self._runners.close(HARD_STOP_JOIN_SECONDS):
             log.warning("%d task(s) did not stop in time", self._runners.busy)
-        self._polls.put(None)
         self.link.close()
-        self.sync_link.close()
-        if self._poll_thread is None or not self._poll_thread.is_alive():
-            self.poll_link.close()  # else abandoned in its long poll: the process ends it
+        for sender, link in ((self._sender, self.sync_link), (self._poller, self.poll_link)):
+            if sender is not None:
+                sender.close()
+            else:
+                link.close()
         self.identity.release()
 
     # ------------------------------------------------------------ registering

@@ -41,7 +41,7 @@ from parallel_pilot.core.protocol import (
 
 LONG_POLL_SECONDS = 30.0  # seconds an idle worker's sync waits on the coordinator for work
 IDLE_PAUSE_SECONDS = 0.5  # pause after an empty long poll that came back at once
-PREFETCH_PER_SLOT_MAX = 8  # prefetched tasks per slot at most (millisecond tasks)
+PREFETCH_PER_SLOT_MAX = 16  # prefetched tasks per slot at most (millisecond tasks)
 PREFETCH_ROUND_TRIPS = 2.0  # round trips of work per slot a prefetch should cover
 PREFETCH_LONGEST_TASK_SECONDS = 1.0  # kinds taking this long or more get no prefetch
 DURATION_WEIGHT = 0.3  # weight of the newest duration in a kind's moving average
@@ -145,6 +145,8 @@ class WorkerState:
         self.left = False
         self.notes: list[str] = []  # lines for the log, taken by the agent
         self._recent: deque[str] = deque(maxlen=RECENT_KINDS)
+        self._depth: int | None = None  # prefetch_depth(), until what it is made of changes
+        self._running = 0  # attempts started and not yet finished or handed back
         self._flight: _Flight | None = None
         self._abandoned: set[int] = set()  # long polls given up on (shutdown)
         self._next_id = 0
@@ -163,16 +165,22 @@ class WorkerState:
     def running(self) -> list[Key]:
         return [k for k, h in self.held.items() if h.running]
 
+    def wants_progress(self, now: float) -> bool:
+        """Whether a heartbeat sync is due, which carries running attempts' progress."""
+        return bool(self._running) and self._flight is None and \
+            now >= self._last_sent + self.sync_seconds
+
     @property
     def in_flight(self) -> bool:
         return self._flight is not None
 
     def prefetch_depth(self) -> int:
         """Tasks to hold beyond the slots, from what the recently leased kinds took here."""
-        if not self._recent:
-            return 0
-        per_slot = min(self._depth_per_slot(kind) for kind in set(self._recent))
-        return min(per_slot * self.slots, MAX_PREFETCH)
+        if self._depth is None:
+            per_slot = min((self._depth_per_slot(kind) for kind in set(self._recent)),
+                           default=0)
+            self._depth = min(per_slot * self.slots, MAX_PREFETCH)
+        return self._depth
 
     def _depth_per_slot(self, kind: str) -> int:
         seconds = self.durations.get(kind)
@@ -222,6 +230,7 @@ class WorkerState:
         if not flight.long_poll:
             took = max(0.0, now - flight.sent_at)
             self.round_trip += DURATION_WEIGHT * (took - self.round_trip)
+            self._depth = None
         self.outage_since = None
         self._retry_at = 0.0
         self._backoff = BACKOFF_START_SECONDS
@@ -289,6 +298,7 @@ class WorkerState:
         held = self.held.pop(key, None)
         if held is None:
             return  # already handed back or dropped
+        self._running -= held.running
         self._measure(held.lease.kind, seconds)
         if held.stop is StopReason.SHUTDOWN:
             report = AttemptReport(task_id=key[0], attempt=key[1], outcome="released",
@@ -364,11 +374,10 @@ class WorkerState:
 
     def decide(self, now: float) -> list[Instruction]:
         """What to do now: the stops events asked for, starts on free slots, a sync."""
-        free = self.slots - len(self.running)
-        while free > 0 and self.queue:
+        while self._running < self.slots and self.queue:
             held = self.held[self.queue.popleft()]
             held.running = True
-            free -= 1
+            self._running += 1
             self._out.append(Start(held.lease))
         send = self._sync_now(now)
         if send is not None:
@@ -382,21 +391,24 @@ class WorkerState:
         if self._retry_at and now < self._retry_at:
             return None
         if self.stopping:
-            if not self.running or self.hard:
+            if not self._running or self.hard:
                 if self._leave_until is None:
                     self._leave_until = now + (0.0 if self.hard else LEAVE_RETRY_SECONDS)
                 return self._send(now, leaving=True)
             if self.reports or now >= self._last_sent + self.sync_seconds:
                 return self._send(now)
             return None
-        if self.reports:
-            return self._send(now)
-        if not self.held:
+        if not self.held and not self.reports:
             return self._send(now, wait=LONG_POLL_SECONDS)
         if now >= self._last_sent + self.sync_seconds:
             return self._send(now)
-        free = self.slots - len(self.running) - len(self.queue)
-        low = len(self.queue) <= self.prefetch_depth() // 2 and self.prefetch_depth() > 0
+        depth = self.prefetch_depth()
+        free = self.slots - self._running - len(self.queue)
+        low = depth > 0 and len(self.queue) <= depth // 2
+        if self.reports and (free > 0 or low or not self.queue):
+            # while prefetched work keeps every slot busy, results wait for the queue to
+            # run low (or the heartbeat), so that one sync carries many
+            return self._send(now)
         if not self._dry and (free > 0 or low):
             return self._send(now)
         return None
@@ -419,7 +431,7 @@ class WorkerState:
         asking = not self.stopping
         request = SyncRequest(
             reports=reports, held=held_refs,
-            free_slots=max(0, self.slots - len(self.running)) if asking else 0,
+            free_slots=max(0, self.slots - self._running) if asking else 0,
             prefetch=self.prefetch_depth() if asking else 0,
             wait_seconds=wait, leaving=leaving)
         self._next_id += 1
@@ -434,6 +446,9 @@ class WorkerState:
         key = (lease.task_id, lease.attempt)
         if key in self.held or key in self.reports:
             return
+        full = len(self._recent) == RECENT_KINDS
+        if lease.kind not in self._recent or (full and self._recent[0] != lease.kind):
+            self._depth = None  # the kinds that decide the depth may change
         self._recent.append(lease.kind)
         if self.stopping or len(self.held) >= self.slots + self.granted:
             # more than this worker may hold (or it is leaving): straight back
@@ -460,6 +475,7 @@ class WorkerState:
         held = self.held.pop(key, None)
         if held is None:
             return
+        self._running -= held.running
         if key in self.queue:
             self.queue.remove(key)
         if held.stop in (None, StopReason.SHUTDOWN):
@@ -470,6 +486,7 @@ class WorkerState:
         self.reports[(report.task_id, report.attempt)] = report
 
     def _measure(self, kind: str, seconds: float) -> None:
+        self._depth = None
         before = self.durations.get(kind)
         self.durations[kind] = seconds if before is None else (
             before + DURATION_WEIGHT * (seconds - before))

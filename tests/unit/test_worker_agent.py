@@ -336,7 +336,7 @@ def test_fast_tasks_are_prefetched_within_the_grant(coordinator: FakeCoordinator
     assert coordinator.wait_for(lambda: len(coordinator.results) == 200, timeout=20)
     assert max(s.prefetch for s in coordinator.syncs()) > 0
     assert coordinator.most_held <= 1 + 3
-    assert worker.outcomes["completed"] == 200
+    assert coordinator.wait_for(lambda: worker.outcomes["completed"] == 200)
     assert stop(worker, thread, codes) == 0
 
 
