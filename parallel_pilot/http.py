@@ -16,7 +16,9 @@ What is sent again: a request that cannot have reached the coordinator (the conn
 was refused or never opened) always; once it may have reached it (a connection dropped
 after sending), only a request that is safe to repeat (``replayable``): any but a POST,
 a POST with an ``Idempotency-Key`` (the same key on every try, so the coordinator makes
-one job of it), and the worker's POSTs, whose reports are fenced per (task, attempt).
+one job of it), the worker's POSTs, whose reports are fenced per (task, attempt), and a
+job's cancel. Others (a retry of a job, a new token) fail with ``ServerUnavailable``
+saying the request may have been carried out.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ _UNREACHABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # POSTs repeated safely without a key: the worker's exchange is fenced per (task, attempt)
-# (a repeated report is refused or changes nothing; a lease whose answer was lost expires)
-REPLAYABLE_POST_PREFIXES = ("/workers/", "/attempts/")
+# (a repeated report is refused or changes nothing; a lease whose answer was lost expires),
+# and a job's cancel (a cancelled job stays cancelled)
+_REPLAYABLE_POST = re.compile(r"^/(workers|attempts)/|^/jobs/\d+/cancel$")
 REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # "ftp:x", "http:/x": a scheme without "//" (a port after "host:" starts with a digit)
 _SCHEME_WITHOUT_SLASHES = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?!\d)(?!//)")
@@ -88,7 +91,7 @@ def replayable(method: str, path: str, key: str | None = None) -> bool:
     """Whether a request may be sent again after it may have reached the coordinator."""
     method = method.upper()
     return (method in REPLAYABLE_METHODS or key is not None
-            or (method == "POST" and path.startswith(REPLAYABLE_POST_PREFIXES)))
+            or (method == "POST" and _REPLAYABLE_POST.match(path) is not None))
 
 
 def normalize_server(url: str, *, source: str = "server") -> str:

@@ -181,4 +181,5 @@ def test_keyed_and_fenced_posts_are_replayable() -> None:
     assert replayable("POST", "/jobs", "k")
     assert replayable("POST", "/workers/sync") and replayable("POST", "/attempts/1/2/outputs")
     assert replayable("GET", "/jobs") and replayable("PUT", "/blobs/ab")
+    assert replayable("POST", "/jobs/3/cancel") and not replayable("POST", "/jobs/3/tasks/cancel")
     assert not replayable("POST", "/jobs/3/retry") and not replayable("POST", "/tokens")
