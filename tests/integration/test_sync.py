@@ -15,6 +15,7 @@ import pytest
 from parallel_pilot.coordinator.routes import workers as worker_routes
 from parallel_pilot.coordinator.services import leasing, sync
 from tests.integration.conftest import Coordinator
+from tests.integration.test_quorum import PARTS, QuorumKind, quorum_kind  # noqa: F401
 
 API = "/api/v1"
 
@@ -349,3 +350,25 @@ def test_a_revoked_worker_is_refused_at_once(coordinator: Coordinator) -> None:
                              headers=coord.user()).status_code == 200
     r = coord.client.post(f"{API}/workers/sync", headers=worker, json={})
     assert r.status_code == 401
+
+
+def test_a_sync_that_finishes_dependencies_wakes_a_worker_for_the_dependent(
+        coordinator: Coordinator, waiting: list[int]) -> None:
+    coord = coordinator
+    notifier = coord.services.notifier
+    r = coord.client.post(f"{API}/jobs", headers=coord.user(),
+                          json={"kind": QuorumKind.name, "params": {"rounds": 1}})
+    job_id = r.json()["id"]
+    parts_worker = register(coord, "parts", kinds=[QuorumKind.name], slots=PARTS)
+    join_worker = register(coord, "join", kinds=[QuorumKind.name])
+    parts = sync_(coord, parts_worker, free_slots=PARTS)["tasks"]
+    assert len(parts) == PARTS
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(sync_, coord, join_worker, free_slots=1, wait_seconds=25)
+        wait_until(lambda: notifier.waiting() == 1, "the join worker's poll to wait")
+        # all parts done in one sync, and no slot asked for: the join is the other's
+        sync_(coord, parts_worker, reports=done(parts))
+        [join] = answer.result(timeout=20)["tasks"]
+    assert join["name"] == "r0 join" and len(waiting) == 1
+    sync_(coord, join_worker, reports=done([join]))
+    assert job(coord, job_id)["state"] == "completed"
