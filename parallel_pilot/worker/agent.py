@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import secrets
 import signal
 import socket
@@ -30,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from parallel_pilot.core.protocol import Capabilities, RegisterRequest, SyncResponse
+from parallel_pilot.core.protocol import Capabilities, RegisterRequest
 from parallel_pilot.core.settings import WorkerSettings
 from parallel_pilot.errors import (
     Forbidden,
@@ -58,15 +57,10 @@ from parallel_pilot.worker.identity import (
     remembered_name,
 )
 from parallel_pilot.worker.link import CoordinatorLink
+from parallel_pilot.worker.loop import SyncLoop
 from parallel_pilot.worker.runners import Runners
 from parallel_pilot.worker.sender import Sender
 from parallel_pilot.worker.state import (
-    OUTAGE_FAST_SECONDS,
-    Leave,
-    Send,
-    Start,
-    Stop,
-    StopReason,
     WorkerState,
 )
 from parallel_pilot.worker.task_run import TaskRun
@@ -91,7 +85,7 @@ def default_name() -> str:
     return f"{host[: NAME_MAX - len(suffix) - 1]}-{suffix}"
 
 
-class Worker:
+class Worker(SyncLoop):
     """One worker process's agent. ``run()`` blocks until stopped and returns an exit code."""
 
     def __init__(self, settings: WorkerSettings, *,
@@ -141,10 +135,6 @@ class Worker:
         self._announced: str | None = None  # the outage said in the log ("fast", "slow")
 
     # ------------------------------------------------------------ public
-
-    @property
-    def running(self) -> list[TaskRun]:
-        return list(self._runs.copy().values())
 
     @property
     def outcomes(self) -> Counter[str]:
@@ -207,141 +197,6 @@ class Worker:
             self._stop_all("the worker loop crashed")
         finally:
             self._stopping.set()
-
-    def _drive(self) -> None:
-        state = self.state
-        while True:
-            now = self.clock()
-            state.tick(now)
-            if state.wants_progress(now):
-                for key, run in self._runs.items():
-                    fraction, message = run.ctx.snapshot()
-                    state.progress(key, fraction, message, run.ctx.logs.drain())
-            while True:
-                instructions = state.decide(now)
-                self._say_notes()
-                if not instructions:
-                    break
-                for instruction in instructions:
-                    if isinstance(instruction, Leave):
-                        self._left(instruction.told)
-                        return
-                    self._carry_out(instruction)
-                if self.fatal is not None:
-                    return
-                now = self.clock()
-            wake = state.wake_at()
-            timeout = None if wake is None else max(0.0, wake - self.clock())
-            try:
-                event = self._events.get(timeout=timeout)
-                while True:  # everything that is there already: one decision for all
-                    self._apply(event)
-                    event = self._events.get_nowait()
-            except queue.Empty:
-                pass
-
-    def _apply(self, event: tuple[Any, ...]) -> None:
-        what = event[0]
-        if what == "finished":
-            run: TaskRun = event[1]
-            self._runs.pop(run.key, None)
-            report = run.report
-            if report is not None:
-                self.state.finished(report, run.seconds)
-        elif what == "stop":
-            if not self.state.stopping:
-                running = len(self.state.running)
-                if running and not event[1]:
-                    log.info("stopping: letting %d running task(s) finish (up to %.0f s; "
-                             "signal again to stop now)", running, self.settings.drain_seconds)
-                else:
-                    log.info("stopping")
-            elif event[1] and not self.state.hard:
-                log.info("handing running tasks back now")
-            self.state.stop_requested(event[1], self.clock(), self.settings.drain_seconds)
-        elif what == "answered":
-            self._answered(event[1], event[2])
-        elif what == "failed":
-            self._sync_failed(event[1], event[2])
-
-    def _carry_out(self, instruction: Start | Stop | Send) -> None:
-        if isinstance(instruction, Start):
-            lease = instruction.lease
-            run = TaskRun(lease, link=self.link, cache=self.cache, allowed=self.settings.allow,
-                          work_root=self.settings.work_dir, on_finished=self._finished,
-                          sandbox=self.settings.sandbox,
-                          render_sandbox=self.render_sandbox.enabled,
-                          private_paths=self.private_paths, clock=self.clock)
-            self._runs[run.key] = run
-            log.debug("%s started (attempt %d)", run.label, lease.attempt)
-            assert self._runners is not None
-            self._runners.submit(run)
-        elif isinstance(instruction, Stop):
-            found = self._runs.get((instruction.task_id, instruction.attempt))
-            if found is not None:
-                if instruction.reason is not StopReason.SHUTDOWN:
-                    log.info("%s: stopping: %s", found.label, instruction.detail)
-                found.stop(instruction.reason, instruction.detail)
-        else:
-            sender = self._poller if instruction.request.wait_seconds > 0 else self._sender
-            assert sender is not None
-            sender.send(instruction.sync_id, instruction.request)
-
-    def _finished(self, run: TaskRun) -> None:
-        """On a slot thread: the attempt is over."""
-        self._events.put(("finished", run))
-
-    # ------------------------------------------------------------ syncs
-
-    def _answered(self, sync_id: int, answer: SyncResponse) -> None:
-        if self._announced is not None and self.state.outage_since is not None:
-            log.warning("the coordinator at %s answers again (after %.0f s)",
-                        self.sync_link.server, self.clock() - self.state.outage_since)
-        self._announced = None
-        self.state.answered(sync_id, answer, self.clock())
-
-    def _sync_failed(self, sync_id: int, exc: BaseException) -> None:
-        if isinstance(exc, Forbidden):
-            self._fail_fatally(f"the coordinator refuses this worker: {exc}")
-            self._stop_all("the coordinator refuses this worker")
-            return
-        if isinstance(exc, Unauthorized) and not self.state.stopping:
-            log.warning("coordinator no longer knows this worker (%s); registering again", exc)
-            self.state.lost("the coordinator no longer knows this worker")
-            if not self._register():
-                self._stop_all("could not register again")
-            return
-        self.state.sync_failed(sync_id, self.clock())
-        since = self.state.outage_since
-        if not isinstance(exc, ServerUnavailable):
-            log.warning("sync refused: %s: %s", type(exc).__name__, exc)
-        elif self._announced is None:
-            self._announced = "fast"
-            log.warning("cannot reach the coordinator at %s (%s); retrying for up to %.0f s…",
-                        self.sync_link.server, _outage_reason(exc), OUTAGE_FAST_SECONDS)
-        elif self._announced == "fast" and since is not None and \
-                self.clock() - since >= OUTAGE_FAST_SECONDS:
-            self._announced = "slow"
-            log.warning("no answer from the coordinator at %s for %.0f s; still trying, "
-                        "less often", self.sync_link.server, OUTAGE_FAST_SECONDS)
-
-    def _say_notes(self) -> None:
-        notes = self.state.notes
-        while notes:
-            log.warning("%s", notes.pop(0))
-
-    # ------------------------------------------------------------ leaving
-
-    def _left(self, told: bool) -> None:
-        if told:
-            log.info("left the coordinator")
-        else:
-            log.warning("could not tell the coordinator that this worker leaves")
-
-    def _stop_all(self, detail: str) -> None:
-        """The loop ends without leaving: stop every attempt where it is."""
-        for run in self.running:
-            run.stop(StopReason.SHUTDOWN, detail)
 
     def _close(self) -> None:
         """After the loop: let stopped tasks kill their children, close connections."""
@@ -422,12 +277,6 @@ class Worker:
             log.warning("%s: %s (retrying in %.0f s)", what, exc, delay)
         else:
             log.warning("%s: %s: %s (retrying in %.0f s)", what, type(exc).__name__, exc, delay)
-
-
-def _outage_reason(exc: BaseException) -> str:
-    """``connection refused``: the few words ``Connection`` put in parentheses."""
-    found = re.search(r"\(([^()]+)\)", str(exc))
-    return found.group(1) if found else "no answer"
 
 
 def _claim_identity(given: str | None, cache_dir: Path) -> tuple[WorkerIdentity, str]:

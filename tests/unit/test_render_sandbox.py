@@ -197,7 +197,7 @@ def test_a_worker_without_bwrap_says_so_at_start(monkeypatch: pytest.MonkeyPatch
     w = worker(tmp_path)
     assert not w.render_sandbox.enabled
     assert w.private_paths == (Path.home(), tmp_path / "cache", tmp_path / "work")
-    monkeypatch.setattr(w, "_lease_loop", lambda: None)
+    monkeypatch.setattr(w, "_loop", lambda: None)
     logger = logging.getLogger("parallel_pilot.worker")
     monkeypatch.setattr(logger, "propagate", True)
     w.request_stop()
