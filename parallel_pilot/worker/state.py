@@ -13,8 +13,8 @@ Rules it keeps:
   (a dropped connection) sends it again; exactly-once is the coordinator's fencing;
 - never more running attempts than slots; never more held than slots plus the prefetch the
   coordinator granted (leases beyond that are handed back at once);
-- prefetch adapts to what attempts of each kind took here: deep for millisecond tasks,
-  none for tasks of a second or more (renders), so a long task never waits behind another;
+- prefetch adapts to what attempts of each kind took here (``worker/prefetch.py``): deep
+  for millisecond tasks, none for tasks of a second or more (renders);
 - a prefetched attempt that is stopped is dropped without running;
 - no sync through for the lease time: the attempts are not ours any more; running ones are
   stopped and their results dropped;
@@ -24,13 +24,11 @@ Rules it keeps:
 from __future__ import annotations
 
 import enum
-import math
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from parallel_pilot.core.protocol import (
-    MAX_PREFETCH,
     MAX_SYNC_REPORTS,
     AttemptRef,
     AttemptReport,
@@ -38,15 +36,10 @@ from parallel_pilot.core.protocol import (
     SyncResponse,
     TaskLease,
 )
+from parallel_pilot.worker.prefetch import Prefetch
 
 LONG_POLL_SECONDS = 30.0  # seconds an idle worker's sync waits on the coordinator for work
 IDLE_PAUSE_SECONDS = 0.5  # pause after an empty long poll that came back at once
-PREFETCH_PER_SLOT_MAX = 16  # prefetched tasks per slot at most (millisecond tasks)
-PREFETCH_ROUND_TRIPS = 2.0  # round trips of work per slot a prefetch should cover
-PREFETCH_LONGEST_TASK_SECONDS = 1.0  # kinds taking this long or more get no prefetch
-DURATION_WEIGHT = 0.3  # weight of the newest duration in a kind's moving average
-RECENT_KINDS = 16  # leases whose kinds decide the prefetch depth
-ROUND_TRIP_START = 0.005  # seconds assumed for a sync round trip before one is measured
 BACKOFF_START_SECONDS = 0.25  # first pause after a failed sync
 BACKOFF_FAST_MAX_SECONDS = 5.0  # longest pause while the coordinator is away briefly
 OUTAGE_FAST_SECONDS = 120.0  # seconds of outage retried at the fast pace
@@ -136,16 +129,13 @@ class WorkerState:
         self.queue: deque[Key] = deque()  # prefetched attempts, in lease order
         self.reports: dict[Key, AttemptReport] = {}  # finished, waiting for a verdict
         self.outcomes: Counter[str] = Counter()  # attempts settled, by outcome
-        self.durations: dict[str, float] = {}  # kind -> moving average of seconds
-        self.round_trip = ROUND_TRIP_START
+        self.prefetch = Prefetch(slots)  # the depth, from durations and round trips
         self.lease_deadline: float | None = None  # held attempts are ours until then
         self.outage_since: float | None = None  # first failed sync of the current outage
         self.stopping = False
         self.hard = False
         self.left = False
         self.notes: list[str] = []  # lines for the log, taken by the agent
-        self._recent: deque[str] = deque(maxlen=RECENT_KINDS)
-        self._depth: int | None = None  # prefetch_depth(), until what it is made of changes
         self._running = 0  # attempts started and not yet finished or handed back
         self._flight: _Flight | None = None
         self._abandoned: set[int] = set()  # long polls given up on (shutdown)
@@ -176,18 +166,7 @@ class WorkerState:
 
     def prefetch_depth(self) -> int:
         """Tasks to hold beyond the slots, from what the recently leased kinds took here."""
-        if self._depth is None:
-            per_slot = min((self._depth_per_slot(kind) for kind in set(self._recent)),
-                           default=0)
-            self._depth = min(per_slot * self.slots, MAX_PREFETCH)
-        return self._depth
-
-    def _depth_per_slot(self, kind: str) -> int:
-        seconds = self.durations.get(kind)
-        if seconds is None or seconds >= PREFETCH_LONGEST_TASK_SECONDS:
-            return 0  # not measured yet, or long: another worker may take it sooner
-        cover = PREFETCH_ROUND_TRIPS * self.round_trip / max(seconds, 1e-6)
-        return max(1, min(PREFETCH_PER_SLOT_MAX, math.ceil(cover)))
+        return self.prefetch.depth()
 
     def wake_at(self) -> float | None:
         """When ``tick`` has something to do next (None: only an event can change things)."""
@@ -228,9 +207,7 @@ class WorkerState:
         self.granted = response.prefetch_granted
         self.lease_deadline = flight.sent_at + response.lease_seconds
         if not flight.long_poll:
-            took = max(0.0, now - flight.sent_at)
-            self.round_trip += DURATION_WEIGHT * (took - self.round_trip)
-            self._depth = None
+            self.prefetch.synced(max(0.0, now - flight.sent_at))
         self.outage_since = None
         self._retry_at = 0.0
         self._backoff = BACKOFF_START_SECONDS
@@ -299,7 +276,7 @@ class WorkerState:
         if held is None:
             return  # already handed back or dropped
         self._running -= held.running
-        self._measure(held.lease.kind, seconds)
+        self.prefetch.finished(held.lease.kind, seconds)
         if held.stop is StopReason.SHUTDOWN:
             report = AttemptReport(task_id=key[0], attempt=key[1], outcome="released",
                                    log_lines=report.log_lines)
@@ -446,10 +423,7 @@ class WorkerState:
         key = (lease.task_id, lease.attempt)
         if key in self.held or key in self.reports:
             return
-        full = len(self._recent) == RECENT_KINDS
-        if lease.kind not in self._recent or (full and self._recent[0] != lease.kind):
-            self._depth = None  # the kinds that decide the depth may change
-        self._recent.append(lease.kind)
+        self.prefetch.leased(lease.kind)
         if self.stopping or len(self.held) >= self.slots + self.granted:
             # more than this worker may hold (or it is leaving): straight back
             self._report(AttemptReport(task_id=key[0], attempt=key[1], outcome="released"))
@@ -484,12 +458,6 @@ class WorkerState:
 
     def _report(self, report: AttemptReport) -> None:
         self.reports[(report.task_id, report.attempt)] = report
-
-    def _measure(self, kind: str, seconds: float) -> None:
-        self._depth = None
-        before = self.durations.get(kind)
-        self.durations[kind] = seconds if before is None else (
-            before + DURATION_WEIGHT * (seconds - before))
 
 
 def _capped(lines: Iterable[str]) -> list[str]:

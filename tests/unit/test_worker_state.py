@@ -13,10 +13,10 @@ from parallel_pilot.core.protocol import (
     SyncResponse,
     TaskLease,
 )
+from parallel_pilot.worker.prefetch import PREFETCH_PER_SLOT_MAX
 from parallel_pilot.worker.state import (
     IDLE_PAUSE_SECONDS,
     LONG_POLL_SECONDS,
-    PREFETCH_PER_SLOT_MAX,
     STOP_GRACE_SECONDS,
     Instruction,
     Leave,
