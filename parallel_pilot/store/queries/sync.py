@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.store.queries._common import Row, _chunks
+from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.tables import (
     jobs,
     requirement_sets,
@@ -32,6 +33,17 @@ NO_REQUIREMENTS = 0  # requirement_set_id of a task with no requirements (no row
 MAX_CLAIM_BRANCHES = 32  # (kind, set) index ranges one claim reads at most, one each
 
 _b = sa.bindparam
+
+# the state moves of the exchange, checked against the transition table at import
+FINISH = task_move(TaskState.DONE, TaskState.LEASED)  # a result accepted
+REQUEUE = task_move(TaskState.READY, TaskState.LEASED)  # failed, released, lost, left
+UNBLOCK = task_move(TaskState.READY, TaskState.BLOCKED)  # its last dependency is done
+LEASE = task_move(TaskState.LEASED, TaskState.READY)  # claimed
+
+
+def _ids() -> sa.BindParameter[Any]:
+    """A list of ids bound at execution (one compiled statement for any length)."""
+    return sa.bindparam("ids", expanding=True)
 
 # ---------------------------------------------------------------- requirement sets
 
@@ -144,32 +156,37 @@ def held_attempts(conn: sa.Connection, worker_id: int, *, lock: bool) -> list[Ro
     return list(conn.execute(_HELD_LOCKED if lock else _HELD, {"w": worker_id}))
 
 
+_STATES = (sa.select(tasks.c.id, tasks.c.attempt, tasks.c.state, tasks.c.worker_id)
+           .where(tasks.c.id.in_(_ids())))
+
+
 def attempt_states(conn: sa.Connection, task_ids: Sequence[int]) -> dict[int, Row]:
     """id -> (id, attempt, state, worker_id) of tasks, for the reasons of refusals."""
     out: dict[int, Row] = {}
     for part in _chunks(sorted(set(task_ids))):
-        rows: list[Row] = list(conn.execute(
-            sa.select(tasks.c.id, tasks.c.attempt, tasks.c.state, tasks.c.worker_id)
-            .where(tasks.c.id.in_(part))))
+        rows: list[Row] = list(conn.execute(_STATES, {"ids": list(part)}))
         out.update((row.id, row) for row in rows)
     return out
 
 
 # ---------------------------------------------------------------- reports
 
+# an attempt still held: the task, its attempt, this worker (and, in each move, leased)
 _FENCE = sa.and_(tasks.c.id == _b("t"), tasks.c.attempt == _b("a"),
-                 tasks.c.worker_id == _b("w"), tasks.c.state == TaskState.LEASED)
-_COMPLETE = (tasks.update().where(_FENCE)
-             .values(state=TaskState.DONE, result=_b("result", type_=sa.JSON), progress=1.0,
-                     finished_at=_b("now"), lease_expires_at=None, error=None))
-_PROGRESS = (tasks.update().where(_FENCE)
+                 tasks.c.worker_id == _b("w"))
+_COMPLETE = (tasks.update().where(_FENCE, FINISH.where)
+             .values(**FINISH.values(result=_b("result", type_=sa.JSON), progress=1.0,
+                                     finished_at=_b("now"), lease_expires_at=None,
+                                     error=None)))
+_PROGRESS = (tasks.update().where(_FENCE, tasks.c.state == TaskState.LEASED)
              .values(progress=sa.func.coalesce(_b("progress", type_=sa.Double),
                                                tasks.c.progress),
                      message=sa.func.coalesce(_b("message", type_=sa.String),
                                               tasks.c.message)))
-_REQUEUE_FAILED = (tasks.update().where(_FENCE)
-                   .values(state=TaskState.READY, worker_id=None, lease_expires_at=None,
-                           progress=None, failures=tasks.c.failures + 1, error=_b("error")))
+_REQUEUE_FAILED = (tasks.update().where(_FENCE, REQUEUE.where)
+                   .values(**REQUEUE.values(worker_id=None, lease_expires_at=None,
+                                            progress=None, failures=tasks.c.failures + 1,
+                                            error=_b("error"))))
 
 
 def complete_attempts(conn: sa.Connection, worker_id: int, done: Sequence[tuple[int, int, Any]],
@@ -197,16 +214,17 @@ def requeue_failed_attempts(conn: sa.Connection, worker_id: int,
                                        for t, a, e in failed])
 
 
+_HAND_BACK = (tasks.update().where(tasks.c.id.in_(_ids()), tasks.c.worker_id == _b("w"),
+                                  REQUEUE.where)
+              .values(**REQUEUE.values(worker_id=None, lease_expires_at=None, progress=None)))
+
+
 def hand_back(conn: sa.Connection, worker_id: int, task_ids: Sequence[int]) -> int:
     """Leased tasks of the worker -> ready, no failure counted (released, lost on the way,
     or the worker leaving)."""
     changed = 0
     for part in _chunks(sorted(set(task_ids))):
-        changed += conn.execute(
-            tasks.update().where(tasks.c.id.in_(part), tasks.c.worker_id == worker_id,
-                                 tasks.c.state == TaskState.LEASED)
-            .values(state=TaskState.READY, worker_id=None, lease_expires_at=None,
-                    progress=None)).rowcount
+        changed += conn.execute(_HAND_BACK, {"ids": list(part), "w": worker_id}).rowcount
     return changed
 
 
@@ -231,18 +249,23 @@ def add_jobs_done(conn: sa.Connection, per_job: Mapping[int, int]) -> list[int]:
     return complete
 
 
+_DEPENDENTS = (sa.select(task_deps.c.task_id, task_deps.c.depends_on_id)
+               .where(task_deps.c.depends_on_id.in_(_ids())))
+
+
 def dependents_of(conn: sa.Connection, task_ids: Sequence[int]) -> list[tuple[int, int]]:
     """(dependent, dependency) pairs for these dependencies."""
     out: list[tuple[int, int]] = []
     for part in _chunks(sorted(set(task_ids))):
-        out.extend((t, d) for t, d in conn.execute(
-            sa.select(task_deps.c.task_id, task_deps.c.depends_on_id)
-            .where(task_deps.c.depends_on_id.in_(part))))
+        out.extend((t, d) for t, d in conn.execute(_DEPENDENTS, {"ids": list(part)}))
     return out
 
 
 _COUNT_DOWN = (tasks.update().where(tasks.c.id == _b("t"))
                .values(deps_left=tasks.c.deps_left - _b("n")))
+_UNBLOCKED = (tasks.c.id.in_(_ids()), tasks.c.deps_left <= 0, UNBLOCK.where)
+_UNBLOCKED_KINDS = sa.select(tasks.c.kind).where(*_UNBLOCKED)
+_UNBLOCK = tasks.update().where(*_UNBLOCKED).values(**UNBLOCK.values())
 
 
 def unblock(conn: sa.Connection, counts: Mapping[int, int]) -> dict[str, int]:
@@ -253,26 +276,26 @@ def unblock(conn: sa.Connection, counts: Mapping[int, int]) -> dict[str, int]:
     conn.execute(_COUNT_DOWN, [{"t": t, "n": n} for t, n in sorted(counts.items())])
     ready: dict[str, int] = {}
     for part in _chunks(sorted(counts)):
-        where = (tasks.c.id.in_(part), tasks.c.deps_left <= 0,
-                 tasks.c.state == TaskState.BLOCKED)
-        kinds = list(conn.execute(sa.select(tasks.c.kind).where(*where)).scalars())
+        kinds = list(conn.execute(_UNBLOCKED_KINDS, {"ids": list(part)}).scalars())
         if kinds:
-            conn.execute(tasks.update().where(*where).values(state=TaskState.READY))
+            conn.execute(_UNBLOCK, {"ids": list(part)})
         for kind in kinds:
             ready[kind] = ready.get(kind, 0) + 1
     return ready
 
 
-_LOG_CHARS = sa.select(task_logs.c.task_id,
-                       sa.func.coalesce(sa.func.sum(sa.func.length(task_logs.c.line)), 0))
+_LOG_CHARS = (sa.select(task_logs.c.task_id,
+                        sa.func.coalesce(sa.func.sum(sa.func.length(task_logs.c.line)), 0))
+              .where(task_logs.c.task_id.in_(_ids())).group_by(task_logs.c.task_id))
+_WITH_LINE = (sa.select(task_logs.c.task_id).distinct()
+              .where(task_logs.c.task_id.in_(_ids()), task_logs.c.line == _b("line")))
 
 
 def log_chars(conn: sa.Connection, task_ids: Sequence[int]) -> dict[int, int]:
     """Characters of log stored per task (all attempts), for the log limit."""
     out = {t: 0 for t in task_ids}
     for part in _chunks(sorted(set(task_ids))):
-        out.update((t, int(n)) for t, n in conn.execute(
-            _LOG_CHARS.where(task_logs.c.task_id.in_(part)).group_by(task_logs.c.task_id)))
+        out.update((t, int(n)) for t, n in conn.execute(_LOG_CHARS, {"ids": list(part)}))
     return out
 
 
@@ -280,9 +303,7 @@ def tasks_with_line(conn: sa.Connection, task_ids: Sequence[int], line: str) -> 
     """Those of ``task_ids`` whose log has ``line``."""
     found: set[int] = set()
     for part in _chunks(sorted(set(task_ids))):
-        found.update(conn.execute(
-            sa.select(task_logs.c.task_id).distinct()
-            .where(task_logs.c.task_id.in_(part), task_logs.c.line == line)).scalars())
+        found.update(conn.execute(_WITH_LINE, {"ids": list(part), "line": line}).scalars())
     return found
 
 
@@ -347,7 +368,7 @@ def _claim_statement(branches: int, lock: bool) -> sa.Select:
 
 
 _LOCK_READY = (sa.select(tasks.c.id, tasks.c.attempt)
-               .where(tasks.c.id.in_(_b("ids", expanding=True)),
+               .where(tasks.c.id.in_(_ids()),
                       tasks.c.state == TaskState.READY)
                .with_for_update(skip_locked=True))
 
@@ -376,15 +397,18 @@ def claim_candidates(conn: sa.Connection, *, worker_id: int, kinds: Sequence[str
     return [r for r in rows if locked.get(r.id) == r.attempt]
 
 
+_LEASE = (tasks.update().where(tasks.c.id.in_(_ids()), LEASE.where)
+          .values(**LEASE.values(attempt=tasks.c.attempt + 1, worker_id=_b("w"),
+                                 lease_expires_at=_b("expires"), progress=None, message=None,
+                                 started_at=sa.func.coalesce(tasks.c.started_at, _b("now")))))
+
+
 def lease_claimed(conn: sa.Connection, task_ids: Sequence[int], *, worker_id: int, now: float,
                   expires_at: float) -> int:
     """Claimed ready tasks -> leased to the worker under their next attempt."""
     changed = 0
     for part in _chunks(sorted(set(task_ids))):
-        changed += conn.execute(
-            tasks.update().where(tasks.c.id.in_(part), tasks.c.state == TaskState.READY)
-            .values(state=TaskState.LEASED, attempt=tasks.c.attempt + 1, worker_id=worker_id,
-                    lease_expires_at=expires_at, progress=None, message=None,
-                    started_at=sa.func.coalesce(tasks.c.started_at, now))).rowcount
+        changed += conn.execute(_LEASE, {"ids": list(part), "w": worker_id, "now": now,
+                                         "expires": expires_at}).rowcount
     return changed
 
