@@ -3,9 +3,10 @@
 Starting a child costs a task more than a small task itself (Python and cloudpickle about
 50-100 ms; torch and a training spec about 1.5 s), so a worker keeps one child per running
 task slot of a job (or of an ``Executor`` session) and hands it the next task of the same
-job; code of different users never shares a child. A child serves ``COMMAND --serve DIR``:
-it reads task folder names (under ``DIR/<tasks_dir>``) from stdin, runs each and ends each
-with a ``<done marker> <name> <status>`` line on stdout. It lives in a directory of its own,
+job; code of different users never shares a child. A child serves ``COMMAND --serve DIR``
+(its side is ``kinds/warm_child.py``, one loop for every kind): it reads task folder names
+(under ``DIR/<tasks_dir>``) from stdin, runs each and ends each with a
+``<done marker> <name> <status>`` line on stdout. It lives in a directory of its own,
 bound once by bwrap when the worker sandboxes; each task gets a folder under it.
 A child that was stopped, timed out or died is killed and never reused; idle ones are
 killed after ``idle_seconds`` or when more than ``max_idle`` wait.
