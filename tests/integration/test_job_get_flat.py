@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -102,3 +103,22 @@ def test_counts_on_the_job_row_stay_exact(coordinator: Coordinator) -> None:
     assert r.status_code == 200, r.text
     check(coordinator, first, second)
     assert aggregate(coordinator, first).get(TaskState.READY, 0) >= 1
+
+
+def test_counts_stay_exact_under_concurrent_workers(coordinator: Coordinator) -> None:
+    jobs_made = [submit_sleep(coordinator, tasks=30), submit_sleep(coordinator, tasks=30)]
+    workers = [coordinator.register_worker() for _ in range(4)]
+
+    def drain(worker: dict[str, str]) -> int:
+        finished = 0
+        while held := lease(coordinator, worker, slots=3):
+            for task in held:
+                r = report(coordinator, worker, task, "complete", result={})
+                assert r.status_code == 200, r.text
+                finished += 1
+        return finished
+
+    with ThreadPoolExecutor(len(workers)) as pool:
+        assert sum(pool.map(drain, workers)) == 60
+    check(coordinator, *jobs_made)
+    assert all(on_row(coordinator, j) == {"done": 30} for j in jobs_made)
