@@ -110,11 +110,14 @@ def time_round_trip(pool: Any, samples: int) -> dict[str, float]:
 def measure(name: str, make: Callable[[], Any], sizes: dict[str, Any]) -> dict[str, Any]:
     print(f"{name}…", file=sys.stderr, flush=True)
     with make() as pool:
-        return {
+        figures = {
             "round trip": time_round_trip(pool, sizes["round_trips"]),
             "chunked": time_map(pool, *sizes["chunked"]),
             "single": time_map(pool, *sizes["single"]),
         }
+        # said before the pool is torn down (a Dask cluster can be slow to close)
+        print(f"  {json.dumps(figures)}", file=sys.stderr, flush=True)
+    return figures
 
 
 def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -79,13 +79,13 @@ class _Chunk:
     single: bool
     future: Future[Any] = field(default_factory=Future)
     job_id: int | None = None
-    task_id: int | None = None
+    index: int | None = None  # its task's place in the job (the job's chunks, in order)
 
 
 @dataclass(eq=False)
 class _Job:
     id: int
-    open: dict[int, _Chunk]  # task id -> chunk, until its future is done
+    open: dict[int, _Chunk]  # task index -> chunk, until its future is done
     seen: tuple[Any, ...] = ()
     interval: float = POLL_MIN
     next_poll: float = 0.0
@@ -180,7 +180,8 @@ class Executor(_BaseExecutor):
         self._pending: list[_Chunk] = []
         self._pending_since = 0.0
         self._jobs: dict[int, _Job] = {}
-        self._cancels: dict[int, set[int]] = {}
+        self._cancels: dict[int, set[int]] = {}  # job id -> indexes of tasks to cancel
+        self._task_ids: dict[int, list[int]] = {}  # job id -> its task ids, once needed
         self._submitting = 0  # jobs being submitted outside the lock (map, the loop)
         self._streams = 0  # follower threads running
         self._shutdown = False
@@ -293,7 +294,6 @@ class Executor(_BaseExecutor):
             info = self.client.submit_python(
                 params, name=name, priority=self.priority,
                 max_attempts=self.max_attempts, require_sandbox=self.require_sandbox)
-            tasks = self.client.tasks(info.id)
         except BaseException as exc:
             for chunk in live:
                 chunk.function, chunk.calls = None, []
@@ -305,12 +305,12 @@ class Executor(_BaseExecutor):
         job = _Job(info.id, {}, submitted_at=time.monotonic())
         follow = False
         with self._cond:
-            for task, chunk in zip(tasks, live, strict=True):
-                chunk.job_id, chunk.task_id = info.id, task.id
+            for index, chunk in enumerate(live):  # one task per chunk, in plan order
+                chunk.job_id, chunk.index = info.id, index
                 if chunk.future.cancelled():
-                    self._cancels.setdefault(info.id, set()).add(task.id)
+                    self._cancels.setdefault(info.id, set()).add(index)
                 elif not chunk.future.done():
-                    job.open[task.id] = chunk
+                    job.open[index] = chunk
             if job.open:
                 self._jobs[info.id] = job
                 if hasattr(self.client, "finished_tasks") and self._streams < MAX_STREAMS:
@@ -342,10 +342,10 @@ class Executor(_BaseExecutor):
         if not chunk.future.cancelled():
             return
         with self._cond:
-            if chunk.task_id is not None and chunk.job_id is not None:
+            if chunk.index is not None and chunk.job_id is not None:
                 job = self._jobs.get(chunk.job_id)
-                if job is not None and job.open.pop(chunk.task_id, None) is not None:
-                    self._cancels.setdefault(chunk.job_id, set()).add(chunk.task_id)
+                if job is not None and job.open.pop(chunk.index, None) is not None:
+                    self._cancels.setdefault(chunk.job_id, set()).add(chunk.index)
                     self._forget_if_done(job)
                     self._cond.notify_all()
 
@@ -378,8 +378,8 @@ class Executor(_BaseExecutor):
                         with self._cond:
                             self._submitting -= 1
                             self._cond.notify_all()
-                for job_id, task_ids in cancels.items():
-                    self._send_cancel(job_id, task_ids)
+                for job_id, indexes in cancels.items():
+                    self._send_cancel(job_id, indexes)
                 for job in due:
                     self._poll(job)
                 self._look_for_workers()
@@ -417,9 +417,12 @@ class Executor(_BaseExecutor):
         if waiting:
             self._warn_without_workers()
 
-    def _send_cancel(self, job_id: int, task_ids: set[int]) -> None:
+    def _send_cancel(self, job_id: int, indexes: set[int]) -> None:
         try:
-            self.client.cancel_tasks(job_id, sorted(task_ids))
+            ids = self._task_ids.get(job_id)
+            if ids is None:  # asked once per job, and only when something is cancelled
+                ids = self._task_ids[job_id] = [t.id for t in self.client.tasks(job_id)]
+            self.client.cancel_tasks(job_id, sorted(ids[i] for i in indexes))
         except Exception as exc:  # the future is cancelled already; the task may run on
             log.warning("could not cancel tasks of job %d: %s", job_id, exc)
 
@@ -475,7 +478,7 @@ class Executor(_BaseExecutor):
                 continue
             job.any_finished = True
             with self._cond:
-                chunk = job.open.pop(task.id, None)
+                chunk = job.open.pop(task.index, None)
             if chunk is not None:
                 self._resolve(chunk, task, job.failed_error)
         with self._cond:
