@@ -100,10 +100,15 @@ def _create_pg_triggers() -> None:
     referencing = {"update": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
                    "delete": "OLD TABLE AS old_rows"}
     for event, source in sources.items():
+        # the job rows are locked in id order first: two bulk writes over the same jobs
+        # wait for each other instead of deadlocking
         op.execute(
             f"CREATE FUNCTION pilot_count_tasks_{event}() RETURNS trigger LANGUAGE plpgsql "
-            f"AS $$ BEGIN UPDATE jobs SET {sets} FROM (SELECT job_id, {_pg_sums(source)}) "
-            f"AS d WHERE jobs.id = d.job_id AND ({changed}); RETURN NULL; END $$")
+            f"AS $$ BEGIN WITH d AS (SELECT job_id, {_pg_sums(source)}), "
+            f"locked AS (SELECT jobs.id FROM jobs JOIN d ON jobs.id = d.job_id "
+            f"WHERE {changed} ORDER BY jobs.id FOR UPDATE OF jobs) "
+            f"UPDATE jobs SET {sets} FROM d WHERE jobs.id = d.job_id "
+            f"AND jobs.id IN (SELECT id FROM locked); RETURN NULL; END $$")
         op.execute(
             f"CREATE TRIGGER tasks_count_{event} AFTER {event.upper()} ON tasks "
             f"REFERENCING {referencing[event]} FOR EACH STATEMENT "
