@@ -119,7 +119,8 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 def measure(runner: Runner, sizes: tuple[int, ...], samples: int,
-            streamed: Callable[[], float] | None = None) -> dict[str, Any]:
+            streamed: Callable[[], float] | None = None,
+            stream_samples: int = STREAM_ROUND_TRIPS) -> dict[str, Any]:
     runner.batch(20, 0)  # warm-up: workers up and connected
     result: dict[str, Any] = {"throughput": {}}
     for n in sizes:
@@ -128,8 +129,8 @@ def measure(runner: Runner, sizes: tuple[int, ...], samples: int,
     trips = [runner.one() for _ in range(samples)]
     result["round_trip"] = {"samples": samples, "median_ms": statistics.median(trips) * 1000,
                             "p95_ms": percentile(trips, 0.95) * 1000}
-    if streamed is not None:
-        trips = [streamed() for _ in range(min(samples, STREAM_ROUND_TRIPS))]
+    if streamed is not None and stream_samples > 0:
+        trips = [streamed() for _ in range(stream_samples)]
         result["round_trip_stream"] = {"samples": len(trips),
                                        "median_ms": statistics.median(trips) * 1000,
                                        "p95_ms": percentile(trips, 0.95) * 1000}
@@ -140,27 +141,39 @@ def measure(runner: Runner, sizes: tuple[int, ...], samples: int,
     return result
 
 
-def run_all(databases: list[str], peers: list[str], sizes: tuple[int, ...],
-            samples: int) -> dict[str, Any]:
+PEER_NAMES = {"pool": "ProcessPoolExecutor", "ray": "Ray", "dask": "Dask", "celery": "Celery"}
+
+
+def run_all(databases: list[str], peers: list[str], sizes: tuple[int, ...], samples: int,
+            stream_samples: int, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every system in turn; ``save`` sees the results after each (a long run that fails
+    later keeps what it measured). A system that fails is reported, and the rest runs."""
     systems: dict[str, Any] = {}
+    results = {"machine": machine(), "workers": WORKERS, "sizes": list(sizes),
+               "systems": systems, "ratios": {}}
     for database in databases:
         name = f"farm {database}"
         log(f"measuring {name} ...")
         try:
             with farm(database) as (runner, streamed):
-                systems[name] = measure(runner, sizes, samples, streamed)
+                systems[name] = measure(runner, sizes, samples, streamed, stream_samples)
         except PeerMissing as exc:
             systems[name] = {"missing": str(exc)}
+        except Exception as exc:  # one system failing is a result
+            systems[name] = {"missing": f"failed: {type(exc).__name__}: {exc}"}
+        save(results)
     for peer in peers:
         log(f"measuring {peer} ...")
         try:
             with PEERS[peer](WORKERS) as runner:
                 systems[runner.name] = measure(runner, sizes, samples)
         except PeerMissing as exc:
-            systems[{"pool": "ProcessPoolExecutor", "ray": "Ray", "dask": "Dask",
-                     "celery": "Celery"}[peer]] = {"missing": str(exc)}
-    return {"machine": machine(), "workers": WORKERS, "sizes": list(sizes),
-            "systems": systems, "ratios": ratios(systems, sizes)}
+            systems[PEER_NAMES[peer]] = {"missing": str(exc)}
+        except Exception as exc:
+            systems[PEER_NAMES[peer]] = {"missing": f"failed: {type(exc).__name__}: {exc}"}
+        save(results)
+    results["ratios"] = ratios(systems, sizes)
+    return results
 
 
 def ratios(systems: dict[str, Any], sizes: tuple[int, ...]) -> dict[str, Any]:
@@ -251,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"peers, comma-separated ({', '.join(PEERS)}; '' for none)")
     parser.add_argument("--samples", type=int, default=ROUND_TRIPS,
                         help="single-task round trips timed")
+    parser.add_argument("--stream-samples", type=int, default=STREAM_ROUND_TRIPS,
+                        help="farm round trips timed through the job event stream")
     parser.add_argument("--quick", action="store_true", help="skip the 10,000-task batch")
     parser.add_argument("--queue", action="store_true",
                         help="also lease and job GET latency with 1,000 and 100,000 queued")
@@ -274,13 +289,24 @@ def main(argv: list[str] | None = None) -> int:
         if p not in PEERS:
             parser.error(f"unknown peer {p!r}; known: {', '.join(PEERS)}")
     sizes = SIZES[:1] if args.quick else SIZES
-    results = run_all(databases, peers, sizes, args.samples)
+    def save(results: dict[str, Any]) -> None:
+        if args.save:
+            args.save.write_text(json.dumps(results, indent=2))
+
+    results = run_all(databases, peers, sizes, args.samples, args.stream_samples, save)
     if args.queue:
         import queue_depth
 
-        results["queue"] = {d: queue_depth.measure(d) for d in databases}
-    if args.save:
-        args.save.write_text(json.dumps(results, indent=2))
+        results["queue"] = {}
+        for d in databases:
+            log(f"queue depth on {d} ...")
+            try:
+                results["queue"][d] = queue_depth.measure(d)
+            except Exception as exc:
+                results["queue"][d] = {"database": d,
+                                       "missing": f"failed: {type(exc).__name__}: {exc}"}
+            save(results)
+    save(results)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
