@@ -67,11 +67,12 @@ class SyncLoop:
 
     @property
     def running(self) -> list[TaskRun]:
-        return list(self._runs.copy().values())
+        """Attempts started here and not over yet."""
+        return [run for run in self._runs.copy().values() if run.report is None]
 
     def _drive(self) -> None:
         state = self.state
-        while True:
+        while self.fatal is None:
             now = self.clock()
             state.tick(now)
             if state.wants_progress(now):

@@ -364,3 +364,24 @@ def test_the_worker_token_is_sent_on_every_sync(coordinator: FakeCoordinator,
     assert coordinator.wait_for(lambda: len(seen) >= 1)
     assert stop(worker, thread, codes) == 0
     assert set(seen) == {f"Bearer {FAKE_WORKER_TOKEN}"}
+
+
+def test_a_revoked_worker_stops_its_tasks_and_ends_with_2(coordinator: FakeCoordinator,
+                                                          make_worker) -> None:
+    revoked = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if revoked.is_set() and request.url.path.endswith("/workers/sync"):
+            return httpx.Response(403, json={"error": "forbidden",
+                                             "message": "this worker was revoked"})
+        return coordinator.handle(request)
+
+    coordinator.add_lease(40, "sleep", {"milliseconds": 60_000})
+    worker = make_worker(handler)
+    thread, codes = start(worker)
+    assert coordinator.wait_for(lambda: len(worker.running) == 1)
+    revoked.set()
+    thread.join(WAIT)
+    assert codes == [2]
+    assert worker.fatal is not None and "revoked" in worker.fatal.message
+    assert worker.running == [] and 40 not in coordinator.results
