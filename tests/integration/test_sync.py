@@ -372,3 +372,17 @@ def test_a_sync_that_finishes_dependencies_wakes_a_worker_for_the_dependent(
     assert join["name"] == "r0 join" and len(waiting) == 1
     sync_(coord, join_worker, reports=done([join]))
     assert job(coord, job_id)["state"] == "completed"
+
+
+def test_a_worker_fitting_many_requirement_sets_claims_from_all(
+        coordinator: Coordinator) -> None:
+    """More (kind, set) pairs than one claim reads range by range: one filtered scan."""
+    from parallel_pilot.store.queries import sync as qs
+    coord = coordinator
+    sets = qs.MAX_CLAIM_BRANCHES + 3
+    job_ids = [submit(coord, tasks=1, requirements={"tags": [f"t{i}"]}) for i in range(sets)]
+    unfit = submit(coord, tasks=1, priority=10, requirements={"tags": ["elsewhere"]})
+    worker = register(coord, "w", slots=64, tags=[f"t{i}" for i in range(sets)])
+    leases = sync_(coord, worker, free_slots=64)["tasks"]
+    assert sorted(t["job_id"] for t in leases) == job_ids
+    assert job(coord, unfit)["task_counts"] == {"ready": 1}
