@@ -42,6 +42,7 @@ log = logging.getLogger("pilot.sync")
 
 CLAIM_SPARE = 8  # candidates read beyond those wanted, for affinity to choose among
 SETS_RECHECK_SECONDS = 2.0  # how stale this process's list of requirement sets may be
+FIT_CACHE_WORKERS = 10_000  # workers (id, token) whose fitting sets are remembered
 
 
 @dataclass
@@ -73,16 +74,14 @@ class FitCache:
                     self._sets[row.id] = row.requirements
                     self._max_set = max(self._max_set, row.id)
                 self._checked = time.monotonic()
+            if len(self._fits) >= FIT_CACHE_WORKERS:  # old tokens of workers that came back
+                self._fits.clear()
             fit = self._fits.setdefault((worker.id, worker.token_hash), _Fit())
             if fit.max_set < self._max_set:
                 fit.fitting.extend(i for i, r in sorted(self._sets.items())
                                    if i > fit.max_set and satisfies(r, caps))
                 fit.max_set = self._max_set
             return list(fit.fitting)
-
-    def forget(self, worker_id: int) -> None:
-        with self._lock:
-            self._fits = {k: v for k, v in self._fits.items() if k[0] != worker_id}
 
 
 _fit_caches: weakref.WeakKeyDictionary[sa.Engine, FitCache] = weakref.WeakKeyDictionary()
