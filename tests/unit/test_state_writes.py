@@ -163,3 +163,15 @@ def test_a_move_sets_its_own_state() -> None:
     with pytest.raises(ValueError):
         task_queries.COMPLETE.values(state=TaskState.READY)
     assert task_queries.COMPLETE.values(error=None) == {"state": TaskState.DONE, "error": None}
+
+
+def test_a_task_is_inserted_blocked_or_ready(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        user = q.insert_user(conn, "ada", True, NOW)
+        job = job_queries.insert_job(conn, owner_id=user, name="j", kind="sleep", params={},
+                                     priority=0, max_attempts=3, tasks_total=1, now=NOW)
+        row = {"idx": 0, "name": "t", "kind": "sleep", "priority": 0, "payload": {},
+               "inputs": [], "max_attempts": 3, "requirements": None, "deps_left": 0,
+               "state": TaskState.LEASED}
+        with pytest.raises(InvalidTransition, match="not leased"):
+            task_queries.insert_tasks(conn, job, [row])

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from parallel_pilot.core.states import TaskState
+from parallel_pilot.errors import InvalidTransition
 from parallel_pilot.store.queries._common import Row, _chunks
 from parallel_pilot.store.queries.jobs import adjust_job_counts
 from parallel_pilot.store.queries.moves import task_move
@@ -26,6 +27,7 @@ REQUEUE = task_move(TaskState.READY, TaskState.LEASED)  # expiry, hand-back, ret
 FAIL = task_move(TaskState.FAILED, TaskState.LEASED)  # a failure for good
 UNBLOCK = task_move(TaskState.READY, TaskState.BLOCKED)  # its last dependency is done
 CANCEL = task_move(TaskState.CANCELLED)  # every open task: blocked, ready or leased
+INITIAL_STATES = (TaskState.BLOCKED, TaskState.READY)  # a task is planned waiting or ready
 REOPEN = {target: task_move(target, TaskState.FAILED, TaskState.CANCELLED)  # retry
           for target in (TaskState.READY, TaskState.BLOCKED)}
 
@@ -33,11 +35,15 @@ REOPEN = {target: task_move(target, TaskState.FAILED, TaskState.CANCELLED)  # re
 def insert_tasks(conn: sa.Connection, job_id: int, rows: list[dict[str, Any]]) -> list[int]:
     """Insert a job's tasks (each dict: idx, name, kind, state, priority, payload, inputs,
     deps_left, max_attempts); returns their ids in ``idx`` order."""
+    planned = Counter(str(r["state"]) for r in rows)
+    if set(planned) - set(INITIAL_STATES):
+        raise InvalidTransition(f"a task starts {' or '.join(INITIAL_STATES)}, not "
+                                f"{', '.join(sorted(set(planned) - set(INITIAL_STATES)))}")
     rows = with_requirement_sets(conn, rows)  # claims filter on the set id (issue 13)
     for part in _chunks(rows):
         conn.execute(tasks.insert(), [
             {**r, "job_id": job_id, "attempt": 0, "failures": 0} for r in part])
-    adjust_job_counts(conn, {job_id: Counter(str(r["state"]) for r in rows)})
+    adjust_job_counts(conn, {job_id: planned})
     return list(conn.execute(
         sa.select(tasks.c.id).where(tasks.c.job_id == job_id).order_by(tasks.c.idx)
     ).scalars())
