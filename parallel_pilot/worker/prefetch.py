@@ -15,7 +15,7 @@ from collections import deque
 
 from parallel_pilot.core.protocol import MAX_PREFETCH
 
-PREFETCH_PER_SLOT_MAX = 16  # prefetched tasks per slot at most (millisecond tasks)
+PREFETCH_PER_SLOT_MAX = 64  # prefetched tasks per slot at most (millisecond tasks)
 PREFETCH_ROUND_TRIPS = 2.0  # round trips of work per slot a prefetch should cover
 PREFETCH_LONGEST_TASK_SECONDS = 1.0  # kinds taking this long or more get no prefetch
 DURATION_WEIGHT = 0.3  # weight of the newest measure in a moving average

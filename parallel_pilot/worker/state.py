@@ -113,7 +113,7 @@ class _Flight:
     leaving: bool
     finished: list[Key]  # finished reports it carries
     lines: dict[Key, list[str]]  # log lines of running attempts it carries
-    asked: bool  # it asked for tasks
+    asked: tuple[int, int, int] | None  # (free slots, prefetch, held) if it asked for tasks
 
 
 class WorkerState:
@@ -234,8 +234,12 @@ class WorkerState:
             self.left = True
             self._out.append(Leave(told=True))
             return
-        if flight.asked:
-            self._dry = not response.tasks
+        if flight.asked is not None:
+            # fewer tasks than the coordinator would have given: it has no more now
+            free, prefetch, held_count = flight.asked
+            want = min(free + prefetch,
+                       self.slots + min(prefetch, response.prefetch_granted) - held_count)
+            self._dry = len(response.tasks) < want
         if flight.long_poll and not response.tasks and now - flight.sent_at < IDLE_PAUSE_SECONDS:
             self._retry_at = now + IDLE_PAUSE_SECONDS  # no long poll there: do not spin
         for lease in response.tasks:
@@ -406,14 +410,13 @@ class WorkerState:
                     progress=held.progress, message=held.message, log_lines=held.lines))
                 lines[key], held.lines, held.changed = held.lines, [], False
         asking = not self.stopping
-        request = SyncRequest(
-            reports=reports, held=held_refs,
-            free_slots=max(0, self.slots - self._running) if asking else 0,
-            prefetch=self.prefetch_depth() if asking else 0,
-            wait_seconds=wait, leaving=leaving)
+        free = max(0, self.slots - self._running) if asking else 0
+        prefetch = self.prefetch_depth() if asking else 0
+        request = SyncRequest(reports=reports, held=held_refs, free_slots=free,
+                              prefetch=prefetch, wait_seconds=wait, leaving=leaving)
         self._next_id += 1
         self._flight = _Flight(self._next_id, now, wait > 0, leaving, finished, lines,
-                               asked=asking)
+                               asked=(free, prefetch, len(held_refs)) if asking else None)
         self._last_sent = now
         return Send(self._next_id, request)
 
