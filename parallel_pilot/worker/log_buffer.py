@@ -1,7 +1,8 @@
 """A task's log lines waiting to go to the coordinator: each line capped, the buffer bounded.
 
-Lines are drained into each heartbeat (and the final report). When a task writes faster
-than heartbeats carry lines away, the oldest lines are dropped and a ``[n lines dropped]``
+Lines are drained into the worker's syncs (and the attempt's final report; lines a failed
+sync did not deliver are kept by the worker's state and sent again). When a task writes
+faster than syncs carry lines away, the oldest lines are dropped and a ``[n lines dropped]``
 marker takes their place, so memory stays bounded and the reader sees that lines are missing.
 """
 
@@ -12,8 +13,8 @@ from collections import deque
 
 from parallel_pilot.core.settings import DEFAULT_MAX_LOG_LINE
 
-MAX_BUFFERED_LINES = 5000  # lines held between two heartbeats (the wire allows 10,000)
-MAX_BUFFERED_CHARS = 2 * 1024 * 1024  # characters held between two heartbeats
+MAX_BUFFERED_LINES = 5000  # lines held between two syncs (the wire allows 10,000)
+MAX_BUFFERED_CHARS = 2 * 1024 * 1024  # characters held between two syncs
 TRUNCATED_MARK = " [truncated]"
 
 
@@ -50,15 +51,6 @@ class LogBuffer:
             self._chars = 0
             self._dropped = 0
             return lines
-
-    def requeue(self, lines: list[str]) -> None:
-        """Put back lines a failed heartbeat did not deliver, ahead of newer ones."""
-        with self._lock:
-            newer = list(self._lines)
-            self._lines.clear()
-            self._chars = 0
-            for line in lines + newer:
-                self._push(line)
 
     def __len__(self) -> int:
         with self._lock:

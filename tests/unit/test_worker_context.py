@@ -180,18 +180,3 @@ def test_log_buffer_bounds_characters_too() -> None:
         logs.append("z" * 50)
     lines = logs.drain()
     assert lines[0] == "[8 lines dropped]" and len(lines) == 3
-
-
-def test_requeued_lines_keep_their_order_and_count_drops() -> None:
-    logs = LogBuffer(max_lines=5)
-    logs.append("a\nb")
-    taken = logs.drain()
-    logs.append("c")
-    logs.requeue(taken)
-    assert logs.drain() == ["a", "b", "c"]
-    for i in range(6):
-        logs.append(str(i))
-    taken = logs.drain()  # marker + 4 lines
-    logs.append("new")
-    logs.requeue(taken)
-    assert logs.drain() == ["[3 lines dropped]", "3", "4", "5", "new"]
