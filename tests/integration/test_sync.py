@@ -226,11 +226,17 @@ def test_tasks_go_only_to_workers_that_fit(coordinator: Coordinator) -> None:
 
 
 def test_the_claim_reads_an_index_range_per_kind_and_set(coordinator: Coordinator) -> None:
-    """EXPLAIN of the claim: an index on (state, kind, set, priority, id), no sort of the
-    whole queue (SQLite: no temp b-tree per branch; PostgreSQL: Index Scan under Limit)."""
+    """EXPLAIN of the claim over a queue mostly of tasks this worker cannot take (ahead in
+    priority): an index on (state, kind, set, priority, id), no sort of the queue (SQLite:
+    no temp b-tree; PostgreSQL: an index scan under the Limit)."""
     from parallel_pilot.store.queries import sync as qs
     coord = coordinator
     engine = coord.services.engine
+    submit(coord, tasks=3000, priority=50, requirements={"gpu": True})
+    submit(coord, tasks=10)
+    with engine.begin() as conn:  # statistics, as a database that has run a while has
+        conn.exec_driver_sql("ANALYZE" if engine.dialect.name != "mysql" else
+                             "ANALYZE TABLE tasks")
     statement = qs._claim_statement(1, lock=False)
     params = {"w": 1, "threshold": 3, "limit": 9, "k0": "sleep", "s0": 0}
     compiled = statement.compile(engine)
