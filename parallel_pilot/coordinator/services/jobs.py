@@ -114,7 +114,9 @@ def _submit(svc: Services, caller: Caller, request: JobSubmit,
         q.insert_task_deps(conn, [(task_ids[i], task_ids[d])
                                   for i, spec in enumerate(specs) for d in spec.depends_on])
         info = job_info(conn, svc, job_id)
-    svc.notifier.notify()
+    ready = sum(1 for spec in specs if not spec.depends_on)
+    if ready:  # about one long poll woken per ready task, of workers running the kind
+        svc.notifier.tasks_ready({kind.name: ready})
     return info
 
 
