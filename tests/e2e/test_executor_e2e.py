@@ -111,11 +111,21 @@ def test_a_missing_module_fails_the_task_naming_it(shared_farm: Farm) -> None:
 
 
 def test_cancelling_futures_cancels_their_tasks(shared_farm: Farm) -> None:
+    before = max((j["id"] for j in shared_farm.api("GET", "/jobs", params={"limit": 1})["jobs"]),
+                 default=0)
     with executor(shared_farm) as pool:
+        # the first call is sent at once and the rest together: one or more jobs
         futures = [pool.submit(time.sleep, 120) for _ in range(5)]
-        job_id = wait_for(lambda: latest_job(shared_farm)["id"] if any(
-            t["state"] == "leased" for t in shared_farm.tasks(latest_job(shared_farm)["id"])
-        ) else None, 60, "a sleeping call to start")
+
+        def sleep_jobs() -> list[int]:
+            jobs = shared_farm.api("GET", "/jobs", params={"limit": 20})["jobs"]
+            return sorted(j["id"] for j in jobs if j["id"] > before)
+
+        def sleep_tasks() -> list[dict]:
+            return [t for j in sleep_jobs() for t in shared_farm.tasks(j)]
+        wait_for(lambda: len(sleep_tasks()) == 5 and any(
+            t["state"] == "leased" for t in sleep_tasks()), 60, "a sleeping call to start")
+        job_ids = sleep_jobs()
         keep = pool.submit(lambda: "still works")
         assert all(f.cancel() for f in futures)
         with pytest.raises(CancelledError):
@@ -123,11 +133,11 @@ def test_cancelling_futures_cancels_their_tasks(shared_farm: Farm) -> None:
         assert keep.result(60) == "still works"
 
         def all_cancelled() -> bool:
-            states = [t["state"] for t in shared_farm.tasks(job_id)]
+            states = [t["state"] for j in job_ids for t in shared_farm.tasks(j)]
             return states == ["cancelled"] * 5
         wait_for(all_cancelled, 30, "the five tasks to be cancelled on the coordinator")
-        wait_for(lambda: shared_farm.job(job_id)["state"] == "cancelled", 30,
-                 "the job to end cancelled")
+        wait_for(lambda: all(shared_farm.job(j)["state"] == "cancelled" for j in job_ids), 30,
+                 "the jobs to end cancelled")
         # the running calls were stopped: both workers take new work at once
         started = time.monotonic()
         assert list(pool.map(abs, [-1, -2], chunksize=1)) == [1, 2]

@@ -302,6 +302,8 @@ def test_waits_for_a_restarting_coordinator(coordinator: FakeCoordinator, make_w
         coordinator.down_for = 2  # and again between syncs
         coordinator.add_lease(13, "sleep", {"milliseconds": 0})
         assert coordinator.wait_for(lambda: outcomes(coordinator, 13) == ["completed"])
+        # the loop logs its return after the answer that applied the result
+        assert coordinator.wait_for(lambda: "answers again" in caplog.text)
     assert thread.is_alive()
     assert "cannot reach the coordinator at http://coordinator.test (connection refused); " \
            "retrying for up to 120 s…" in caplog.text
