@@ -32,6 +32,7 @@ from parallel_pilot.kinds.sandbox import bwrap_argv
 IDLE_SECONDS = 30.0  # an idle child is killed after this many seconds without a task
 MAX_IDLE = 8  # idle children kept at most per pool (per worker process)
 WAIT_STEP = 0.01  # seconds between checks of the stop event while a task runs
+STDERR_WAIT_SECONDS = 5.0  # a task's last stderr lines may trail its done line this long
 STDERR_KEEP = 64 * 1024  # characters of a task's stderr kept for its failure reason
 
 
@@ -76,6 +77,7 @@ class WarmRunner:
         )
         self.idle_since = time.monotonic()
         self._done: queue.Queue[tuple[str, int]] = queue.Queue()
+        self._stderr_done: queue.Queue[str] = queue.Queue()  # names whose stderr is all read
         self._sink: Callable[[str], None] = lambda line: None
         self._stderr: list[str] = []
         self._lock = threading.Lock()
@@ -116,9 +118,21 @@ class WarmRunner:
                     return TaskOutcome(None, self._stderr_text(), exited=self.proc.returncode)
                 continue
             if done_name == name:
+                self._await_stderr(name)
                 with self._lock:
                     self._sink = lambda line: None
                 return TaskOutcome(status, self._stderr_text())
+
+    def _await_stderr(self, name: str) -> None:
+        """Wait (bounded) until the stderr reader has seen the task's end marker, so the
+        outcome carries every line the task wrote there."""
+        deadline = time.monotonic() + STDERR_WAIT_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                if self._stderr_done.get(timeout=left) == name:
+                    return
+            except queue.Empty:
+                return
 
     def close(self) -> None:
         """Kill the child and remove its directory."""
@@ -145,8 +159,14 @@ class WarmRunner:
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
+        marker_text = self.command.done_marker
         for raw in iter(self.proc.stderr.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
+            line, marker, rest = line.partition(marker_text)
+            if marker:
+                self._stderr_done.put(rest.strip().rpartition(" ")[0])
+                if not line:  # a task's last line without a newline runs into the marker
+                    continue
             with self._lock:
                 if sum(len(s) for s in self._stderr) < STDERR_KEEP:
                     self._stderr.append(line)

@@ -44,8 +44,13 @@ def serve(root: Path, run_task: Callable[[Path], int], *, tasks_dir: str, done_m
         if not name:
             continue
         status = run_task(root / tasks_dir / name)
+        done = f"{done_marker} {name} {status}\n"
+        # the marker ends the task on both pipes, so the worker has all of its stderr
+        # (a load failure's reason) before it reads the outcome; fd 2, whatever the
+        # task did to sys.stderr
         sys.stderr.flush()
-        sys.stdout.write(f"{done_marker} {name} {status}\n")
+        os.write(2, done.encode())
+        sys.stdout.write(done)
         sys.stdout.flush()
     return 0
 
