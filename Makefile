@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 INSTALL_STAMP := $(VENV)/.install-stamp
 EXTRAS := postgres,mysql,render,train,examples,dev
 PYTEST_ARGS ?=
+# test processes: most end-to-end tests wait on real processes, so two share 2 cores well
+PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
 .PHONY: help install test demo lint bench bench-executor bench-render bench-train addon clean distclean
@@ -39,7 +41,8 @@ test: install
 	scripts/install-system-deps.sh || [ "$${CI:-}" != true ]
 	$(BIN)/ruff check parallel_pilot tests bench examples
 	$(BIN)/mypy parallel_pilot
-	$(BIN)/python -m pytest tests -q -rs -p no:cacheprovider --timeout=600 --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -q -rs -p no:cacheprovider --timeout=600 --durations=10 \
+	    -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/pilot demo

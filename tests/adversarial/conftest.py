@@ -46,7 +46,8 @@ class Client:
     def ok(self, method: str, path: str, **kwargs: Any) -> Any:
         """The JSON answer of a request that must succeed."""
         response = self.request(method, path, **kwargs)
-        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
+        assert response.status_code < 400, \
+            f"{method} {path}: {response.status_code} {response.text}"
         return response.json()
 
     def upload(self, data: bytes) -> str:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -24,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from parallel_pilot.core.protocol import API_PREFIX
 from tests.integration.conftest import Coordinator, make_coordinator
 
-MAX_EXAMPLES = 30  # generated requests per operation
+MAX_EXAMPLES = 30  # generated requests per operation, valid and not each
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 WORKER_PATHS = (f"{API_PREFIX}/attempts/", f"{API_PREFIX}/workers/lease",
@@ -55,12 +57,27 @@ def _report() -> Iterator[None]:
     print(f"\nAPI fuzz: {cases_run} generated requests checked")
 
 
-@schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-def test_api_answers_conform_to_its_schema(case: schemathesis.Case) -> None:
-    global cases_run
-    worker_side = case.path.startswith(WORKER_PATHS) or case.formatted_path.startswith(
-        WORKER_PATHS)
+# one test per operation, named for it: pytest-xdist schedules tests by their node ids, and
+# schemathesis's own `schema.parametrize()` gives every operation's test the same one
+OPERATIONS = {op.label: op for op in (result.ok() for result in schema.get_all_operations())}
+
+
+@pytest.mark.parametrize("label", sorted(OPERATIONS))
+def test_api_answers_conform_to_its_schema(label: str) -> None:
+    operation = OPERATIONS[label]
+    worker_side = operation.path.startswith(WORKER_PATHS)
     headers = WORKER_HEADERS if worker_side else FUZZED.user()
-    cases_run += 1
-    case.call_and_validate(headers=headers, checks=CHECKS)
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):  # valid, then not
+
+        @given(case=operation.as_strategy(mode))
+        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def answers_conform(case: schemathesis.Case) -> None:
+            global cases_run
+            cases_run += 1
+            case.call_and_validate(headers=headers, checks=CHECKS)
+
+        try:
+            answers_conform()
+        except Unsatisfiable:  # nothing to get wrong (no parameters, no body)
+            assert mode is GenerationMode.NEGATIVE, label

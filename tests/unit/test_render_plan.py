@@ -147,7 +147,7 @@ def test_check_inputs_reads_the_version_that_saved_the_file() -> None:
 @pytest.mark.parametrize("content, words", [
     (b"", "empty"),
     (b"\x89PNG\r\n\x1a\n" + bytes(32), "not 'BLENDER'"),
-    (gzip.compress(b"hello world"), "gzip-compressed but does not hold a Blender file"),
+    (gzip.compress(b"hello world", mtime=0), "gzip-compressed but does not hold a Blender file"),
     (b"BLENDERxyz", "not one Blender writes"),
 ])
 def test_check_inputs_refuses_what_is_not_a_blend(content: bytes, words: str) -> None:
