@@ -4,7 +4,9 @@
     ├── InvalidInput          (400) the request is well-formed JSON but its content is wrong
     │   ├── InvalidRange      (400) an item or frame range cannot be parsed
     │   ├── UnknownKind       (400) no job kind of that name
-    │   └── MissingBlob       (400) a job names a file the coordinator does not have
+    │   ├── MissingBlob       (400) a job names a file the coordinator does not have
+    │   └── OutputNotUploaded (400) a worker reports an output it did not upload for that
+    │                               attempt (the same answer whether the blob exists or not)
     ├── Unauthorized          (401) no token, or a token that is not valid
     ├── Forbidden             (403) the token is valid but may not do this
     ├── NotFound              (404)
@@ -65,6 +67,12 @@ class MissingBlob(InvalidInput):
     """The job names a file that has not been uploaded."""
 
     code = "missing_blob"
+
+
+class OutputNotUploaded(InvalidInput):
+    """The output was not uploaded for this attempt."""
+
+    code = "output_not_uploaded"
 
 
 class Unauthorized(PilotError):

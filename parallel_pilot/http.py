@@ -306,10 +306,13 @@ class Connection:
             raise
 
     def upload_blob(self, path: Path, sha256: str | None = None,
-                    on_progress: Callable[[int], None] | None = None) -> str:
-        """Upload ``path`` unless the coordinator already has it; returns its SHA-256."""
+                    on_progress: Callable[[int], None] | None = None,
+                    headers: dict[str, str] | None = None, ask_first: bool = True) -> str:
+        """Upload ``path`` unless the coordinator already has it (``ask_first``: a HEAD
+        first; a worker's output always sends its bytes); returns its SHA-256.
+        ``headers`` go with the upload (a worker's ``X-Pilot-Attempt``)."""
         sha256 = sha256 or sha256_file(path)
-        if self.has_blob(sha256):
+        if ask_first and self.has_blob(sha256):
             return sha256
 
         def body():
@@ -324,7 +327,7 @@ class Connection:
             lambda: self._client.put(
                 f"/blobs/{sha256}", content=body(),
                 headers={"Content-Type": "application/octet-stream",
-                         "Content-Length": str(size)},
+                         "Content-Length": str(size), **(headers or {})},
             ),
             retry=True,
         )

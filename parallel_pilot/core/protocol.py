@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parallel_pilot.core.states import JobState, TaskState
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 API_PREFIX = "/api/v1"
+# a worker's blob upload names the attempt it is an output of: ``<task_id>/<attempt>``
+ATTEMPT_HEADER = "X-Pilot-Attempt"
+MAX_REPORTED_OUTPUTS = 10_000  # outputs one completion report may name
 
 
 class Model(BaseModel):
@@ -30,6 +33,20 @@ def check_sha256(value: str) -> str:
     if not SHA256_RE.match(value):
         raise ValueError("must be a SHA-256 hex digest (64 lowercase hex characters)")
     return value
+
+
+def attempt_header(task_id: int, attempt: int) -> str:
+    """The ``X-Pilot-Attempt`` value of an upload for ``attempt`` of ``task_id``."""
+    return f"{task_id}/{attempt}"
+
+
+def parse_attempt_header(value: str) -> tuple[int, int]:
+    """(task_id, attempt) of an ``X-Pilot-Attempt`` value; ValueError if malformed."""
+    task, sep, attempt = value.strip().partition("/")
+    if not (sep and task.isascii() and task.isdigit() and attempt.isascii()
+            and attempt.isdigit() and len(task) <= 19 and len(attempt) <= 9):
+        raise ValueError(f"{ATTEMPT_HEADER} must be <task id>/<attempt>, not {value[:40]!r}")
+    return int(task), int(attempt)
 
 
 # ---------------------------------------------------------------- errors
@@ -146,7 +163,12 @@ class OutputRequest(Model):
 
 
 class CompleteRequest(Model):
+    """The attempt's result; ``outputs`` may name files it did not report while running
+    (each uploaded for this attempt, or one of its inputs), applied with the result or not
+    at all."""
+
     result: dict[str, Any] = Field(default_factory=dict)
+    outputs: list[OutputRequest] = Field(default_factory=list, max_length=MAX_REPORTED_OUTPUTS)
     log_lines: list[str] = Field(default_factory=list, max_length=10_000)
 
 
@@ -181,18 +203,28 @@ class AttemptReport(Model):
 
     ``running``: progress/log of an attempt still running (its lease is renewed by the
     sync itself, so a running attempt with nothing new need not be reported);
-    ``completed`` with ``result``; ``failed`` with ``reason`` (and ``retryable``);
-    ``released``: handed back without a failure (shutting down, or not runnable here)."""
+    ``completed`` with ``result`` (and ``outputs`` it did not report while running, each
+    uploaded for this attempt or one of its inputs: a report naming any other blob is
+    refused whole); ``failed`` with ``reason`` (and ``retryable``); ``released``: handed
+    back without a failure (shutting down, or not runnable here)."""
 
     task_id: int = Field(ge=1)
     attempt: int = Field(ge=1)
     outcome: Literal["running", "completed", "failed", "released"]
     result: dict[str, Any] | None = None
+    outputs: list[OutputRequest] = Field(default_factory=list, max_length=MAX_REPORTED_OUTPUTS)
     reason: str | None = Field(default=None, max_length=10_000)
     retryable: bool = True
     progress: float | None = Field(default=None, ge=0, le=1)
     message: str | None = Field(default=None, max_length=1000)
     log_lines: list[str] = Field(default_factory=list, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _outputs_with_a_result(self) -> AttemptReport:
+        if self.outputs and self.outcome != "completed":
+            raise ValueError(f"a {self.outcome} report cannot name outputs (only a "
+                             "completed one; while running, POST them to the attempt)")
+        return self
 
 
 class SyncRequest(Model):

@@ -20,6 +20,9 @@ DEFAULT_MAX_LOG_LINE = 4000  # characters kept of one log line
 DEFAULT_CACHE_BYTES = 10 * 1024**3  # bytes a worker's blob cache may hold
 DEFAULT_SLOTS = 1  # tasks a worker runs at once
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024**3  # bytes one uploaded blob may have
+# bytes one output a worker uploads for an attempt may have, unless its kind bounds it
+# lower (kinds.base.output_limit: a render frame, a python chunk's results)
+DEFAULT_MAX_OUTPUT_BYTES = 20 * 1024**3
 DEFAULT_MAX_TASKS_PER_JOB = 100_000  # tasks one job may plan
 DEFAULT_MAX_LOG_BYTES_PER_TASK = 10 * 1024**2  # log characters kept per task (all attempts)
 DEFAULT_SESSION_SECONDS = 12 * 3600.0  # seconds a web session (login cookie) lasts
@@ -47,6 +50,7 @@ class CoordinatorSettings(BaseSettings):
     worker_block_failures: int = Field(default=DEFAULT_WORKER_BLOCK_FAILURES, ge=1)
     offline_seconds: float = Field(default=DEFAULT_OFFLINE_SECONDS, gt=0)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
+    max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1)
     max_tasks_per_job: int = Field(default=DEFAULT_MAX_TASKS_PER_JOB, ge=1)
     max_log_bytes_per_task: int = Field(default=DEFAULT_MAX_LOG_BYTES_PER_TASK, ge=0)
     session_seconds: float = Field(default=DEFAULT_SESSION_SECONDS, gt=0)

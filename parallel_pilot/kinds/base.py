@@ -3,6 +3,11 @@
 A kind is one module exposing one object that satisfies ``Kind``. The coordinator calls
 ``parse_params``, ``input_blobs``, ``plan`` and ``finalize`` (pure, no I/O); the worker calls
 ``run`` with a ``RunContext`` that owns all I/O (blob cache, heartbeats, uploads).
+
+Optional: ``max_output_bytes(payload, default)``, the bytes one output of a task with that
+payload may have (a render chunk's frames, a python chunk's results); the coordinator
+refuses a bigger upload for the attempt (413). Without it, ``default`` (the coordinator's
+``max_output_bytes``) applies; see ``output_limit``.
 """
 
 from __future__ import annotations
@@ -109,6 +114,15 @@ class Kind(Protocol):
     def finalize(self, params: BaseModel, tasks: list[FinishedTask]) -> dict[str, bytes]:
         """Job-level output files (path -> content) made from the finished tasks."""
         ...
+
+
+def output_limit(kind: Kind, payload: dict[str, Any], default: int) -> int:
+    """Bytes one output of a task of ``kind`` with ``payload`` may have: the kind's own
+    bound (``max_output_bytes``) where it has one, never more than ``default``."""
+    bound = getattr(kind, "max_output_bytes", None)
+    if bound is None:
+        return default
+    return min(default, int(bound(payload, default)))
 
 
 def parse_params(kind: Kind, raw: dict[str, Any]) -> BaseModel:

@@ -178,6 +178,17 @@ blob_readers = sa.Table(  # users who may read a blob: every user who uploaded i
     sa.Column("user_id", Id, primary_key=True),
 )
 
+attempt_uploads = sa.Table(  # what a worker uploaded for an attempt it held: its outputs
+    "attempt_uploads", metadata,
+    sa.Column("task_id", Id, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("worker_id", Id, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Index("ix_attempt_uploads_worker", "worker_id", "sha256"),
+)
+
 worker_job_failures = sa.Table(
     "worker_job_failures", metadata,
     sa.Column("worker_id", Id, primary_key=True),

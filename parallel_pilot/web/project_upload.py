@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from parallel_pilot.coordinator.services import blobs
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.core.project import (
@@ -337,9 +338,7 @@ def _store(svc: Services, user: Caller, entries: list[_Extracted]) -> UploadedPr
     sizes[kept_sha] = len(kept)
     now = svc.clock()
     with svc.transaction() as conn:
-        for sha, size in sizes.items():
-            q.insert_blob(conn, sha, size, now, user_id=user.user_id, worker_id=None)
-            q.add_blob_reader(conn, sha, user.user_id)
+        blobs.record_user_blobs(conn, user.user_id, sizes, now)
     return UploadedProject(files, sum(e.size for e in entries), kept_sha)
 
 

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from parallel_pilot.coordinator import sessions
-from parallel_pilot.coordinator.services import jobs
+from parallel_pilot.coordinator.services import blobs, jobs
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.core.project import MAX_PROJECT_FILES
@@ -94,8 +94,7 @@ async def receive(request: Request, svc: Services, user: Caller) -> StreamedForm
 
 def _record(svc: Services, user: Caller, sha256: str, size: int) -> None:
     with svc.transaction() as conn:
-        q.insert_blob(conn, sha256, size, svc.clock(), user_id=user.user_id, worker_id=None)
-        q.add_blob_reader(conn, sha256, user.user_id)
+        blobs.record_user_blobs(conn, user.user_id, {sha256: size}, svc.clock())
 
 
 def _lone_file(svc: Services, user: Caller, upload: UploadedFile, state: SubmitForm) -> None:

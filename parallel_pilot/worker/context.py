@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from parallel_pilot.core.project import sha256_file
 from parallel_pilot.core.protocol import OutputRequest, TaskLease
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds.base import describe_validation
@@ -56,6 +57,7 @@ class TaskContext:
         self._message: str | None = None
         self._pinned: list[str] = []
         self.outputs: dict[str, str] = {}  # output path -> SHA-256, as uploaded
+        self._uploaded: set[str] = set()  # blobs sent for this attempt
         self.work_root = work_root
         self._workdir: Path | None = None
 
@@ -141,7 +143,8 @@ class TaskContext:
         self.logs.append(line)
 
     def upload_output(self, path: str, file: Path) -> str:
-        """Upload ``file`` as the job output ``path``; returns its SHA-256."""
+        """Upload ``file`` as the job output ``path``; returns its SHA-256. The upload
+        names this attempt (the coordinator takes outputs only from uploads for it)."""
         file = Path(file)
         if not file.is_file():
             raise InvalidInput(f"output {path!r}: {file} is not a file")
@@ -150,10 +153,15 @@ class TaskContext:
             request = OutputRequest(path=path, sha256="0" * 64, size=size)
         except ValidationError as exc:
             raise InvalidInput(f"output path {path!r}: {describe_validation(exc)}") from None
-        sha256 = self.link.upload_blob(file)
+        sha256 = sha256_file(file)
+        with self._lock:
+            sent = sha256 in self._uploaded
+        if not sent:  # the same bytes under a second path: granted to this attempt already
+            self.link.upload_output_blob(file, sha256, self.task.task_id, self.task.attempt)
         request = request.model_copy(update={"sha256": sha256})
         self.link.output(self.task.task_id, self.task.attempt, request)
         with self._lock:
+            self._uploaded.add(sha256)
             self.outputs[path] = sha256
         return sha256
 

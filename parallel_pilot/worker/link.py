@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel
 
 from parallel_pilot.core.protocol import (
+    ATTEMPT_HEADER,
     Ack,
     OutputList,
     OutputRequest,
@@ -24,6 +25,7 @@ from parallel_pilot.core.protocol import (
     RegisterResponse,
     SyncRequest,
     SyncResponse,
+    attempt_header,
 )
 from parallel_pilot.errors import ServerUnavailable
 from parallel_pilot.http import Connection
@@ -79,8 +81,12 @@ class CoordinatorLink:
     def download_blob(self, sha256: str, dest: Path) -> Path:
         return _translated(lambda: self.connection.download_blob(sha256, dest), self.server)
 
-    def upload_blob(self, path: Path) -> str:
-        return _translated(lambda: self.connection.upload_blob(path), self.server)
+    def upload_output_blob(self, path: Path, sha256: str, task_id: int, attempt: int) -> str:
+        """Upload ``path`` as an output of (task, attempt): always the bytes, under
+        ``X-Pilot-Attempt`` (the coordinator records it against that attempt only)."""
+        headers = {ATTEMPT_HEADER: attempt_header(task_id, attempt)}
+        return _translated(lambda: self.connection.upload_blob(
+            path, sha256, headers=headers, ask_first=False), self.server)
 
     # ------------------------------------------------------------ plumbing
 

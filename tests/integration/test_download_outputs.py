@@ -20,7 +20,8 @@ API = "/api/v1"
 def put_output(coord: Coordinator, worker: dict[str, str], task: dict, path: str,
                data: bytes) -> str:
     sha = hashlib.sha256(data).hexdigest()
-    assert coord.client.put(f"{API}/blobs/{sha}", headers=worker,
+    attempt = {"X-Pilot-Attempt": f"{task['task_id']}/{task['attempt']}"}
+    assert coord.client.put(f"{API}/blobs/{sha}", headers={**worker, **attempt},
                             content=data).status_code in (200, 201)
     r = coord.client.post(f"{API}/attempts/{task['task_id']}/{task['attempt']}/outputs",
                           headers=worker, json={"path": path, "sha256": sha,

@@ -25,9 +25,14 @@ def add_user(coord: Coordinator, name: str, is_admin: bool = False) -> dict[str,
     return coord.user(token)
 
 
-def upload(coord: Coordinator, who: dict[str, str], data: bytes) -> str:
+def upload(coord: Coordinator, who: dict[str, str], data: bytes,
+           for_task: dict | None = None) -> str:
+    """Upload as a user, or as a worker an output of the attempt ``for_task``."""
     sha = hashlib.sha256(data).hexdigest()
-    r = coord.client.put(f"{API}/blobs/{sha}", headers=who, content=data)
+    headers = dict(who)
+    if for_task is not None:
+        headers["X-Pilot-Attempt"] = f"{for_task['task_id']}/{for_task['attempt']}"
+    r = coord.client.put(f"{API}/blobs/{sha}", headers=headers, content=data)
     assert r.status_code == 200, r.text
     return sha
 
@@ -117,7 +122,7 @@ def test_inputs_and_outputs_of_own_jobs_are_readable(coordinator: Coordinator) -
     job_id, script = submit_sweep(coordinator, alice, b"print('alice')", items="1")
     worker = coordinator.register_worker(["sweep"])
     task = lease_one(coordinator, worker)
-    out = upload(coordinator, worker, b"result of alice's job")
+    out = upload(coordinator, worker, b"result of alice's job", for_task=task)
     r = coordinator.client.post(attempt(task, "outputs"), headers=worker,
                                 json={"path": "items/1/out.txt", "sha256": out, "size": 21})
     assert r.status_code == 200, r.text
@@ -150,7 +155,7 @@ def test_workers_read_outputs_of_their_held_tasks_job_only(coordinator: Coordina
     w3 = coordinator.register_worker(["sweep"])
     first, second = lease_one(coordinator, w1), lease_one(coordinator, w2)
     assert first["job_id"] == second["job_id"] == alice_job
-    frame = upload(coordinator, w1, b"frame 1")
+    frame = upload(coordinator, w1, b"frame 1", for_task=first)
     r = coordinator.client.post(attempt(first, "outputs"), headers=w1,
                                 json={"path": "frames/1.png", "sha256": frame, "size": 7})
     assert r.status_code == 200, r.text

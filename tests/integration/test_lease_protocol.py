@@ -198,8 +198,13 @@ def test_outputs_and_blob_round_trip(coordinator: Coordinator) -> None:
     data = b"frame bytes " * 1000
     sha = hashlib.sha256(data).hexdigest()
     assert coordinator.client.head(f"{API}/blobs/{sha}", headers=worker).status_code == 404
+    # a worker's upload names the attempt it is an output of
     assert coordinator.client.put(f"{API}/blobs/{sha}", headers=worker,
-                                  content=data).status_code == 200
+                                  content=data).status_code == 400
+    assert coordinator.client.put(
+        f"{API}/blobs/{sha}", content=data,
+        headers={**worker, "X-Pilot-Attempt": f"{task['task_id']}/{task['attempt']}"},
+    ).status_code == 200
     r = report(coordinator, worker, task, "outputs", path="out/a.bin", sha256=sha, size=len(data))
     assert r.status_code == 200, r.text
     listed = coordinator.client.get(

@@ -311,7 +311,8 @@ def test_a_training_job_shows_a_row_per_finished_round(coordinator: Coordinator,
                        json={"slots": 1, "wait_seconds": 0}).json()["tasks"]
     weights = b"not really safetensors"
     weights_sha = hashlib.sha256(weights).hexdigest()
-    assert web.put(f"/api/v1/blobs/{weights_sha}", headers=worker,
+    attempt = {"X-Pilot-Attempt": f"{init['task_id']}/{init['attempt']}"}
+    assert web.put(f"/api/v1/blobs/{weights_sha}", headers={**worker, **attempt},
                    content=weights).status_code in (200, 201)
     for path in ("rounds/0000/model.safetensors", "model.safetensors"):
         added = web.post(f"/api/v1/attempts/{init['task_id']}/{init['attempt']}/outputs",

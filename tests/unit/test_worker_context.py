@@ -31,6 +31,7 @@ class FakeBlobServer:
         self.blobs: dict[str, bytes] = {SHA: DATA}
         self.downloads = 0
         self.outputs: list[dict[str, object]] = []
+        self.puts: list[tuple[str, str | None]] = []  # (sha, X-Pilot-Attempt) per upload
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.removeprefix("/api/v1")
@@ -39,6 +40,7 @@ class FakeBlobServer:
             if request.method == "HEAD":
                 return httpx.Response(200 if sha in self.blobs else 404)
             if request.method == "PUT":
+                self.puts.append((sha, request.headers.get("X-Pilot-Attempt")))
                 self.blobs[sha] = request.read()
                 return httpx.Response(201, json={"sha256": sha, "size": len(self.blobs[sha])})
             self.downloads += 1
@@ -144,6 +146,21 @@ def test_upload_output_uploads_then_reports(ctx: TaskContext, server: FakeBlobSe
     with pytest.raises(InvalidInput, match="output path"):
         ctx.upload_output("../evil.png", frame)
     assert len(server.outputs) == 1
+    # the upload named the attempt (task 7, attempt 2) it is an output of
+    assert server.puts == [(sha, "7/2")]
+
+
+def test_an_output_always_sends_its_bytes_once_per_attempt(ctx: TaskContext,
+                                                            server: FakeBlobServer) -> None:
+    """The coordinator has the bytes already (HEAD would say so): an output is sent all
+    the same, since only the bytes prove the worker has them; a second path with the
+    same bytes in the same attempt is not sent again."""
+    model = ctx.workdir / "model.bin"
+    model.write_bytes(DATA)  # the bytes of the blob the server has
+    assert ctx.upload_output("rounds/0000/model.bin", model) == SHA
+    assert ctx.upload_output("model.bin", model) == SHA
+    assert server.puts == [(SHA, "7/2")]
+    assert [o["path"] for o in server.outputs] == ["rounds/0000/model.bin", "model.bin"]
 
 
 def test_progress_is_clamped_and_stop_reason_first_wins(ctx: TaskContext) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import accounts, jobs, quorum
+from parallel_pilot.coordinator.services import accounts, blobs, jobs, quorum
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.core.protocol import (
@@ -22,7 +22,7 @@ from parallel_pilot.core.protocol import (
     RegisterResponse,
 )
 from parallel_pilot.core.states import TaskState
-from parallel_pilot.errors import InvalidInput, StaleAttempt, TaskNotFound
+from parallel_pilot.errors import StaleAttempt, TaskNotFound
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import quorum as qq
 from parallel_pilot.store.queries import sync as qs
@@ -125,6 +125,15 @@ def _held_task(conn: sa.Connection, worker: sa.Row, task_id: int, attempt: int) 
     return task
 
 
+def held_running_task(conn: sa.Connection, worker: sa.Row, task_id: int,
+                      attempt: int) -> sa.Row:
+    """``_held_task``, and still running (leased): what outputs may be added to."""
+    task = _held_task(conn, worker, task_id, attempt)
+    if task.state != TaskState.LEASED:
+        raise StaleAttempt(f"task {task_id} is {task.state}; outputs are not accepted")
+    return task
+
+
 def _clean_lines(lines: list[str]) -> list[str]:
     return [line[:MAX_LOG_LINE_CHARS] for line in lines]
 
@@ -170,16 +179,14 @@ def heartbeat(svc: Services, worker: sa.Row, task_id: int, attempt: int,
 
 def add_output(svc: Services, worker: sa.Row, task_id: int, attempt: int,
                request: OutputRequest) -> None:
+    """An output while the attempt runs: only a blob this worker uploaded for it (or one of
+    its inputs) is taken (``services.blobs.granted_outputs``)."""
     now = svc.clock()
     with svc.transaction() as conn:
-        task = _held_task(conn, worker, task_id, attempt)
-        if task.state != TaskState.LEASED:
-            raise StaleAttempt(f"task {task_id} is {task.state}; outputs are not accepted")
-        size = q.blob_size(conn, request.sha256)
-        if size is None:
-            raise InvalidInput(f"upload blob {request.sha256} before reporting it as output")
-        q.insert_output(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
-                        path=request.path, sha256=request.sha256, size=size, now=now)
+        task = held_running_task(conn, worker, task_id, attempt)
+        granted = blobs.granted_outputs(conn, worker.id, task_id, attempt, [request],
+                                        inputs=task.inputs)
+        blobs.add_outputs(conn, task.job_id, task_id, attempt, granted, now)
 
 
 def job_outputs(svc: Services, worker: sa.Row, task_id: int, attempt: int,
@@ -196,6 +203,13 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
     now = svc.clock()
     with svc.transaction() as conn:
         task = _held_task(conn, worker, task_id, attempt)
+        if request.outputs:  # all of them, with the result, or the report is refused whole
+            granted = blobs.granted_outputs(conn, worker.id, task_id, attempt,
+                                            request.outputs, inputs=task.inputs)
+            if task.state != TaskState.LEASED:
+                raise StaleAttempt(f"task {task_id} is {task.state}; the result is not "
+                                   "accepted")
+            blobs.add_outputs(conn, task.job_id, task_id, attempt, granted, now)
         _store_log(conn, svc, task, attempt, request.log_lines, now)
         if not q.complete_task(conn, task_id, attempt, worker.id, request.result, now):
             raise StaleAttempt(f"task {task_id} is {task.state}; the result is not accepted")

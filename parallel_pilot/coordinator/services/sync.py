@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import jobs, leasing, quorum
+from parallel_pilot.coordinator.services import blobs, jobs, leasing, quorum
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.core.protocol import (
     AttemptReport,
@@ -34,7 +34,7 @@ from parallel_pilot.core.protocol import (
 )
 from parallel_pilot.core.requirements import satisfies
 from parallel_pilot.core.states import JobState, TaskState
-from parallel_pilot.errors import Unauthorized
+from parallel_pilot.errors import OutputNotUploaded, Unauthorized
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import sync as qs
 
@@ -240,9 +240,18 @@ def _apply_reports(conn: sa.Connection, svc: Services, worker: sa.Row,
         else:
             accepted[report.outcome].append((report, row))
         seen.add(key)
+    granted, untrue = _granted_outputs(conn, worker, accepted["completed"])
     _store_logs(conn, svc, [(row, r.attempt, r.log_lines) for kind in accepted.values()
                             for r, row in kind if r.log_lines], now)
-    settled = _complete(conn, svc, worker, accepted["completed"], out, now)
+    settled = _complete(conn, svc, worker, accepted["completed"], granted, out, now)
+    for report, row, reason in untrue:  # refused whole; the task goes to another worker
+        q.record_worker_failure(conn, worker.id, row.job_id)
+        verdicts[id(report)] = ReportVerdict(task_id=report.task_id, attempt=report.attempt,
+                                             accepted=False, reason=reason)
+    _hand_back(conn, worker, [row for _, row, _ in untrue], out,
+               "attempt {attempt} on worker {name} reported an output it did not upload "
+               "for it; the report was refused and the task requeued", now)
+    settled |= {row.id for _, row, _ in untrue}
     settled |= _fail(conn, svc, worker, accepted["failed"], out)
     released = [row for _, row in accepted["released"]]
     _hand_back(conn, worker, released, out, "handed back by worker {name}", now)
@@ -286,10 +295,38 @@ def _not_yours(state: sa.Row | None, attempt: int) -> str:
     return f"the task is {state.state} already"
 
 
+def _granted_outputs(conn: sa.Connection, worker: sa.Row,
+                     done: list[tuple[AttemptReport, sa.Row]],
+                     ) -> tuple[dict[int, list[blobs.GrantedOutput]],
+                                list[tuple[AttemptReport, sa.Row, str]]]:
+    """The outputs of completed reports (``services.blobs.granted_outputs``); a report
+    naming one this worker did not upload for the attempt leaves ``done`` (it is refused
+    whole) and is returned with the reason."""
+    granted: dict[int, list[blobs.GrantedOutput]] = {}
+    untrue: list[tuple[AttemptReport, sa.Row, str]] = []
+    kept: list[tuple[AttemptReport, sa.Row]] = []
+    for report, row in done:
+        try:
+            if report.outputs:
+                granted[id(report)] = blobs.granted_outputs(conn, worker.id, row.id,
+                                                            report.attempt, report.outputs)
+        except OutputNotUploaded as exc:
+            untrue.append((report, row, exc.message))
+        else:
+            kept.append((report, row))
+    done[:] = kept
+    return granted, untrue
+
+
 def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
-              done: list[tuple[AttemptReport, sa.Row]], out: Exchange, now: float) -> set[int]:
+              done: list[tuple[AttemptReport, sa.Row]],
+              granted: dict[int, list[blobs.GrantedOutput]], out: Exchange,
+              now: float) -> set[int]:
     if not done:
         return set()
+    for report, row in done:
+        blobs.add_outputs(conn, row.job_id, row.id, report.attempt,
+                          granted.get(id(report), []), now)
     qs.complete_attempts(conn, worker.id, [(r.task_id, r.attempt, r.result or {})
                                            for r, _ in done], now)
     maybe_complete = qs.add_jobs_done(conn, Counter(row.job_id for _, row in done))

@@ -40,6 +40,7 @@ from parallel_pilot.kinds.python.warm import POOL, WarmRunner
 MAX_CHUNKS = 100_000  # tasks (chunks) one python job may have
 MAX_CALLS_PER_CHUNK = 1_000_000  # calls one chunk may hold
 INLINE_RESULT_BYTES = 48 * 1024  # results up to this size travel inside the task's result
+MAX_RESULTS_BYTES = 4 * 1024**3  # bytes of one chunk's pickled results (its only output)
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NO_MODULE = re.compile(r"No module named '([^']+)'")
 
@@ -171,6 +172,10 @@ class PythonKind:
                                   inputs=inputs))
             first += chunk.count
         return specs
+
+    def max_output_bytes(self, payload: dict[str, Any], default: int) -> int:
+        """A chunk uploads one file, its calls' pickled results."""
+        return MAX_RESULTS_BYTES
 
     def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         payload = task.payload

@@ -62,6 +62,9 @@ DEFAULT_FPS = 24.0  # frames per second of the video when neither job nor scene 
 MIN_BLENDER = "2.80"  # the oldest Blender the render script works with
 VIDEO_OUTPUT = "video.mp4"
 ZIP_OUTPUT = "frames.zip"
+# bytes one output of a chunk task (a frame, a preview, a file output) may have; an 8K
+# 32-bit multilayer EXR is well under it. The assembly's video and zip get the default.
+MAX_FRAME_OUTPUT_BYTES = 4 * 1024**3
 
 Engine = Literal["CYCLES", "BLENDER_EEVEE", "BLENDER_EEVEE_NEXT", "BLENDER_WORKBENCH"]
 ImageFormat = Literal["PNG", "JPEG", "OPEN_EXR", "OPEN_EXR_MULTILAYER", "TIFF"]
@@ -295,6 +298,10 @@ class RenderKind:
             depends_on=list(range(len(specs))),
         ))
         return specs
+
+    def max_output_bytes(self, payload: dict[str, Any], default: int) -> int:
+        """A chunk's outputs are single frames; the assembly's are the whole job's."""
+        return MAX_FRAME_OUTPUT_BYTES if payload.get("role") == "chunk" else default
 
     def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         role = task.payload.get("role")

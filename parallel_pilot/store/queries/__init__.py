@@ -29,12 +29,15 @@ from parallel_pilot.store.queries.accounts import (
     user_by_token_hash,
 )
 from parallel_pilot.store.queries.blobs import (
+    add_attempt_upload,
     add_blob_reader,
+    attempt_upload_sizes,
     blob_is_input_of_held_task,
     blob_is_input_of_users_job,
     blob_is_output_of_held_tasks_job,
     blob_is_output_of_users_job,
     blob_size,
+    blob_sizes,
     blob_uploaded_by_user,
     blob_uploaded_by_worker,
     blobs_readable_by_user,
@@ -104,7 +107,9 @@ from parallel_pilot.store.queries.workers import (
 
 __all__ = [
     "Row",
+    "add_attempt_upload",
     "add_blob_reader",
+    "attempt_upload_sizes",
     "add_job_done",
     "adjust_job_counts",
     "add_worker_done",
@@ -113,6 +118,7 @@ __all__ = [
     "blob_is_output_of_held_tasks_job",
     "blob_is_output_of_users_job",
     "blob_size",
+    "blob_sizes",
     "blob_uploaded_by_user",
     "blob_uploaded_by_worker",
     "blobs_readable_by_user",
