@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parallel_pilot import __version__, web
+from parallel_pilot.coordinator.bootstrap import tighten_data_dir
 from parallel_pilot.coordinator.routes import (
     accounts,
     attempts,
@@ -26,6 +27,7 @@ from parallel_pilot.coordinator.routes import (
 )
 from parallel_pilot.coordinator.services import leasing
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.core.folders import private_dir
 from parallel_pilot.core.protocol import API_PREFIX, ErrorBody
 from parallel_pilot.core.settings import CoordinatorSettings
 from parallel_pilot.errors import PilotError, error_body, http_status
@@ -46,8 +48,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def build_services(settings: CoordinatorSettings,
                    clock: Callable[[], float] | None = None) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     engine = open_database(settings.resolved_database_url())
+    tighten_data_dir(settings)
     services = Services(engine=engine, blobs=BlobStore(settings.blob_dir), settings=settings)
     if clock is not None:
         services.clock = clock
