@@ -74,7 +74,15 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def ensure_admin(svc: Services) -> FirstStart | None:
-    """Create the admin and a join token if the database has no user; else return None."""
+    """Create the admin and a join token if the database has no user; else return None
+    (also when another coordinator starting at the same moment created it first)."""
+    try:
+        return _create_admin(svc)
+    except sa.exc.IntegrityError:
+        return None  # the other one's admin row came first (its name is unique)
+
+
+def _create_admin(svc: Services) -> FirstStart | None:
     now = svc.clock()
     password = new_password()
     password_hash = hash_password(password)  # slow on purpose; done before the transaction
