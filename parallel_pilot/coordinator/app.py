@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from parallel_pilot import __version__, web
 from parallel_pilot.coordinator.bootstrap import tighten_data_dir
@@ -87,6 +88,10 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
     for module in (meta, workers, attempts, jobs, blobs, accounts, session):
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     web.mount(app)  # the dashboard: pages at /, live streams at /events, /static
+    if services.settings.trusted_proxies:
+        # the client is the last hop of X-Forwarded-For that is not a trusted proxy
+        app.add_middleware(ProxyHeadersMiddleware,
+                           trusted_hosts=list(services.settings.trusted_proxies))
     _install_error_handlers(app)
     return app
 

@@ -105,6 +105,9 @@ def _serve(settings: CoordinatorSettings, sock: socket.socket, instance_id: str)
     app.state.instance_id = instance_id
     config = uvicorn.Config(app, host=settings.host, port=port, log_level="warning",
                             timeout_keep_alive=KEEP_ALIVE_SECONDS, backlog=LISTEN_BACKLOG,
+                            # forwarded headers are believed only from --trusted-proxy
+                            # (create_app), never from any loopback peer
+                            proxy_headers=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     try:
         uvicorn.Server(config).run(sockets=[sock])
