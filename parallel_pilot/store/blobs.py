@@ -22,6 +22,7 @@ from parallel_pilot.core.folders import (
     claim_folder,
     private_dir,
     remove_stale_folders,
+    tighten,
 )
 from parallel_pilot.core.protocol import SHA256_RE
 from parallel_pilot.errors import BlobMismatch, InvalidInput, PayloadTooLarge
@@ -34,6 +35,8 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         private_dir(root)
+        for shard in root.glob("[0-9a-f][0-9a-f]"):
+            tighten(shard, PRIVATE_DIR_MODE)  # an older version made them 0755
         tmp_root = private_dir(root / "tmp")
         self.stale_removed = remove_stale_folders(tmp_root, TMP_FOLDER_PREFIX)
         for leftover in tmp_root.glob(f"*{LEGACY_PART_SUFFIX}"):
