@@ -65,13 +65,15 @@ def private_dir(path: Path) -> Path:
 
 def tighten(path: Path, mode: int) -> None:
     """Take from ``path`` every permission beyond ``mode`` (files of this user only; a
-    missing path or one of another user is left as it is)."""
+    missing path, one of another user, a link and a sticky folder are left as they are)."""
     try:
         st = os.lstat(path)
     except OSError:
         return
     if st.st_uid != os.getuid() or stat.S_ISLNK(st.st_mode):
         return
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX:
+        return  # a shared folder like /tmp (given as a work dir): never closed to others
     if stat.S_IMODE(st.st_mode) & ~mode:
         with contextlib.suppress(OSError):
             os.chmod(path, stat.S_IMODE(st.st_mode) & mode)

@@ -25,6 +25,7 @@ import pytest
 from parallel_pilot.client.executor import Executor
 from parallel_pilot.client.local_cluster import LocalCluster
 from parallel_pilot.core.settings import DEFAULT_LOGIN_MAX_FAILURES
+from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
 from tests.adversarial.conftest import API, Coordinator
 
 LEASE_SECONDS = 4  # a killed worker's tasks go back to the queue this long after its death
@@ -165,6 +166,27 @@ def test_a_killed_worker_leaves_no_process_and_its_tasks_run_once_at_a_time(
         assert _ends(marks) == [new_pid], marks.read_text()  # the first never finished
         # the retry started after the first attempt's processes were all seen gone
         assert retried_at > gone_at, (marks.name, retried_at - killed_at, gone_at - killed_at)
+
+
+def test_a_killed_sandboxed_worker_leaves_no_process(farm: LocalCluster,
+                                                     requirement: Callable[[str | None], None]
+                                                     ) -> None:
+    """With --sandbox the command runs in bwrap (a PID namespace and session of its own):
+    bwrap dies with the worker and takes everything in its namespace along."""
+    requirement(sandbox_unavailable_reason())
+    client = farm.client()
+    worker = farm.add_worker("boxed", extra_args=["--sandbox"])
+    client.submit_sweep(["sh", "-c", f"sleep {SLEEP} & sleep {SLEEP}"], ["1"])
+    started = _wait_for(
+        lambda: (lambda below: below if sum(p.name() == "sleep" for p in below) == 2 else [])(
+            psutil.Process(worker.pid).children(recursive=True)),
+        RUN_SECONDS, "the sandboxed sleeps started")
+    assert any(p.name() == "bwrap" for p in started), [p.cmdline() for p in started]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    _wait_for(lambda: not any(_alive(p) for p in started), GONE_SECONDS,
+              "every process the killed sandboxed worker started is gone: "
+              + ", ".join(" ".join(p.cmdline()) for p in started if _alive(p)))
 
 
 def test_a_stopped_worker_leaves_no_process(farm: LocalCluster, tmp_path: Path) -> None:

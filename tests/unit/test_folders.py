@@ -90,4 +90,9 @@ def test_held_folders_are_private_and_modes_are_tightened(tmp_path: Path) -> Non
     os.chmod(loose / "data", 0o400)  # tighter already: left as it is
     tighten(loose / "data", 0o600)
     assert stat.S_IMODE((loose / "data").stat().st_mode) == 0o400
+    shared = tmp_path / "shared"  # like /tmp, given as a work dir by its root owner
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    private_dir(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
     held.release()
