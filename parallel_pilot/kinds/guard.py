@@ -32,6 +32,7 @@ class Guard:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._failed = False  # the guard could not start: said once, not retried
+        self._groups: set[int] = set()  # watched now: told again to a guard started anew
 
     @property
     def pid(self) -> int | None:
@@ -40,23 +41,32 @@ class Guard:
 
     def watch(self, pgid: int) -> None:
         """Kill the group ``pgid`` if this process dies before ``forget(pgid)``."""
-        self._send(f"+{pgid}\n")
+        with self._lock:
+            self._groups.add(pgid)
+            self._send(f"+{pgid}\n")
 
     def forget(self, pgid: int) -> None:
-        self._send(f"-{pgid}\n")
+        with self._lock:
+            if pgid in self._groups:
+                self._groups.discard(pgid)
+                self._send(f"-{pgid}\n")
 
     def _send(self, line: str) -> None:
-        with self._lock:
-            proc = self._start()
-            if proc is None or proc.stdin is None:
-                return
-            try:
-                proc.stdin.write(line.encode())
-                proc.stdin.flush()
-            except OSError as exc:
-                log.warning("the task guard is gone (%s); task processes may outlive a "
-                            "killed worker", exc)
-                self._proc, self._failed = None, True
+        if self._proc is None or self._proc.poll() is not None:
+            if self._proc is not None:
+                log.warning("the task guard exited; starting another")
+            # a new guard learns every group still running, not only this one
+            line = "".join(f"+{pgid}\n" for pgid in self._groups if f"+{pgid}\n" != line) + line
+        proc = self._start()
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(line.encode())
+            proc.stdin.flush()
+        except OSError as exc:
+            log.warning("the task guard is gone (%s); task processes may outlive a "
+                        "killed worker", exc)
+            self._proc, self._failed = None, True
 
     def _start(self) -> subprocess.Popen[bytes] | None:
         if self._proc is not None and self._proc.poll() is None:
