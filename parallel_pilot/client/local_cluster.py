@@ -39,6 +39,7 @@ import httpx
 import psutil
 
 from parallel_pilot.client.sdk import Client
+from parallel_pilot.core.folders import private_dir
 from parallel_pilot.core.protocol import API_PREFIX
 from parallel_pilot.errors import CannotListen, ServerUnavailable
 
@@ -189,7 +190,7 @@ class LocalCluster:
         if self.server is not None and self.server.poll() is None:
             raise RuntimeError("the coordinator is already running")
         self.check_port()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         self.instance_id = secrets.token_hex(8)
         argv = ["server", "--host", LOCAL_HOST, "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--instance-id", self.instance_id,
@@ -306,10 +307,10 @@ class LocalCluster:
 
     def _spawn(self, argv: list[str], log: Path,
                extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log.parent)  # logs name the tokens' files and the jobs' output
         env = dict(self.env)
         env.update(extra_env or {})
-        with open(log, "ab") as out:
+        with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             return subprocess.Popen(
                 [self.python, "-m", "parallel_pilot", *argv], stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,

@@ -13,8 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from parallel_pilot import __version__, web
+from parallel_pilot.coordinator.bootstrap import tighten_data_dir
 from parallel_pilot.coordinator.routes import (
     accounts,
     attempts,
@@ -26,6 +28,7 @@ from parallel_pilot.coordinator.routes import (
 )
 from parallel_pilot.coordinator.services import leasing
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.core.folders import private_dir
 from parallel_pilot.core.protocol import API_PREFIX, ErrorBody
 from parallel_pilot.core.settings import CoordinatorSettings
 from parallel_pilot.errors import PilotError, error_body, http_status
@@ -46,8 +49,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def build_services(settings: CoordinatorSettings,
                    clock: Callable[[], float] | None = None) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     engine = open_database(settings.resolved_database_url())
+    tighten_data_dir(settings)
     services = Services(engine=engine, blobs=BlobStore(settings.blob_dir), settings=settings)
     if clock is not None:
         services.clock = clock
@@ -84,6 +88,10 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
     for module in (meta, workers, attempts, jobs, blobs, accounts, session):
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     web.mount(app)  # the dashboard: pages at /, live streams at /events, /static
+    if services.settings.trusted_proxies:
+        # the client is the last hop of X-Forwarded-For that is not a trusted proxy
+        app.add_middleware(ProxyHeadersMiddleware,
+                           trusted_hosts=list(services.settings.trusted_proxies))
     _install_error_handlers(app)
     return app
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import secrets
 import socket
 import sys
@@ -27,6 +28,7 @@ from parallel_pilot.errors import CannotListen
 
 log = logging.getLogger("pilot.coordinator")
 
+PRIVATE_UMASK = 0o077  # what the coordinator writes (database, WAL, blobs) is its own only
 LISTEN_BACKLOG = 2048  # pending connections the socket queues (uvicorn's default)
 KEEP_ALIVE_SECONDS = 75  # idle keep-alive connections are closed after this
 # on SIGTERM, seconds requests still open get before they are cut: an event stream (a
@@ -66,6 +68,7 @@ def serve(settings: CoordinatorSettings, *, instance_id: str | None = None) -> N
     ``instance_id`` is what ``GET /health`` names this process by (header
     ``X-Pilot-Instance``), so whoever started it can tell it from another coordinator on
     the same port; a random one by default."""
+    os.umask(PRIVATE_UMASK)
     sock = listen_socket(settings.host, settings.port)
     try:
         _serve(settings, sock, instance_id or secrets.token_hex(8))
@@ -102,5 +105,11 @@ def _serve(settings: CoordinatorSettings, sock: socket.socket, instance_id: str)
     app.state.instance_id = instance_id
     config = uvicorn.Config(app, host=settings.host, port=port, log_level="warning",
                             timeout_keep_alive=KEEP_ALIVE_SECONDS, backlog=LISTEN_BACKLOG,
+                            # forwarded headers are believed only from --trusted-proxy
+                            # (create_app), never from any loopback peer
+                            proxy_headers=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        services.blobs.close()

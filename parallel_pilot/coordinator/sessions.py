@@ -4,14 +4,15 @@ logins are rate-limited per (client IP, user name)."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
 import secrets
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -21,6 +22,7 @@ from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.coordinator.tokens import USER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.errors import Forbidden, RateLimited, Unauthorized
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import logins as ql
 
 log = logging.getLogger("pilot.sessions")
 
@@ -32,7 +34,7 @@ SESSION_TOKEN_NAME = "web session"  # name of the API token row a login creates
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 BAD_LOGIN = "wrong user name or password"  # one message for both: no user enumeration
-MAX_TRACKED_KEYS = 10_000  # (IP, name) pairs kept before stale ones are swept
+INSERT_RACE_TRIES = 3  # times a login retries when another made its pair's row first
 
 _dummy_hash: str | None = None  # verified against for unknown users, to even out timing
 
@@ -47,48 +49,65 @@ def _verify(password_hash: str | None, password: str) -> bool:
     return False
 
 
-@dataclass
 class LoginLimiter:
-    """Failed logins per (client IP, user name) within a sliding window.
+    """Password logins tried per (client address, user name) and window, counted in the
+    database: a try is taken (one conditional UPDATE) before the password is checked, so
+    N concurrent wrong passwords get at most ``max_failures`` checks and the rest 429;
+    every coordinator on the database shares the count, and a restart keeps it. A right
+    password clears the count."""
 
-    Kept in this coordinator process's memory: several coordinators behind one address
-    each keep their own counter (so the effective limit is N per process), and a restart
-    forgets them."""
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self._swept_at = -math.inf
+        self._lock = threading.Lock()
 
-    max_failures: int
-    window_seconds: float
-    clock: Callable[[], float]
-    _failures: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    @property
+    def max_failures(self) -> int:
+        return self.svc.settings.login_max_failures
 
-    def _recent(self, key: tuple[str, str], now: float) -> list[float]:
-        times = [t for t in self._failures.get(key, []) if t > now - self.window_seconds]
-        if times:
-            self._failures[key] = times
-        else:
-            self._failures.pop(key, None)
-        return times
+    @property
+    def window_seconds(self) -> float:
+        return self.svc.settings.login_window_seconds
 
-    def check(self, ip: str, name: str) -> None:
-        """Raise RateLimited while the pair has used up its failures."""
-        now = self.clock()
-        with self._lock:
-            times = self._recent((ip, name), now)
-        if len(times) >= self.max_failures:
-            wait = max(1, math.ceil(times[0] + self.window_seconds - now))
-            raise RateLimited(f"too many failed logins; try again in {wait} s", retry_after=wait)
-
-    def failed(self, ip: str, name: str) -> None:
-        now = self.clock()
-        with self._lock:
-            if len(self._failures) >= MAX_TRACKED_KEYS:
-                for key in list(self._failures):
-                    self._recent(key, now)
-            self._failures.setdefault((ip, name), []).append(now)
+    def take(self, ip: str, name: str) -> None:
+        """Take one try for the pair, or raise RateLimited while it has none left."""
+        key = login_key(ip, name)
+        now = self.svc.clock()
+        self._sweep(now)
+        for _ in range(INSERT_RACE_TRIES):
+            with self.svc.transaction() as conn:
+                if ql.take_login_try(conn, key, now, self.window_seconds, self.max_failures):
+                    return
+                started = ql.login_window_start(conn, key)
+            if started is not None:
+                wait = max(1, math.ceil(started + self.window_seconds - now))
+                raise RateLimited(f"too many failed logins; try again in {wait} s",
+                                  retry_after=wait)
+            try:
+                with self.svc.transaction() as conn:
+                    ql.insert_login_try(conn, key, now)
+                return
+            except sa.exc.IntegrityError:
+                continue  # another request made the row first: take from it
+        raise RateLimited("too many logins at once; try again in 1 s", retry_after=1)
 
     def succeeded(self, ip: str, name: str) -> None:
+        with self.svc.transaction() as conn:
+            ql.clear_login_tries(conn, login_key(ip, name))
+
+    def _sweep(self, now: float) -> None:
+        """Forget windows long over, at most once per window per process."""
         with self._lock:
-            self._failures.pop((ip, name), None)
+            if now - self._swept_at < self.window_seconds:
+                return
+            self._swept_at = now
+        with self.svc.transaction() as conn:
+            ql.delete_old_login_tries(conn, now - self.window_seconds)
+
+
+def login_key(ip: str, name: str) -> str:
+    """The pair as a fixed-size key: any address and name fit the column."""
+    return hashlib.sha256(f"{ip}\x00{name}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 _limiter_lock = threading.Lock()
@@ -100,8 +119,7 @@ def limiter(request: Request, svc: Services) -> LoginLimiter:
     with _limiter_lock:
         found: LoginLimiter | None = getattr(state, "login_limiter", None)
         if found is None:
-            found = LoginLimiter(svc.settings.login_max_failures,
-                                 svc.settings.login_window_seconds, lambda: svc.clock())
+            found = LoginLimiter(svc)
             state.login_limiter = found
     return found
 
@@ -115,12 +133,11 @@ class Login:
 
 
 def login(svc: Services, limits: LoginLimiter, ip: str, name: str, password: str) -> Login:
-    limits.check(ip, name)
+    limits.take(ip, name)
     with svc.transaction() as conn:
         user = q.user_by_name(conn, name)
     ok = _verify(user.password_hash if user is not None else None, password)
     if user is None or not ok or user.disabled:
-        limits.failed(ip, name)
         log.warning("failed login for %r from %s", name, ip)
         raise Unauthorized(BAD_LOGIN)
     limits.succeeded(ip, name)

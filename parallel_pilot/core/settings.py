@@ -3,9 +3,10 @@ environment variables. Nothing else in the project reads ``os.environ``."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 8330  # coordinator HTTP port
@@ -59,6 +60,20 @@ class CoordinatorSettings(BaseSettings):
     cookie_secure: bool | None = None
     login_max_failures: int = Field(default=DEFAULT_LOGIN_MAX_FAILURES, ge=1)
     login_window_seconds: float = Field(default=DEFAULT_LOGIN_WINDOW_SECONDS, gt=0)
+    # addresses (or networks, 10.0.0.0/8) of reverse proxies whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed; none by default: the peer's address is the client's
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"trusted proxy {entry!r} is not an IP address or "
+                                 "network (e.g. 127.0.0.1, 10.0.0.0/8)") from None
+        return [entry.strip() for entry in value]
 
     @property
     def blob_dir(self) -> Path:

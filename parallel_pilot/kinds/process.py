@@ -1,19 +1,80 @@
 """Running a child process for a task: own process group, output captured with a size cap,
-killed at once when the task is told to stop or runs past its time limit."""
+killed at once when the task is told to stop or runs past its time limit.
+
+``spawn_child`` is the one way a worker starts a task's process (commands, Blender, the
+reused python and train children, bwrap): a session and process group of its own,
+``PR_SET_PDEATHSIG`` = SIGKILL so it dies with the worker, and its group told to the
+worker's guard (``kinds/guard.py``), which kills the whole group (what the child started
+too) when the worker dies. ``end_group`` kills what is left of a group once its child is
+over, so a command's background processes never outlive its task.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from parallel_pilot.kinds.guard import GUARD
 
 POLL_SECONDS = 0.05  # how often the stop event and time limit are checked
 KILL_GRACE_SECONDS = 3.0  # seconds between SIGTERM and SIGKILL when stopping a child
+_PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent thread ends
+
+
+def _find_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once here in the parent: the forked child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """The pre-exec hook of a task child: SIGKILL when the worker's starting thread ends
+    (Linux), and exit at once if the worker died already, before the hook ran."""
+
+    def hook() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+def spawn_child(argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a task's process (``subprocess.Popen`` arguments): in a new session and
+    process group, killed by the kernel when the worker dies, its group watched by the
+    guard. Start long-lived children from a long-lived thread: the death signal follows
+    the thread that started the child. End with ``end_group``."""
+    proc: subprocess.Popen[bytes] = subprocess.Popen(
+        argv, start_new_session=True, preexec_fn=_die_with(os.getpid()), **popen)
+    GUARD.watch(proc.pid)
+    return proc
+
+
+def end_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of the child's process group (its own children) once the child
+    is over, and stop watching it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    GUARD.forget(proc.pid)
 
 
 @dataclass
@@ -66,10 +127,8 @@ def run_process(
     """Run ``argv`` (never through a shell) and wait for it, stopping it on ``stop_event``."""
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True,
-        )
+        proc = spawn_child(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         return ProcessResult(127, "", f"cannot run {argv[0]!r}: {exc.strerror or exc}\n",
                              False, False, False, False, 0.0)
@@ -87,6 +146,7 @@ def run_process(
             break
     if proc.poll() is None:
         kill_group(proc)
+    end_group(proc)  # what the command left running in the background goes too
     out.join(5)
     err.join(5)
     return ProcessResult(

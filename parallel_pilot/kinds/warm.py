@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parallel_pilot.kinds.process import kill_group
+from parallel_pilot.kinds.process import end_group, kill_group, spawn_child
 from parallel_pilot.kinds.sandbox import bwrap_argv
 
 IDLE_SECONDS = 30.0  # an idle child is killed after this many seconds without a task
@@ -71,10 +71,9 @@ class WarmRunner:
             argv = bwrap_argv(argv, self.dir)  # --die-with-parent
         else:
             argv += ["--worker-pid", str(os.getpid())]  # it ends when this process dies
-        self.proc = subprocess.Popen(
-            argv, cwd=self.dir, env={**command.env, **env}, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )
+        self.proc = spawn_child(argv, cwd=self.dir, env={**command.env, **env},
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
         self.idle_since = time.monotonic()
         self._done: queue.Queue[tuple[str, int]] = queue.Queue()
         self._stderr_done: queue.Queue[str] = queue.Queue()  # names whose stderr is all read
@@ -143,6 +142,7 @@ class WarmRunner:
                 pass
         if self.alive():
             kill_group(self.proc)
+        end_group(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _read_stdout(self) -> None:
@@ -192,9 +192,9 @@ class RunnerPool:
         self.idle_seconds, self.max_idle = idle_seconds, max_idle
         self._idle: list[WarmRunner] = []
         self._lock = threading.Lock()
-        # children are started from one long-lived thread: bwrap's --die-with-parent
-        # (PR_SET_PDEATHSIG) fires when the *thread* that started it ends, and a task's
-        # thread ends with the task
+        # children are started from one long-lived thread: their PR_SET_PDEATHSIG (and
+        # bwrap's --die-with-parent) fires when the *thread* that started them ends, and a
+        # task's thread may end with the task
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix=f"{command.prefix}spawn")
 
     def take(self, reuse_key: str, sandbox: bool, parent: Path | None) -> WarmRunner:

@@ -2,6 +2,9 @@
 
 Writes stream through a temporary file while hashing, so memory stays constant for
 multi-GB files, and a blob appears under its name only once its bytes are verified.
+Temporary files live in this process's own folder under ``ROOT/tmp`` (``core/folders.py``):
+at start the folders of coordinators that died mid-upload are removed, never those of one
+that runs beside this one. Blob files are 0600, folders 0700.
 """
 
 from __future__ import annotations
@@ -12,15 +15,43 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from parallel_pilot.core.folders import (
+    LOCK_NAME,
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
+    claim_folder,
+    private_dir,
+    remove_stale_folders,
+    tighten,
+)
 from parallel_pilot.core.protocol import SHA256_RE
 from parallel_pilot.errors import BlobMismatch, InvalidInput, PayloadTooLarge
+
+TMP_FOLDER_PREFIX = "uploads-"  # a coordinator's folder of partial uploads (locked)
+LEGACY_PART_SUFFIX = ".part"  # partial uploads written straight into ROOT/tmp before
 
 
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.tmp = root / "tmp"
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
+        for shard in root.glob("[0-9a-f][0-9a-f]"):
+            tighten(shard, PRIVATE_DIR_MODE)  # an older version made them 0755
+        tmp_root = private_dir(root / "tmp")
+        self.stale_removed = remove_stale_folders(tmp_root, TMP_FOLDER_PREFIX)
+        for leftover in tmp_root.glob(f"*{LEGACY_PART_SUFFIX}"):
+            leftover.unlink(missing_ok=True)  # from a version that kept no folder lock
+            self.stale_removed.append(leftover)
+        self._held = claim_folder(tmp_root, TMP_FOLDER_PREFIX)
+        self.tmp = self._held.path
+
+    def partial_uploads(self) -> list[Path]:
+        """What this process's partial uploads folder holds now (its lock aside)."""
+        return sorted(p for p in self.tmp.iterdir() if p.name != LOCK_NAME)
+
+    def close(self) -> None:
+        """Remove this process's partial uploads folder and let go of it."""
+        self._held.release()
 
     def path(self, sha256: str) -> Path:
         if not SHA256_RE.match(sha256):
@@ -52,7 +83,8 @@ class BlobStore:
                 raise BlobMismatch(
                     f"the uploaded bytes hash to {digest.hexdigest()}, not to {sha256}"
                 )
-            final.parent.mkdir(parents=True, exist_ok=True)
+            final.parent.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
+            os.chmod(tmp, PRIVATE_FILE_MODE)
             os.replace(tmp, final)
             return size
         finally:
@@ -78,5 +110,6 @@ class BlobStore:
         if final.is_file():
             tmp.unlink(missing_ok=True)
             return
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
+        os.chmod(tmp, PRIVATE_FILE_MODE)
         os.replace(tmp, final)

@@ -1,5 +1,12 @@
 """Database engines for SQLite (default, WAL), PostgreSQL and MariaDB/MySQL, and the
-alembic upgrade that every coordinator runs at start."""
+alembic upgrade that every coordinator runs at start.
+
+Several coordinators may start at once on one database, so the upgrade runs under a lock
+held by its connection: a transaction-scoped advisory lock on PostgreSQL (DDL is
+transactional there, so the lock and the migration end together), ``GET_LOCK`` on
+MariaDB/MySQL (whose DDL commits by itself), and on SQLite the write lock that every
+transaction takes up front (``BEGIN IMMEDIATE``). The one that waited finds the schema
+at head and does nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +21,9 @@ POOL_SIZE = 10  # connections kept open per coordinator process (server database
 POOL_OVERFLOW = 20  # extra connections allowed under load
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+MIGRATION_LOCK_KEY = 0x70696C6F74  # PostgreSQL advisory lock key of the upgrade ("pilot")
+MIGRATION_LOCK_NAME = "parallel_pilot.migrations"  # MariaDB/MySQL named lock of the upgrade
+MIGRATION_LOCK_SECONDS = 600  # how long a coordinator waits for another's upgrade (MariaDB)
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -58,12 +68,28 @@ def is_sqlite(engine: sa.Engine) -> bool:
 
 
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest alembic revision."""
+    """Bring the schema to the newest alembic revision, one coordinator at a time."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    dialect = engine.dialect.name
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        if dialect == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK_KEY})
+        elif dialect in ("mysql", "mariadb"):
+            got = connection.execute(sa.text("SELECT GET_LOCK(:name, :seconds)"),
+                                     {"name": MIGRATION_LOCK_NAME,
+                                      "seconds": MIGRATION_LOCK_SECONDS}).scalar()
+            if got != 1:
+                raise RuntimeError(f"another coordinator's schema upgrade held the lock "
+                                   f"{MIGRATION_LOCK_NAME!r} for {MIGRATION_LOCK_SECONDS} s")
+        try:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        finally:
+            if dialect in ("mysql", "mariadb"):
+                connection.execute(sa.text("SELECT RELEASE_LOCK(:name)"),
+                                   {"name": MIGRATION_LOCK_NAME})
 
 
 def open_database(url: str) -> sa.Engine:

@@ -195,3 +195,11 @@ worker_job_failures = sa.Table(
     sa.Column("job_id", Id, primary_key=True),
     sa.Column("failures", sa.Integer, nullable=False, default=0),
 )
+
+login_tries = sa.Table(  # password logins tried per (client address, user name) and window
+    "login_tries", metadata,
+    sa.Column("login_key", sa.String(64), primary_key=True),  # SHA-256 of address and name
+    sa.Column("tries", sa.Integer, nullable=False),
+    sa.Column("window_start", Time, nullable=False),
+    sa.Index("ix_login_tries_window_start", "window_start"),
+)

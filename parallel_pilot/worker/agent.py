@@ -21,6 +21,7 @@ import queue
 import secrets
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,6 +30,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from parallel_pilot.core.folders import (
+    PRIVATE_DIR_MODE,
+    HeldFolder,
+    claim_folder,
+    remove_stale_folders,
+    tighten,
+)
 from parallel_pilot.core.protocol import Capabilities, RegisterRequest
 from parallel_pilot.core.settings import WorkerSettings
 from parallel_pilot.errors import (
@@ -72,6 +80,7 @@ HARD_STOP_JOIN_SECONDS = 5.0  # seconds after the loop ends for tasks to kill ch
 WAIT_TICK_SECONDS = 0.2  # how often the main thread looks at received signals
 CACHE_SUBDIR = Path(".cache") / "parallel-pilot" / "blobs"  # under the home directory
 NAME_MAX = 100  # characters of a worker name (the wire's limit)
+WORK_FOLDER_PREFIX = "pilot-worker-"  # a running worker's folder in the work root (locked)
 
 ConnectionFactory = Callable[[str], Connection]
 
@@ -114,6 +123,7 @@ class Worker(SyncLoop):
         self.sync_link = CoordinatorLink(sync_connection)
         self.poll_link = CoordinatorLink(factory(settings.server))
         self.cache = BlobCache(cache_dir, settings.cache_bytes)
+        self.work_folder, self._stale_folders = _claim_work_folder(settings.work_dir)
         # what a sandboxed task must not see of this worker: its home, cache, work root
         self.private_paths = private_folders(Path.home(), cache_dir, settings.work_dir)
         if settings.blender:
@@ -157,6 +167,8 @@ class Worker(SyncLoop):
         coordinator refused this worker (bad join token, revoked)."""
         if self._identity_note:
             log.warning("%s", self._identity_note)
+        for stale in self._stale_folders:
+            log.info("removed %s, left by a worker that was killed", stale)
         if "render" in self.settings.allow:
             if self.render_sandbox.enabled:
                 log.info("renders run in a sandbox (bwrap: no network, read-only system, "
@@ -209,6 +221,7 @@ class Worker(SyncLoop):
             else:
                 link.close()
         self.identity.release()
+        self.work_folder.release()
 
     # ------------------------------------------------------------ registering
 
@@ -277,6 +290,17 @@ class Worker(SyncLoop):
             log.warning("%s: %s (retrying in %.0f s)", what, exc, delay)
         else:
             log.warning("%s: %s: %s (retrying in %.0f s)", what, type(exc).__name__, exc, delay)
+
+
+def _claim_work_folder(work_dir: Path | None) -> tuple[HeldFolder, list[Path]]:
+    """This worker's folder for its tasks and reused children, in ``work_dir`` (default:
+    the system's temporary folder), after removing the folders killed workers left there."""
+    root = work_dir if work_dir is not None else Path(tempfile.gettempdir())
+    if work_dir is not None:
+        root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        tighten(root, PRIVATE_DIR_MODE)
+    stale = remove_stale_folders(root, WORK_FOLDER_PREFIX)
+    return claim_folder(root, WORK_FOLDER_PREFIX), stale
 
 
 def _claim_identity(given: str | None, cache_dir: Path) -> tuple[WorkerIdentity, str]:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from parallel_pilot.core.folders import private_dir
 from parallel_pilot.core.protocol import SHA256_RE
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.http import sha256_file
@@ -47,7 +48,7 @@ class BlobCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # oldest use first
         self._pins: dict[str, int] = {}
         self._hash_locks: dict[str, tuple[threading.Lock, int]] = {}  # lock, users
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)  # what a worker caches is the jobs' data: its owner's only
         self._scan()
 
     # ------------------------------------------------------------ public

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from parallel_pilot.core.folders import remove_tree
 from parallel_pilot.core.project import sha256_file
 from parallel_pilot.core.protocol import OutputRequest, TaskLease
 from parallel_pilot.errors import InvalidInput
@@ -207,24 +206,3 @@ class TaskContext:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a task's directory even where the task left read-only files or folders."""
-
-    def make_writable_and_retry(func: Any, failed: str, _exc: Any) -> None:
-        try:
-            parent = os.path.dirname(failed)
-            os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, stat.S_IRWXU)
-            func(failed)
-        except OSError:
-            pass
-
-    if not path.exists():
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=make_writable_and_retry)
-    else:
-        shutil.rmtree(path, onerror=make_writable_and_retry)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from parallel_pilot.core.folders import HeldFolder
 from parallel_pilot.core.protocol import SyncResponse
 from parallel_pilot.core.settings import WorkerSettings
 from parallel_pilot.errors import Forbidden, PilotError, ServerUnavailable, Unauthorized
@@ -47,6 +48,7 @@ class SyncLoop:
     link: CoordinatorLink
     sync_link: CoordinatorLink
     cache: BlobCache
+    work_folder: HeldFolder  # this worker's own folder for task folders
     render_sandbox: RenderSandboxDecision
     private_paths: tuple[Path, ...]
     clock: Callable[[], float]
@@ -130,7 +132,7 @@ class SyncLoop:
         if isinstance(instruction, Start):
             lease = instruction.lease
             run = TaskRun(lease, link=self.link, cache=self.cache, allowed=self.settings.allow,
-                          work_root=self.settings.work_dir, on_finished=self._finished,
+                          work_root=self.work_folder.path, on_finished=self._finished,
                           sandbox=self.settings.sandbox,
                           render_sandbox=self.render_sandbox.enabled,
                           private_paths=self.private_paths, clock=self.clock)

@@ -247,7 +247,7 @@ def test_a_file_over_the_upload_limit_is_refused(tmp_path: Path) -> None:
         response = submit(web, csrf, {"frames": "1-2"})
         assert response.status_code == 413
         assert "at most 1000 bytes" in response.text
-    assert list(coord.services.blobs.tmp.iterdir()) == []
+    assert coord.services.blobs.partial_uploads() == []
     coord.services.engine.dispose()
 
 

@@ -167,7 +167,7 @@ def test_a_zipped_blender_project_becomes_a_job_with_its_manifest(
     web.cookies.clear()
     login(web, "bob", PASSWORD)
     assert web.get(f"/api/v1/blobs/{files['textures/wood.png']}").status_code == 404
-    assert list(coordinator.services.blobs.tmp.iterdir()) == []
+    assert coordinator.services.blobs.partial_uploads() == []
 
 
 def test_the_blend_to_render_is_typed_or_the_only_one_at_the_top(
@@ -226,7 +226,7 @@ def test_several_files_and_a_picked_folder(coordinator: Coordinator, web: TestCl
         assert refused.status_code == 400
         assert wanted in field_error(refused.text, "scene")
     assert stored_blobs(coordinator) == before and job_count(coordinator) == 2
-    assert list(coordinator.services.blobs.tmp.iterdir()) == []
+    assert coordinator.services.blobs.partial_uploads() == []
 
 
 def _patch_sizes(content: bytes, size: int) -> bytes:
@@ -312,7 +312,7 @@ def test_a_bad_zip_is_a_field_error_with_no_job_and_no_blob(
     assert 'name="project_sha"' not in refused.text
     assert job_count(coordinator) == 0
     assert stored_blobs(coordinator) == before  # nothing stored, so nothing hidden either
-    assert list(coordinator.services.blobs.tmp.iterdir()) == []
+    assert coordinator.services.blobs.partial_uploads() == []
 
 
 def test_a_kept_project_is_checked_again(coordinator: Coordinator, web: TestClient) -> None:

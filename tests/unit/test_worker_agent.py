@@ -136,7 +136,9 @@ def test_runs_a_sleep_task_and_reports_it_in_a_sync(coordinator: FakeCoordinator
     assert [s for s in coordinator.syncs() if not s.wait_seconds][-1].leaving
     assert coordinator.left
     assert worker.outcomes["completed"] == 1
-    assert not (worker.settings.work_dir or Path("/nonexistent")).exists()  # no folder
+    # the sleep task made no folder; the worker's own (made at start) went when it stopped
+    assert worker.settings.work_dir is not None
+    assert list(worker.settings.work_dir.iterdir()) == []
 
 
 def test_a_raising_kind_is_reported_as_failed(coordinator: FakeCoordinator, make_worker,

@@ -31,11 +31,18 @@ def _given(**values: Any) -> dict[str, Any]:
               help="SQLAlchemy URL of PostgreSQL or MariaDB (default: SQLite in the data dir).")
 @click.option("--lease-seconds", type=float, help="Seconds a lease lasts without a heartbeat.")
 @click.option("--heartbeat-seconds", type=float, help="Seconds between worker heartbeats.")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
+              help="A reverse proxy (address or network) whose X-Forwarded-For is believed; "
+                   "repeatable (default: none, the peer's address counts).")
 # set by LocalCluster (pilot up): GET /health names the process by it, so the parent knows
 # it reached the coordinator it started and not another one on the same port
 @click.option("--instance-id", hidden=True)
 def server_command(instance_id: str | None, **flags: Any) -> None:
     """Run a coordinator until Ctrl-C or SIGTERM."""
+    if not flags.get("trusted_proxies"):
+        flags.pop("trusted_proxies", None)  # none given: the setting's environment or default
+    else:
+        flags["trusted_proxies"] = list(flags["trusted_proxies"])
     try:
         settings = CoordinatorSettings(**_given(**flags))
     except ValidationError as exc:
