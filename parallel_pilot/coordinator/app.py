@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parallel_pilot import __version__, web
+from parallel_pilot.coordinator.body_guard import BodyGuard
 from parallel_pilot.coordinator.routes import (
     accounts,
     attempts,
@@ -35,7 +36,8 @@ from parallel_pilot.store.database import open_database
 log = logging.getLogger("pilot.coordinator")
 
 STATUS_CODES = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large"}
+                405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
+                413: "payload_too_large"}
 # every 4xx an endpoint may answer, declared with the one error body so the OpenAPI schema
 # tells clients (and the API fuzz test) the truth; 422 replaces FastAPI's own body
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -85,6 +87,10 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     web.mount(app)  # the dashboard: pages at /, live streams at /events, /static
     _install_error_handlers(app)
+    # every body bounded in size and time before it is read (routes narrow the limit)
+    app.add_middleware(BodyGuard, max_body_bytes=services.settings.max_body_bytes,
+                       max_upload_bytes=services.settings.max_upload_bytes,
+                       stall_seconds=services.settings.body_stall_seconds)
     return app
 
 

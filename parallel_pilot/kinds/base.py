@@ -3,6 +3,12 @@
 A kind is one module exposing one object that satisfies ``Kind``. The coordinator calls
 ``parse_params``, ``input_blobs``, ``plan`` and ``finalize`` (pure, no I/O); the worker calls
 ``run`` with a ``RunContext`` that owns all I/O (blob cache, heartbeats, uploads).
+
+What every task of a job shares (a sweep's command, a python job's interpreter) is stored
+once, in the job's parameters, not in each task: a kind that plans tasks carrying only
+their own part defines ``shared_payload(params) -> dict`` (params as stored, JSON), and
+the payload a worker leases is ``task_payload(kind, params, own)``: the shared part with
+the task's own over it. Kinds without the hook keep their whole payload in each task.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from pydantic import BaseModel, ValidationError
 
 from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.errors import InvalidInput
+
+MAX_TASK_SECONDS = 30 * 86400.0  # the longest time limit a job may give its tasks (30 days)
 
 
 @dataclass
@@ -109,6 +117,21 @@ class Kind(Protocol):
     def finalize(self, params: BaseModel, tasks: list[FinishedTask]) -> dict[str, bytes]:
         """Job-level output files (path -> content) made from the finished tasks."""
         ...
+
+
+def task_payload(kind: Kind, job_params: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """The payload a worker leases: the kind's ``shared_payload`` of the job's parameters
+    with the task's own payload over it (a task stored before the split has it all)."""
+    shared = shared_payload(kind, job_params)
+    return {**shared, **own} if shared else own
+
+
+def shared_payload(kind: Kind, job_params: dict[str, Any]) -> dict[str, Any]:
+    """What every task of the job carries, taken from its parameters; {} for a kind whose
+    tasks hold their whole payload."""
+    hook: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(kind, "shared_payload",
+                                                                      None)
+    return hook(job_params) if hook is not None else {}
 
 
 def parse_params(kind: Kind, raw: dict[str, Any]) -> BaseModel:

@@ -19,11 +19,12 @@ from starlette.concurrency import run_in_threadpool
 from parallel_pilot.coordinator.auth import ServicesDep, UserOrWorker
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.coordinator.strict_route import StrictRoute, streamed_body
 from parallel_pilot.core.protocol import BlobInfo
 from parallel_pilot.errors import BlobNotFound, InvalidInput, PayloadTooLarge
 from parallel_pilot.store import queries as q
 
-router = APIRouter(prefix="/blobs", tags=["blobs"])
+router = APIRouter(prefix="/blobs", tags=["blobs"], route_class=StrictRoute)
 
 
 def _record(svc: Services, sha256: str, size: int, caller: Caller | sa.Row) -> None:
@@ -58,6 +59,7 @@ def _declared_size(request: Request) -> int | None:
 @router.put("/{sha256}", response_model=BlobInfo,
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}, "required": True}})
+@streamed_body
 async def put_blob(svc: ServicesDep, caller: UserOrWorker, sha256: str,
                    request: Request) -> BlobInfo:
     """Upload bytes under their SHA-256; bytes that hash otherwise are refused (422), and

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from parallel_pilot.coordinator.services import jobs, leasing, quorum
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.payloads import task_payloads
 from parallel_pilot.core.protocol import (
     AttemptReport,
     AttemptStop,
@@ -119,9 +120,11 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
         raise RuntimeError(f"claimed {len(chosen)} tasks but leased {changed}")
     q.mark_job_running(conn, (r.job_id for r in chosen if r.job_state == JobState.QUEUED), now)
     beat = svc.settings.heartbeat_seconds
+    payloads = task_payloads(conn, chosen)  # the task's item under what its job shares
     return [TaskLease(task_id=r.id, attempt=r.attempt + 1, job_id=r.job_id, kind=r.kind,
-                      name=r.name, payload=r.payload, inputs=r.inputs,
-                      lease_expires_at=expires, heartbeat_seconds=beat) for r in chosen]
+                      name=r.name, payload=payload, inputs=r.inputs,
+                      lease_expires_at=expires, heartbeat_seconds=beat)
+            for r, payload in zip(chosen, payloads, strict=True)]
 
 
 def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
