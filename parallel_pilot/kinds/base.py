@@ -9,6 +9,11 @@ once, in the job's parameters, not in each task: a kind that plans tasks carryin
 their own part defines ``shared_payload(params) -> dict`` (params as stored, JSON), and
 the payload a worker leases is ``task_payload(kind, params, own)``: the shared part with
 the task's own over it. Kinds without the hook keep their whole payload in each task.
+
+A result is what a worker says, and workers are strangers: a kind whose results the
+coordinator reads in SQL (a sweep's exit code) defines ``clean_result(result) -> dict``,
+which ``clean_result(kind, result)`` applies before a result is stored, so a value of the
+wrong type cannot break a read for everyone.
 """
 
 from __future__ import annotations
@@ -132,6 +137,13 @@ def shared_payload(kind: Kind, job_params: dict[str, Any]) -> dict[str, Any]:
     hook: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(kind, "shared_payload",
                                                                       None)
     return hook(job_params) if hook is not None else {}
+
+
+def clean_result(kind: Kind, result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` as the kind stores it (its ``clean_result`` hook, if it has one)."""
+    hook: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(kind, "clean_result",
+                                                                      None)
+    return hook(result) if hook is not None else result
 
 
 def parse_params(kind: Kind, raw: dict[str, Any]) -> BaseModel:

@@ -127,6 +127,20 @@ class SweepKind:
                 "timeout_seconds": params.get("timeout_seconds"),
                 "output_cap": params.get("output_cap", DEFAULT_OUTPUT_CAP)}
 
+    def clean_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The fields the coordinator counts failed items by (in SQL: ``failed_item_counts``)
+        with the types it reads them as, whatever a worker sent: an exit code that is not
+        a 32-bit integer is kept as text in ``exit_code_reported`` and counts as failed."""
+        out = dict(result)
+        code = out.get("exit_code")
+        if code is not None and not (type(code) is int and -2**31 <= code < 2**31):
+            out["exit_code"], out["exit_code_reported"] = -1, str(code)[:100]
+        if "timed_out" in out and type(out["timed_out"]) is not bool:
+            out["timed_out"] = bool(out["timed_out"])
+        if out.get("error") is not None and not isinstance(out["error"], str):
+            out["error"] = str(out["error"])[:1000]
+        return out
+
     def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         payload = task.payload
         item = str(payload["item"])

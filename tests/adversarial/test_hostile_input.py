@@ -243,6 +243,28 @@ def test_nul_and_bad_bytes_in_task_output_are_stored_escaped(
     assert job_ids(coordinator.admin) == [job["id"]]
 
 
+def test_results_of_the_wrong_type_break_no_reads(coordinator: Coordinator) -> None:
+    """A sweep result is counted in SQL (failed items): an exit code that is text, or past
+    what the database casts to an integer, made every job list a 500 on PostgreSQL."""
+    alice = coordinator.user("alice")
+    job = alice.submit("sweep", SWEEP)
+    worker = coordinator.worker("w1", slots=3)
+    tasks = sorted(worker.take(3), key=lambda t: t["task_id"])
+    results = [{"exit_code": "abc"}, {"exit_code": 2**40, "timed_out": "yes"},
+               {"exit_code": 0, "error": {"nested": 1}}]
+    answer = worker.sync(reports=[
+        {"task_id": t["task_id"], "attempt": t["attempt"], "outcome": "completed",
+         "result": r} for t, r in zip(tasks, results, strict=True)])
+    assert all(v["accepted"] for v in answer["verdicts"])
+    for reader in (alice, coordinator.admin):
+        assert job["id"] in job_ids(reader)
+    info = alice.ok("GET", f"/jobs/{job['id']}")
+    assert info["state"] == "completed" and info["failed_items"] == 3
+    stored = [t["result"] for t in alice.ok("GET", f"/jobs/{job['id']}/tasks")["tasks"]]
+    assert stored[0]["exit_code"] == -1 and stored[0]["exit_code_reported"] == "abc"
+    assert stored[1]["timed_out"] is True and stored[2]["error"] == "{'nested': 1}"
+
+
 def test_real_task_printing_nul_and_bad_bytes_completes(coordinator: Coordinator) -> None:
     """A real worker runs a command whose output holds NUL and bytes that are not UTF-8
     (PostgreSQL refused such a result before, and the job failed as 'worker lost')."""

@@ -36,6 +36,8 @@ from parallel_pilot.core.protocol import (
 from parallel_pilot.core.requirements import satisfies
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import Unauthorized
+from parallel_pilot.kinds import get_kind
+from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import sync as qs
 
@@ -293,8 +295,9 @@ def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
               done: list[tuple[AttemptReport, sa.Row]], out: Exchange, now: float) -> set[int]:
     if not done:
         return set()
-    qs.complete_attempts(conn, worker.id, [(r.task_id, r.attempt, r.result or {})
-                                           for r, _ in done], now)
+    qs.complete_attempts(conn, worker.id, [
+        (r.task_id, r.attempt, clean_result(get_kind(row.kind), r.result or {}))
+        for r, row in done], now)
     maybe_complete = qs.add_jobs_done(conn, Counter(row.job_id for _, row in done))
     pairs = qs.dependents_of(conn, [row.id for _, row in done])
     if pairs:
