@@ -161,6 +161,29 @@ def test_nul_is_refused_in_names_commands_and_queries(coordinator: Coordinator) 
     web.close()
 
 
+def test_nul_is_refused_in_the_dashboards_streamed_submit_form(
+        coordinator: Coordinator) -> None:
+    """The submit form (multipart, read as it streams) holds its fields to the rule."""
+    password = (coordinator.cluster.data_dir / "admin-password").read_text().strip()
+    web = httpx.Client(base_url=coordinator.url, timeout=30)
+    session = web.post(f"{API}/session", json={"name": "admin", "password": password})
+    assert session.status_code == 200, session.text
+    csrf = session.json()["csrf_token"]
+    page = web.post("/jobs/new", data={"csrf_token": csrf, "name": "scene\x00one",
+                                       "frames": "1"}, files={"x": ("", b"")})
+    assert page.status_code == 422 and "name: text must not contain NUL" in page.text
+    # a file name with a raw NUL (httpx would escape it): the bytes as a browser may send
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n"
+            f"{csrf}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"blend\"; "
+            f"filename=\"a\x00.blend\"\r\n\r\nBLENDER\r\n--{boundary}--\r\n").encode()
+    page = web.post("/jobs/new", content=body, headers={
+        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert page.status_code == 422 and "blend.filename: text must not contain NUL" in page.text
+    web.close()
+    assert job_ids(coordinator.admin) == []
+
+
 # ---------------------------------------------------------------- numbers
 
 
@@ -372,17 +395,17 @@ STALL_SECONDS = 1.5  # body_stall_seconds of tight_server
 TIGHT_BODY_BYTES = 4 * MB  # max_body_bytes of tight_server
 
 
-@pytest.fixture
-def tight_server(tmp_path: Path, fresh_database: Callable[[str], str],
-                 ) -> Iterator[Coordinator]:
-    """A coordinator (SQLite) with a short body stall time and a small body limit."""
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def tight_server(request: pytest.FixtureRequest, tmp_path: Path,
+                 fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
+    """A coordinator with a short body stall time and a small body limit."""
     cluster = LocalCluster(tmp_path / "tight", workers=0,
-                           server_args=["--database-url", fresh_database("sqlite")],
+                           server_args=["--database-url", fresh_database(request.param)],
                            env={"PILOT_TOKEN": "", "PILOT_BODY_STALL_SECONDS":
                                 str(STALL_SECONDS), "PILOT_MAX_BODY_BYTES":
                                 str(TIGHT_BODY_BYTES)})
     cluster.start_server()
-    coord = Coordinator(cluster, "sqlite", Client(cluster.url, cluster.admin_token))
+    coord = Coordinator(cluster, request.param, Client(cluster.url, cluster.admin_token))
     try:
         yield coord
         coord.healthy()
