@@ -25,6 +25,9 @@ from typing import Any
 
 MAX_INT = 2**63 - 1  # the largest BIGINT on SQLite, PostgreSQL and MariaDB
 MIN_INT = -(2**63)
+# arrays and objects inside one another, at most: what is stored must also be answered
+# (the response encoder stops at 255), and no request of this API needs more than a few
+MAX_DEPTH = 32
 REPLACEMENT = "\ufffd"  # what a NUL, a lone surrogate or a byte that is not UTF-8 becomes
 
 _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")  # NUL, or half of a surrogate pair
@@ -103,9 +106,23 @@ def decode(body: bytes, policy: Policy) -> Any:
         except UnicodeDecodeError as exc:
             raise BadValue((), f"the body is not valid UTF-8 (byte {exc.start})") from None
     value = json.loads(text, parse_constant=constant, parse_float=number, parse_int=integer)
+    _check_depth(value)
     if suspicious or _SUSPECT.search(body) is not None:
         value = _walk(value, (), policy)
     return value
+
+
+def _check_depth(value: Any) -> None:
+    """``BadValue`` where arrays and objects nest deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = \
+        [(value, ())] if isinstance(value, dict | list) else []
+    while stack:
+        item, where = stack.pop()
+        if len(where) >= MAX_DEPTH:
+            raise BadValue(where, f"nested deeper than {MAX_DEPTH} levels")
+        children = item.items() if isinstance(item, dict) else enumerate(item)
+        stack.extend((child, (*where, key)) for key, child in children
+                     if isinstance(child, dict | list))
 
 
 def _walk(value: Any, where: tuple[str | int, ...], policy: Policy) -> Any:

@@ -288,6 +288,23 @@ def test_results_of_the_wrong_type_break_no_reads(coordinator: Coordinator) -> N
     assert stored[1]["timed_out"] is True and stored[2]["error"] == "{'nested': 1}"
 
 
+def test_a_result_nested_too_deep_is_refused(coordinator: Coordinator) -> None:
+    """Stored, a result 300 levels deep made its job's task list unanswerable."""
+    alice = coordinator.user("alice")
+    job = alice.submit("sweep", {**SWEEP, "items": "1"})
+    worker = coordinator.worker("w1")
+    (task,) = worker.take(1)
+    deep: Any = "x"
+    for _ in range(300):
+        deep = {"a": deep}
+    answer = worker.request("POST", "/workers/sync", json={"reports": [{
+        "task_id": task["task_id"], "attempt": task["attempt"], "outcome": "completed",
+        "result": {"deep": deep}}], "held": []})
+    refused(answer, "reports.0.result.deep.a", "nested deeper than 32 levels")
+    tasks = alice.ok("GET", f"/jobs/{job['id']}/tasks")["tasks"]
+    assert [t["state"] for t in tasks] == ["leased"]  # the report changed nothing
+
+
 def test_real_task_printing_nul_and_bad_bytes_completes(coordinator: Coordinator) -> None:
     """A real worker runs a command whose output holds NUL and bytes that are not UTF-8
     (PostgreSQL refused such a result before, and the job failed as 'worker lost')."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from parallel_pilot.coordinator.strict_json import BadValue, Policy, decode
+from parallel_pilot.coordinator.strict_json import MAX_DEPTH, BadValue, Policy, decode
 
 
 @pytest.mark.parametrize("body, where, words", [
@@ -41,6 +41,19 @@ def test_worker_reports_are_escaped_not_refused() -> None:
                                            "x\ufffd": [None, None, 2]}
     with pytest.raises(BadValue):  # ids and attempt numbers stay bounded in reports too
         decode(b'{"task_id": 99999999999999999999}', Policy.ESCAPE)
+
+
+def test_nesting_is_bounded_for_everyone() -> None:
+    """A result nested 300 deep was stored, then its job's task list could not be
+    answered (the response encoder stops at 255 levels)."""
+    ok = b'{"a": ' * (MAX_DEPTH - 1) + b"1" + b"}" * (MAX_DEPTH - 1)
+    assert decode(ok, Policy.REFUSE)
+    deep = b"[" * 300 + b"]" * 300
+    for policy in Policy:
+        with pytest.raises(BadValue) as caught:
+            decode(deep, policy)
+        assert caught.value.where == (0,) * MAX_DEPTH and "nested deeper" in str(caught.value)
+    assert decode(b'"just text"', Policy.REFUSE) == "just text"
 
 
 def test_not_json_is_a_value_error() -> None:
