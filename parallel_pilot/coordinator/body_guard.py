@@ -70,7 +70,8 @@ class BodyGuard:
             if budget.finished:  # only a disconnect is left to wait for: no time limit
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), budget.stall_seconds)
+                async with asyncio.timeout(budget.stall_seconds):  # no task per piece
+                    message = await receive()
             except TimeoutError:
                 raise RequestTimeout(f"the request body stopped arriving for "
                                      f"{budget.stall_seconds:g} s") from None
