@@ -17,7 +17,8 @@
     │   ├── StaleAttempt      a report from an attempt that no longer holds the task
     │   └── InvalidTransition a state change the transition table does not allow
     ├── BlobMismatch          (422) uploaded bytes do not hash to the name they were sent under
-    ├── PayloadTooLarge       (413)
+    ├── PayloadTooLarge       (413) a request body over the route's limit
+    ├── RequestTimeout        (408) a request body that stopped arriving
     ├── RateLimited           (429) too many attempts (failed logins); retry later
     ├── ServerUnavailable     (503) client side: the coordinator could not be reached
     └── CannotListen          a coordinator's address cannot be listened on (a port in use)
@@ -145,6 +146,13 @@ class PayloadTooLarge(PilotError):
 
     code = "payload_too_large"
     status = 413
+
+
+class RequestTimeout(PilotError):
+    """The request body stopped arriving."""
+
+    code = "request_timeout"
+    status = 408
 
 
 class ServerUnavailable(PilotError):

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from parallel_pilot import __version__, web
+from parallel_pilot.coordinator.body_guard import BodyGuard
 from parallel_pilot.coordinator.bootstrap import tighten_data_dir
 from parallel_pilot.coordinator.routes import (
     accounts,
@@ -38,7 +39,8 @@ from parallel_pilot.store.database import open_database
 log = logging.getLogger("pilot.coordinator")
 
 STATUS_CODES = {400: "invalid_input", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large"}
+                405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
+                413: "payload_too_large"}
 # every 4xx an endpoint may answer, declared with the one error body so the OpenAPI schema
 # tells clients (and the API fuzz test) the truth; 422 replaces FastAPI's own body
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -93,6 +95,10 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
         app.add_middleware(ProxyHeadersMiddleware,
                            trusted_hosts=list(services.settings.trusted_proxies))
     _install_error_handlers(app)
+    # every body bounded in size and time before it is read (routes narrow the limit)
+    app.add_middleware(BodyGuard, max_body_bytes=services.settings.max_body_bytes,
+                       max_upload_bytes=services.settings.max_upload_bytes,
+                       stall_seconds=services.settings.body_stall_seconds)
     return app
 
 

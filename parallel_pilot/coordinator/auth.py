@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from parallel_pilot.coordinator import sessions
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.coordinator.strict_route import authenticate_first
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token
 from parallel_pilot.errors import Forbidden, Unauthorized
 from parallel_pilot.store import queries as q
@@ -113,3 +114,22 @@ def _user_or_worker(svc: Services, credentials: HTTPAuthorizationCredentials | N
 CurrentUser = Annotated[Caller, Depends(current_user)]
 CurrentWorker = Annotated[sa.Row, Depends(current_worker)]
 UserOrWorker = Annotated[Caller | sa.Row, Depends(user_or_worker)]
+
+
+# the same checks, run by ``strict_route`` before a request's body is read: a stranger's
+# (or a revoked worker's) body is refused unread
+async def _user_first(request: Request) -> None:
+    await current_user(request, get_services(request), await _bearer(request))
+
+
+async def _worker_first(request: Request) -> None:
+    await run_in_threadpool(current_worker, get_services(request), await _bearer(request))
+
+
+async def _user_or_worker_first(request: Request) -> None:
+    await user_or_worker(request, get_services(request), await _bearer(request))
+
+
+authenticate_first(current_user, _user_first)
+authenticate_first(current_worker, _worker_first)
+authenticate_first(user_or_worker, _user_or_worker_first)

@@ -24,6 +24,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024**3  # bytes one uploaded blob may have
 # bytes one output a worker uploads for an attempt may have, unless its kind bounds it
 # lower (kinds.base.output_limit: a render frame, a python chunk's results)
 DEFAULT_MAX_OUTPUT_BYTES = 20 * 1024**3
+# bytes of one JSON or form request body (a sync of many results, a job's parameters);
+# uploads have max_upload_bytes instead
+DEFAULT_MAX_BODY_BYTES = 128 * 1024**2
+DEFAULT_BODY_STALL_SECONDS = 30.0  # seconds a request body may stop arriving before a 408
 DEFAULT_MAX_TASKS_PER_JOB = 100_000  # tasks one job may plan
 DEFAULT_MAX_LOG_BYTES_PER_TASK = 10 * 1024**2  # log characters kept per task (all attempts)
 DEFAULT_SESSION_SECONDS = 12 * 3600.0  # seconds a web session (login cookie) lasts
@@ -52,6 +56,8 @@ class CoordinatorSettings(BaseSettings):
     offline_seconds: float = Field(default=DEFAULT_OFFLINE_SECONDS, gt=0)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1)
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    body_stall_seconds: float = Field(default=DEFAULT_BODY_STALL_SECONDS, gt=0)
     max_tasks_per_job: int = Field(default=DEFAULT_MAX_TASKS_PER_JOB, ge=1)
     max_log_bytes_per_task: int = Field(default=DEFAULT_MAX_LOG_BYTES_PER_TASK, ge=0)
     session_seconds: float = Field(default=DEFAULT_SESSION_SECONDS, gt=0)

@@ -8,6 +8,17 @@ Optional: ``max_output_bytes(payload, default)``, the bytes one output of a task
 payload may have (a render chunk's frames, a python chunk's results); the coordinator
 refuses a bigger upload for the attempt (413). Without it, ``default`` (the coordinator's
 ``max_output_bytes``) applies; see ``output_limit``.
+
+What every task of a job shares (a sweep's command, a python job's interpreter) is stored
+once, in the job's parameters, not in each task: a kind that plans tasks carrying only
+their own part defines ``shared_payload(params) -> dict`` (params as stored, JSON), and
+the payload a worker leases is ``task_payload(kind, params, own)``: the shared part with
+the task's own over it. Kinds without the hook keep their whole payload in each task.
+
+A result is what a worker says, and workers are strangers: a kind whose results the
+coordinator reads in SQL (a sweep's exit code) defines ``clean_result(result) -> dict``,
+which ``clean_result(kind, result)`` applies before a result is stored, so a value of the
+wrong type cannot break a read for everyone.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from pydantic import BaseModel, ValidationError
 
 from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.errors import InvalidInput
+
+MAX_TASK_SECONDS = 30 * 86400.0  # the longest time limit a job may give its tasks (30 days)
 
 
 @dataclass
@@ -123,6 +136,28 @@ def output_limit(kind: Kind, payload: dict[str, Any], default: int) -> int:
     if bound is None:
         return default
     return min(default, int(bound(payload, default)))
+
+
+def task_payload(kind: Kind, job_params: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """The payload a worker leases: the kind's ``shared_payload`` of the job's parameters
+    with the task's own payload over it (a task stored before the split has it all)."""
+    shared = shared_payload(kind, job_params)
+    return {**shared, **own} if shared else own
+
+
+def shared_payload(kind: Kind, job_params: dict[str, Any]) -> dict[str, Any]:
+    """What every task of the job carries, taken from its parameters; {} for a kind whose
+    tasks hold their whole payload."""
+    hook: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(kind, "shared_payload",
+                                                                      None)
+    return hook(job_params) if hook is not None else {}
+
+
+def clean_result(kind: Kind, result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` as the kind stores it (its ``clean_result`` hook, if it has one)."""
+    hook: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(kind, "clean_result",
+                                                                      None)
+    return hook(result) if hook is not None else result
 
 
 def parse_params(kind: Kind, raw: dict[str, Any]) -> BaseModel:

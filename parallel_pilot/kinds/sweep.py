@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from parallel_pilot.core.protocol import TaskLease, check_sha256
 from parallel_pilot.core.ranges import parse_items
 from parallel_pilot.errors import InvalidRange
-from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
+from parallel_pilot.kinds.base import MAX_TASK_SECONDS, FinishedTask, RunContext, TaskSpec
 from parallel_pilot.kinds.process import run_process
 from parallel_pilot.kinds.sandbox import bwrap_argv
 
@@ -50,7 +50,7 @@ class SweepParams(BaseModel):
     items: list[str] | str = Field(description="a list of items, or a range like 1-100")
     files: dict[str, str] = Field(default_factory=dict, description="name in workdir -> SHA-256")
     collect: list[str] = Field(default_factory=list, description="globs of output files")
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_TASK_SECONDS)
     output_cap: int = Field(default=DEFAULT_OUTPUT_CAP, ge=0, le=MAX_OUTPUT_CAP)
 
     @field_validator("command")
@@ -115,13 +115,31 @@ class SweepKind:
     def plan(self, params: BaseModel) -> list[TaskSpec]:
         assert isinstance(params, SweepParams)
         assert isinstance(params.items, list)
-        common = {"command": params.command, "collect": params.collect,
-                  "timeout_seconds": params.timeout_seconds, "output_cap": params.output_cap}
-        return [
-            TaskSpec(name=f"item {item}", payload={"item": item, **common},
-                     inputs=dict(params.files))
-            for item in params.items
-        ]
+        # the command and the rest every item shares stay in the job (shared_payload)
+        return [TaskSpec(name=f"item {item}", payload={"item": item},
+                         inputs=dict(params.files))
+                for item in params.items]
+
+    def shared_payload(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What each item's task is leased with besides its item, from the job's
+        parameters (as stored): the command and how to run it."""
+        return {"command": params["command"], "collect": params.get("collect", []),
+                "timeout_seconds": params.get("timeout_seconds"),
+                "output_cap": params.get("output_cap", DEFAULT_OUTPUT_CAP)}
+
+    def clean_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The fields the coordinator counts failed items by (in SQL: ``failed_item_counts``)
+        with the types it reads them as, whatever a worker sent: an exit code that is not
+        a 32-bit integer is kept as text in ``exit_code_reported`` and counts as failed."""
+        out = dict(result)
+        code = out.get("exit_code")
+        if code is not None and not (type(code) is int and -2**31 <= code < 2**31):
+            out["exit_code"], out["exit_code_reported"] = -1, str(code)[:100]
+        if "timed_out" in out and type(out["timed_out"]) is not bool:
+            out["timed_out"] = bool(out["timed_out"])
+        if out.get("error") is not None and not isinstance(out["error"], str):
+            out["error"] = str(out["error"])[:1000]
+        return out
 
     def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         payload = task.payload

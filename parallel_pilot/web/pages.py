@@ -14,6 +14,7 @@ from parallel_pilot.coordinator.limits import JobId
 from parallel_pilot.coordinator.services import jobs
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.coordinator.strict_route import streamed_body
 from parallel_pilot.core.protocol import SHA256_RE
 from parallel_pilot.core.states import JobState
 from parallel_pilot.errors import BlobNotFound
@@ -63,6 +64,7 @@ def new_job(request: Request, user: Viewer) -> Response:
 
 
 @router.post("/jobs/new")
+@streamed_body
 async def post_job(request: Request, svc: ServicesDep, user: Viewer) -> Response:
     """The upload form: streamed in; on success to the job's page, else the form again
     with each error next to its field (400)."""

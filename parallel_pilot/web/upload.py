@@ -23,6 +23,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from parallel_pilot.coordinator.strict_json import clean_text, text_problem
+from parallel_pilot.coordinator.strict_route import StrictRefusal
 from parallel_pilot.errors import InvalidInput, PayloadTooLarge
 from parallel_pilot.store.blobs import BlobStore
 
@@ -93,15 +95,15 @@ class _Parser:
         _, options = parse_options_header(self._disposition)
         if b"name" not in options:
             raise InvalidInput("a form part has no name")
-        self._name = options[b"name"].decode("utf-8", "replace")
+        self._name = _text("a form part's name", options[b"name"].decode("utf-8", "replace"))
         if b"filename" in options:
             if len(self.form.files) >= self.max_files:
                 raise InvalidInput(f"send at most {self.max_files} "
                                    f"file{'' if self.max_files == 1 else 's'} in one submit")
             self.before_file(dict(self.form.fields))
             tmp = self.tmp_dir / f"web-upload.{uuid.uuid4().hex}.part"
-            self._file = UploadedFile(self._name, options[b"filename"].decode("utf-8", "replace"),
-                                      tmp)
+            self._file = UploadedFile(self._name, _text(
+                f"{self._name}.filename", options[b"filename"].decode("utf-8", "replace")), tmp)
             self.form.files.append(self._file)
             self._digest = hashlib.sha256()
         elif len(self.form.fields) >= MAX_FIELDS:
@@ -125,9 +127,18 @@ class _Parser:
 
     def on_part_end(self) -> None:
         if self._file is None:
-            self.form.fields[self._name] = self._data.decode("utf-8", "replace")
+            self.form.fields[self._name] = _text(self._name,
+                                                 self._data.decode("utf-8", "replace"))
         else:
             self._file.sha256 = self._digest.hexdigest()
+
+
+def _text(where: str, value: str) -> str:
+    """A field's text, refused (422) with NUL in it, as every JSON body's is."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise StrictRefusal(("body", clean_text(where)), problem)
+    return value
 
 
 async def read_form(content_type: str, body: AsyncIterator[bytes], tmp_dir: Path, *,

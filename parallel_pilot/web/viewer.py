@@ -11,15 +11,15 @@ from urllib.parse import quote
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse
 
 from parallel_pilot.coordinator import sessions
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
+from parallel_pilot.coordinator.strict_route import StrictRefusal, StrictRoute, authenticate_first
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token
-from parallel_pilot.errors import NotFound, PilotError, Unauthorized, http_status
+from parallel_pilot.errors import InvalidInput, NotFound, PilotError, Unauthorized, http_status
 from parallel_pilot.store import queries as q
 from parallel_pilot.web.templating import page
 
@@ -71,9 +71,15 @@ def login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse(f"{LOGIN_PATH}?next={quote(target, safe='')}", status_code=303)
 
 
-class PageRoute(APIRoute):
+# a form post's session is checked before its body is read (the CSRF check reads it)
+authenticate_first(require_viewer, require_viewer)
+authenticate_first(form_user, require_viewer)
+
+
+class PageRoute(StrictRoute):
     """A dashboard route: errors become pages people can read, and a missing or ended
-    session becomes a redirect to the login page (streams and files answer 401)."""
+    session becomes a redirect to the login page (streams and files answer 401). Its
+    input is checked as the API's is (``StrictRoute``): a refused field is a 422 page."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -81,6 +87,8 @@ class PageRoute(APIRoute):
         async def run(request: Request) -> Response:
             try:
                 return await handler(request)
+            except StrictRefusal as exc:
+                return await _error_page(request, InvalidInput(exc.message), status=422)
             except RequestValidationError:
                 return await _error_page(request, NotFound("no such page"))
             except Unauthorized as exc:
@@ -93,10 +101,11 @@ class PageRoute(APIRoute):
         return run
 
 
-async def _error_page(request: Request, exc: PilotError) -> Response:
-    status = http_status(exc)
+async def _error_page(request: Request, exc: PilotError, status: int | None = None) -> Response:
+    status = status or http_status(exc)
     titles = {400: "That did not work", 401: "Please log in", 403: "Not allowed",
-              404: "Not found", 409: "Conflict", 413: "Too large", 429: "Slow down"}
+              404: "Not found", 408: "Too slow", 409: "Conflict", 413: "Too large",
+              422: "That did not work", 429: "Slow down"}
     return page(request, "error.html", {"title": titles.get(status, "Error"),
                                         "message": exc.message, "status": status},
                 viewer=await viewer(request), status_code=status)

@@ -23,7 +23,7 @@ from parallel_pilot.client.python_calls import (
     rebuild_exception,
 )
 from parallel_pilot.errors import InvalidInput
-from parallel_pilot.kinds.base import parse_params
+from parallel_pilot.kinds.base import parse_params, task_payload
 from parallel_pilot.kinds.python import PythonKind, PythonParams
 from parallel_pilot.kinds.python import calls as fmt
 from parallel_pilot.kinds.python.kind import check_interpreter, load_failure
@@ -45,8 +45,11 @@ def test_plan_makes_one_task_per_chunk_with_its_blobs() -> None:
     assert specs[0].inputs == {"function": SHA, "calls": "c" * 64}
     assert specs[1].inputs == {"function": "b" * 64, "calls": "c" * 64,
                                "blobs/" + "d" * 64: "d" * 64}
-    assert specs[1].payload["offset"] == 10 and specs[1].payload["packages"][1] == \
-        "scipy.integrate"
+    # what every chunk shares is kept once, in the job; the lease puts it back
+    assert specs[1].payload == {"chunk": 1, "offset": 10, "length": 3, "count": 1}
+    leased = task_payload(kind, params.model_dump(mode="json"), specs[1].payload)
+    assert leased["offset"] == 10 and leased["packages"][1] == "scipy.integrate"
+    assert leased["python"] == "3.11" and leased["timeout_seconds"] is None
     assert set(kind.input_blobs(params).values()) == {SHA, "b" * 64, "c" * 64, "d" * 64}
 
 

@@ -12,7 +12,7 @@ import pytest
 from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds import get_kind
-from parallel_pilot.kinds.base import FinishedTask, parse_params
+from parallel_pilot.kinds.base import FinishedTask, parse_params, task_payload
 from parallel_pilot.kinds.sweep import SweepParams
 
 SHA = "a" * 64
@@ -23,8 +23,17 @@ def test_plan_one_task_per_item() -> None:
     params = parse_params(kind, {"command": ["echo", "{item}"], "items": "1-3,x",
                                  "files": {"sim.py": SHA}})
     specs = kind.plan(params)
-    assert [s.payload["item"] for s in specs] == ["1", "2", "3", "x"]
+    assert [s.payload for s in specs] == [{"item": i} for i in ["1", "2", "3", "x"]]
     assert all(s.inputs == {"sim.py": SHA} and not s.depends_on for s in specs)
+    # the command is stored once, in the job's parameters; a lease carries it again
+    stored = params.model_dump(mode="json")
+    assert task_payload(kind, stored, specs[3].payload) == {
+        "item": "x", "command": ["echo", "{item}"], "collect": [], "timeout_seconds": None,
+        "output_cap": 64 * 1024}
+    # a task stored before the split (whole payload) leases as it was
+    whole = {"item": "1", "command": ["old"], "collect": ["*.txt"], "timeout_seconds": 5,
+             "output_cap": 10}
+    assert task_payload(kind, stored, whole) == whole
     assert kind.input_blobs(params) == {"sim.py": SHA}
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path
 
 from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
 from parallel_pilot.coordinator.services import accounts
+from parallel_pilot.coordinator.strict_route import StrictRoute
 from parallel_pilot.core.protocol import (
     USER_NAME_PATTERN,
     Ack,
@@ -25,7 +26,7 @@ from parallel_pilot.core.protocol import (
     UserList,
 )
 
-router = APIRouter(tags=["accounts"])
+router = APIRouter(tags=["accounts"], route_class=StrictRoute)
 
 UserName = Annotated[str, Path(pattern=USER_NAME_PATTERN)]
 RowId = Annotated[int, Path(ge=1, le=2**62)]

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 from parallel_pilot.coordinator.auth import CurrentWorker, ServicesDep
 from parallel_pilot.coordinator.limits import AttemptNumber, TaskId
 from parallel_pilot.coordinator.services import leasing
+from parallel_pilot.coordinator.strict_route import StrictRoute, worker_report
 from parallel_pilot.core.protocol import (
     Ack,
     CompleteRequest,
@@ -18,10 +19,12 @@ from parallel_pilot.core.protocol import (
     OutputRequest,
 )
 
-router = APIRouter(prefix="/attempts/{task_id}/{attempt}", tags=["attempts"])
+router = APIRouter(prefix="/attempts/{task_id}/{attempt}", tags=["attempts"],
+                   route_class=StrictRoute)
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse)
+@worker_report
 def heartbeat(svc: ServicesDep, worker: CurrentWorker, task_id: TaskId, attempt: AttemptNumber,
               body: HeartbeatRequest) -> HeartbeatResponse:
     return leasing.heartbeat(svc, worker, task_id, attempt, body)
@@ -45,6 +48,7 @@ def job_outputs(svc: ServicesDep, worker: CurrentWorker, task_id: TaskId, attemp
 
 
 @router.post("/complete", response_model=Ack)
+@worker_report
 def complete(svc: ServicesDep, worker: CurrentWorker, task_id: TaskId, attempt: AttemptNumber,
              body: CompleteRequest) -> Ack:
     leasing.complete(svc, worker, task_id, attempt, body)
@@ -52,6 +56,7 @@ def complete(svc: ServicesDep, worker: CurrentWorker, task_id: TaskId, attempt: 
 
 
 @router.post("/fail", response_model=Ack)
+@worker_report
 def fail(svc: ServicesDep, worker: CurrentWorker, task_id: TaskId, attempt: AttemptNumber,
          body: FailRequest) -> Ack:
     leasing.fail(svc, worker, task_id, attempt, body)

@@ -11,10 +11,11 @@ from fastapi.responses import FileResponse
 
 from parallel_pilot.coordinator.auth import ServicesDep, UserOrWorker
 from parallel_pilot.coordinator.services import blobs
+from parallel_pilot.coordinator.strict_route import StrictRoute, streamed_body
 from parallel_pilot.core.protocol import ATTEMPT_HEADER, BlobInfo
 from parallel_pilot.errors import InvalidInput
 
-router = APIRouter(prefix="/blobs", tags=["blobs"])
+router = APIRouter(prefix="/blobs", tags=["blobs"], route_class=StrictRoute)
 
 
 def _declared_size(request: Request) -> int | None:
@@ -29,6 +30,7 @@ def _declared_size(request: Request) -> int | None:
 @router.put("/{sha256}", response_model=BlobInfo,
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}, "required": True}})
+@streamed_body
 async def put_blob(svc: ServicesDep, caller: UserOrWorker, sha256: str,
                    request: Request) -> BlobInfo:
     """Upload bytes under their SHA-256; bytes that hash otherwise are refused (422), and

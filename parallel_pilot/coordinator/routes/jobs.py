@@ -12,6 +12,7 @@ from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
 from parallel_pilot.coordinator.limits import MAX_DB_INT, AfterId, JobId, TaskFilter
 from parallel_pilot.coordinator.services import jobs
 from parallel_pilot.coordinator.sse import stream_changes
+from parallel_pilot.coordinator.strict_route import StrictRoute
 from parallel_pilot.coordinator.task_stream import stream_finished_tasks
 from parallel_pilot.core.protocol import (
     JobInfo,
@@ -27,7 +28,7 @@ from parallel_pilot.core.protocol import (
 )
 from parallel_pilot.core.states import JobState
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictRoute)
 
 DEFAULT_JOBS_LISTED = 100  # jobs listed when no limit is given
 MAX_LOG_LINES = 10_000  # log lines one request returns at most

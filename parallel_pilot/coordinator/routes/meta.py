@@ -6,9 +6,10 @@ from fastapi import APIRouter, Request, Response
 
 from parallel_pilot import __version__
 from parallel_pilot.coordinator.auth import CurrentUser
+from parallel_pilot.coordinator.strict_route import StrictRoute
 from parallel_pilot.core.protocol import Health, UserInfo
 
-router = APIRouter(tags=["meta"])
+router = APIRouter(tags=["meta"], route_class=StrictRoute)
 
 INSTANCE_HEADER = "X-Pilot-Instance"  # names the coordinator process that answered
 

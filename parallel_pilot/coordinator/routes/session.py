@@ -8,9 +8,10 @@ from fastapi import APIRouter, Request, Response
 
 from parallel_pilot.coordinator import sessions
 from parallel_pilot.coordinator.auth import CurrentUser, ServicesDep
+from parallel_pilot.coordinator.strict_route import StrictRoute
 from parallel_pilot.core.protocol import Ack, ErrorBody, SessionCreated, SessionInfo, SessionLogin
 
-router = APIRouter(tags=["session"])
+router = APIRouter(tags=["session"], route_class=StrictRoute)
 
 RATE_LIMITED: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorBody, "description": "rate limited (see Retry-After)"}}

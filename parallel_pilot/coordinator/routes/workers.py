@@ -13,6 +13,7 @@ from parallel_pilot.coordinator.auth import CurrentUser, CurrentWorker, Services
 from parallel_pilot.coordinator.services import leasing, sync
 from parallel_pilot.coordinator.services import workers as worker_service
 from parallel_pilot.coordinator.services.context import Services, Waiter
+from parallel_pilot.coordinator.strict_route import StrictRoute, worker_report
 from parallel_pilot.core.protocol import (
     Ack,
     LeaseRequest,
@@ -25,7 +26,7 @@ from parallel_pilot.core.protocol import (
     WorkerList,
 )
 
-router = APIRouter(tags=["workers"])
+router = APIRouter(tags=["workers"], route_class=StrictRoute)
 
 # a waiting poll re-checks the queue this often without being woken: it finds tasks made
 # ready by another coordinator process (this one wakes it at once)
@@ -38,6 +39,7 @@ def register(svc: ServicesDep, body: RegisterRequest) -> RegisterResponse:
 
 
 @router.post("/workers/sync", response_model=SyncResponse)
+@worker_report
 async def sync_worker(svc: ServicesDep, worker: CurrentWorker, body: SyncRequest,
                       request: Request) -> SyncResponse:
     """The worker's one exchange: reports in; leases, stops and its lease expiry out. An

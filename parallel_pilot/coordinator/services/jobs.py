@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.payloads import task_payloads
 from parallel_pilot.core.protocol import JobInfo, JobSubmit, TaskInfo
 from parallel_pilot.core.requirements import Requirements
 from parallel_pilot.core.states import JobState, TaskState
@@ -395,8 +396,9 @@ def finish_if_complete(conn: sa.Connection, svc: Services, job_id: int) -> None:
         return
     kind = get_kind(row.kind)
     params = kind.params_model.model_validate(row.params)
-    finished = [FinishedTask(index=t.idx, name=t.name, payload=t.payload, result=t.result or {})
-                for t in all_tasks if t.state == TaskState.DONE]
+    done = [t for t in all_tasks if t.state == TaskState.DONE]
+    finished = [FinishedTask(index=t.idx, name=t.name, payload=payload, result=t.result or {})
+                for t, payload in zip(done, task_payloads(conn, done), strict=True)]
     now = svc.clock()
     for path, content in kind.finalize(params, finished).items():
         sha = svc.blobs.write_bytes(content)

@@ -23,6 +23,8 @@ from parallel_pilot.core.protocol import (
 )
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.errors import StaleAttempt, TaskNotFound
+from parallel_pilot.kinds import get_kind
+from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import quorum as qq
 from parallel_pilot.store.queries import sync as qs
@@ -211,7 +213,8 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
                                    "accepted")
             blobs.add_outputs(conn, task.job_id, task_id, attempt, granted, now)
         _store_log(conn, svc, task, attempt, request.log_lines, now)
-        if not q.complete_task(conn, task_id, attempt, worker.id, request.result, now):
+        result = clean_result(get_kind(task.kind), request.result)
+        if not q.complete_task(conn, task_id, attempt, worker.id, result, now):
             raise StaleAttempt(f"task {task_id} is {task.state}; the result is not accepted")
         q.add_worker_done(conn, worker.id)
         q.add_job_done(conn, task.job_id)

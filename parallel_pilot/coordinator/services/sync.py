@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from parallel_pilot.coordinator.services import blobs, jobs, leasing, quorum
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.payloads import task_payloads
 from parallel_pilot.core.protocol import (
     AttemptReport,
     AttemptStop,
@@ -35,6 +36,8 @@ from parallel_pilot.core.protocol import (
 from parallel_pilot.core.requirements import satisfies
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import OutputNotUploaded, Unauthorized
+from parallel_pilot.kinds import get_kind
+from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import sync as qs
 
@@ -119,9 +122,11 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
         raise RuntimeError(f"claimed {len(chosen)} tasks but leased {changed}")
     q.mark_job_running(conn, (r.job_id for r in chosen if r.job_state == JobState.QUEUED), now)
     beat = svc.settings.heartbeat_seconds
+    payloads = task_payloads(conn, chosen)  # the task's item under what its job shares
     return [TaskLease(task_id=r.id, attempt=r.attempt + 1, job_id=r.job_id, kind=r.kind,
-                      name=r.name, payload=r.payload, inputs=r.inputs,
-                      lease_expires_at=expires, heartbeat_seconds=beat) for r in chosen]
+                      name=r.name, payload=payload, inputs=r.inputs,
+                      lease_expires_at=expires, heartbeat_seconds=beat)
+            for r, payload in zip(chosen, payloads, strict=True)]
 
 
 def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
@@ -327,8 +332,9 @@ def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
     for report, row in done:
         blobs.add_outputs(conn, row.job_id, row.id, report.attempt,
                           granted.get(id(report), []), now)
-    qs.complete_attempts(conn, worker.id, [(r.task_id, r.attempt, r.result or {})
-                                           for r, _ in done], now)
+    qs.complete_attempts(conn, worker.id, [
+        (r.task_id, r.attempt, clean_result(get_kind(row.kind), r.result or {}))
+        for r, row in done], now)
     maybe_complete = qs.add_jobs_done(conn, Counter(row.job_id for _, row in done))
     pairs = qs.dependents_of(conn, [row.id for _, row in done])
     if pairs:

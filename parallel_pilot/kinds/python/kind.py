@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from parallel_pilot.core.protocol import TaskLease, check_sha256
 from parallel_pilot.core.python_calls import python_version
 from parallel_pilot.errors import InvalidInput
-from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
+from parallel_pilot.kinds.base import MAX_TASK_SECONDS, FinishedTask, RunContext, TaskSpec
 from parallel_pilot.kinds.python.calls import (
     BLOBS_DIR,
     CALLS_FILE,
@@ -70,7 +70,7 @@ class PythonParams(BaseModel):
     python: str = Field(pattern=r"^\d+\.\d+$", description="the client's Python major.minor")
     packages: list[str] = Field(default_factory=list, max_length=200,
                                 description="modules the function needs on the worker")
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_TASK_SECONDS)
     session: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$", description=(
         "a random key of the client's Executor: a worker reuses one child process for "
         "the tasks of all jobs that carry it"))
@@ -157,9 +157,7 @@ class PythonKind:
 
     def plan(self, params: BaseModel) -> list[TaskSpec]:
         assert isinstance(params, PythonParams)
-        common = {"python": params.python, "packages": params.packages,
-                  "timeout_seconds": params.timeout_seconds, "session": params.session}
-        specs = []
+        specs = []  # what every chunk shares stays in the job (shared_payload)
         total = sum(chunk.count for chunk in params.chunks)
         first = 1  # calls are numbered 1..total in the order they were made
         for i, chunk in enumerate(params.chunks):
@@ -167,7 +165,7 @@ class PythonKind:
             inputs.update({f"{BLOBS_DIR}/{params.shared[b]}": params.shared[b]
                            for b in chunk.blobs})
             payload = {"chunk": i, "offset": chunk.offset, "length": chunk.length,
-                       "count": chunk.count, **common}
+                       "count": chunk.count}
             specs.append(TaskSpec(name=calls_name(first, chunk.count, total), payload=payload,
                                   inputs=inputs))
             first += chunk.count
@@ -176,6 +174,12 @@ class PythonKind:
     def max_output_bytes(self, payload: dict[str, Any], default: int) -> int:
         """A chunk uploads one file, its calls' pickled results."""
         return MAX_RESULTS_BYTES
+
+    def shared_payload(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What each chunk's task is leased with besides its calls, from the job's
+        parameters (as stored): the interpreter, packages, time limit and session."""
+        return {key: params.get(key) for key in ("python", "packages", "timeout_seconds",
+                                                 "session")}
 
     def run(self, task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         payload = task.payload

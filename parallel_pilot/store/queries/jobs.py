@@ -29,6 +29,15 @@ def insert_job(conn: sa.Connection, *, owner_id: int, name: str, kind: str,
     return _new_id(result)
 
 
+def job_params(conn: sa.Connection, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The stored parameters of these jobs (id -> params)."""
+    out: dict[int, dict[str, Any]] = {}
+    for part in _chunks(sorted(set(job_ids))):
+        out.update((job_id, params) for job_id, params in conn.execute(
+            sa.select(jobs.c.id, jobs.c.params).where(jobs.c.id.in_(part))))
+    return out
+
+
 def job_id_by_idempotency_key(conn: sa.Connection, owner_id: int, key: str) -> int | None:
     """The job the owner's submission with this ``Idempotency-Key`` made, if any."""
     return conn.execute(
