@@ -35,7 +35,8 @@ def set_worker_slots(conn: sa.Connection, worker_id: int, slots: int) -> None:
 
 _LOCK_COLUMNS = (workers.c.id, workers.c.slots, workers.c.trusted, workers.c.pending,
                  workers.c.paused_until, workers.c.join_token_id)
-_LOCK: sa.Select[Any] = sa.select(*_LOCK_COLUMNS).where(workers.c.id == sa.bindparam("w")).with_for_update()
+_LOCK: sa.Select[Any] = (sa.select(*_LOCK_COLUMNS).where(workers.c.id == sa.bindparam("w"))
+                         .with_for_update())
 
 
 def lock_worker(conn: sa.Connection, worker_id: int) -> Row | None:
