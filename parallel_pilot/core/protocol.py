@@ -379,6 +379,8 @@ class WorkerInfo(Reply):
     trusted: bool = False  # an admin vouched for this worker (pilot workers trust ID)
     slots: int | None = None  # the slots the coordinator allows it (claimed slots capped)
     join_token_id: int | None = None  # the join token it joined with: its identity
+    # no new tasks until then: it reported failures faster than the farm allows
+    paused_until: float | None = None
     current_tasks: list[int]
     tasks_done: int
     last_seen: float

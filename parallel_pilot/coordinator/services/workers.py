@@ -41,6 +41,7 @@ def list_workers(svc: Services) -> list[WorkerInfo]:
                                  gpus=len(caps.gpus),
                                  render_gpus=sum(d.type != "CPU" for d in caps.render_devices)),
             trusted=bool(w.trusted), slots=w.slots, join_token_id=w.join_token_id,
+            paused_until=w.paused_until if (w.paused_until or 0) > now else None,
             current_tasks=current, tasks_done=w.tasks_done, last_seen=w.last_seen,
             created_at=w.created_at,
         ))
