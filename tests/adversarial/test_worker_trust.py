@@ -186,6 +186,22 @@ def test_one_worker_saying_retry_cannot_help_fails_no_job(coordinator: Coordinat
     print(f"\n{failed_attempts} non-retryable failures in {attack_seconds:.2f} s: 0 jobs failed")
 
 
+def test_the_older_fail_endpoint_is_weighed_the_same(coordinator: Coordinator) -> None:
+    alice, bob = coordinator.user("alice"), coordinator.user("bob")
+    jobs = {sleep_job(user, 2): user for user in (alice, bob)}
+    mallory = sleep_worker(coordinator, "mallory", slots=4)
+    leases = mallory.ok("POST", "/workers/lease", json={"slots": 4, "wait_seconds": 0})["tasks"]
+    assert {t["job_id"] for t in leases} == set(jobs)
+    for t in leases:
+        r = mallory.request("POST", f"/attempts/{t['task_id']}/{t['attempt']}/fail",
+                            json={"reason": "cannot run this", "retryable": False})
+        assert r.status_code == 200, r.text
+    for job_id, owner in jobs.items():
+        info = job(owner, job_id)
+        assert info["state"] == "running" and info["task_counts"] == {"ready": 2}, info
+        assert all("taken as final only when" in t["error"] for t in tasks_of(owner, job_id))
+
+
 def test_retry_cannot_help_is_final_when_another_join_token_agrees(
         coordinator: Coordinator) -> None:
     """The genuine user error still ends the job, with the reason shown."""

@@ -129,6 +129,12 @@ def test_non_retryable_failure_is_final_when_another_join_token_agrees(
     info = job(coordinator, job_id)
     assert info["state"] == "failed" and "a retry cannot help" in info["error"]
     assert info["retryable"] is False
+    # the owner retries: what workers said before is forgotten, one voice is one again
+    r = coordinator.client.post(f"{API}/jobs/{job_id}/retry", headers=coordinator.user())
+    assert r.status_code == 200, r.text
+    fresh = [t for t in lease(coordinator, other, slots=2) if t["task_id"] == task["task_id"]]
+    report(coordinator, other, fresh[0], "fail", reason="bad scene", retryable=False)
+    assert job(coordinator, job_id)["state"] == "running"
 
 
 def test_non_retryable_reports_end_a_task_when_its_attempts_run_out(

@@ -42,3 +42,10 @@ def final_attempt_said_nonretryable() -> sa.ColumnElement[bool]:
     """For a query over ``tasks``: the task's current attempt said a retry cannot help."""
     return sa.exists().where(nonretryable_reports.c.task_id == tasks.c.id,
                              nonretryable_reports.c.attempt == tasks.c.attempt)
+
+
+def forget_nonretryable(conn: sa.Connection, task_ids: Sequence[int]) -> None:
+    """A retried task starts afresh: what workers said of its earlier attempts is dropped."""
+    for part in _chunks(sorted(set(task_ids))):
+        conn.execute(nonretryable_reports.delete()
+                     .where(nonretryable_reports.c.task_id.in_(part)))
