@@ -384,7 +384,8 @@ def test_failure_reports_past_the_limit_pause_the_worker(limited: Coordinator) -
             [lease] = quick.take(1)
             quick.sync(reports=failed([lease]))
         [lease] = quick.take(1)  # within the limit still
-        quick.sync(reports=failed([lease]))  # one too many: paused for the minute
+        # one too many: paused for the minute, from this very sync on
+        assert quick.sync(reports=failed([lease]), free_slots=1)["tasks"] == []
         assert quick.take(1) == []
         assert quick.request("POST", "/workers/lease",
                              json={"slots": 1, "wait_seconds": 0}).json()["tasks"] == []

@@ -181,6 +181,8 @@ def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
         me = qw.lock_worker(conn, worker.id)  # first: one sync of a worker at a time
         held = {r.id: r for r in qs.held_attempts(conn, worker.id, lock=svc.lock_claims)}
         settled = _apply_reports(conn, svc, worker, request.reports, held, out, now)
+        if any(r.outcome == "failed" for r in request.reports):
+            me = qw.lock_worker(conn, worker.id)  # its failures may have paused it
         finished = sum(v.accepted for v, r in zip(out.response.verdicts, request.reports,
                                                   strict=True) if r.outcome == "completed")
         out.live = qs.touch_live_worker(conn, worker.id, now, finished)
