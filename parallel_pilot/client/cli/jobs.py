@@ -320,9 +320,8 @@ def workers_command(client: Client, as_json: bool) -> None:
     table = Table(box=None, header_style="bold")
     # a GPU column only when a worker has a GPU Cycles renders on: 80 columns are tight
     gpus = any(render_gpus(w.capabilities) != "-" for w in workers)
-    trusted = any(w.trusted for w in workers)  # a column only when an admin trusted one
     for column in ("ID", "NAME", "STATE", "CORES", "RAM", *(("GPU*",) if gpus else ()),
-                   "SLOTS", "KINDS", "SANDBOX*", *(("TRUSTED",) if trusted else ()),
+                   "SLOTS", "KINDS", "SANDBOX*",
                    "TASKS", "DONE", "LAST SEEN"):
         table.add_column(column, no_wrap=column in ("RAM", "SANDBOX*"))
     for w in workers:
@@ -333,11 +332,10 @@ def workers_command(client: Client, as_json: bool) -> None:
             str(caps.cpu_cores), human_bytes(caps.ram_bytes),
             *((render_gpus(caps),) if gpus else ()),
             str(w.slots if w.slots is not None else caps.slots),
-            ",".join(caps.kinds) or "-", sandboxed(caps),
-            *(("yes" if w.trusted else "no",) if trusted else ()),
+            ",".join(caps.kinds) or "-", sandboxed(caps) + (" ✓" if w.trusted else ""),
             ",".join(str(t) for t in w.current_tasks) or "-", str(w.tasks_done),
             ago(w.last_seen),
         )
     console.print(table)
-    console.print("* claimed by the worker, unchecked; a sandbox counts for --require-sandbox "
-                  "only on a worker marked trusted (pilot workers trust ID)", style="dim")
+    console.print("* claimed by the worker; ✓ an admin trusts it (pilot workers trust ID): "
+                  "only then does --require-sandbox run there", style="dim")
