@@ -75,9 +75,14 @@ class AccountCalls:
         self.connection.call("DELETE", f"/sessions/{int(session_id)}", Ack)
 
     def create_join_token(self, name: str = "", *, uses: int | None = None,
-                          expires_seconds: int | None = None) -> JoinTokenCreated:
-        """A token workers join with (admin only), shown once."""
-        body = JoinTokenCreate(name=name, uses=uses, expires_seconds=expires_seconds)
+                          expires_seconds: int | None = None,
+                          approval_required: bool = False,
+                          max_slots: int | None = None) -> JoinTokenCreated:
+        """A token workers join with (admin only), shown once. ``approval_required``:
+        workers joining with it get no tasks until an admin approves each; ``max_slots``:
+        the slots a worker joining with it is given at most."""
+        body = JoinTokenCreate(name=name, uses=uses, expires_seconds=expires_seconds,
+                               approval_required=approval_required, max_slots=max_slots)
         return self.connection.call("POST", "/join-tokens", JoinTokenCreated, body=body,
                                     retry=False)
 
@@ -92,3 +97,13 @@ class AccountCalls:
     def revoke_worker(self, worker_id: int) -> None:
         """Revoke a worker (admin only): its token is refused, its tasks requeued."""
         self.connection.call("POST", f"/workers/{int(worker_id)}/revoke", Ack)
+
+    def approve_worker(self, worker_id: int) -> None:
+        """Let a worker waiting for approval get tasks (admin only)."""
+        self.connection.call("POST", f"/workers/{int(worker_id)}/approve", Ack)
+
+    def trust_worker(self, worker_id: int, trusted: bool = True) -> None:
+        """Vouch for a worker, or take it back (admin only): a trusted worker's sandbox
+        claim is believed and its "a retry cannot help" is final."""
+        action = "trust" if trusted else "untrust"
+        self.connection.call("POST", f"/workers/{int(worker_id)}/{action}", Ack)

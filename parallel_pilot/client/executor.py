@@ -142,7 +142,8 @@ class Executor(_BaseExecutor):
     it can be unpickled here (else ``RemoteError``), the remote traceback added to it; a
     task that fails on the farm raises ``TaskFailed``. Only workers started with
     ``--allow python`` run these calls; ``require_sandbox`` keeps them on workers that
-    sandbox them in bwrap. A job is named after its function (``simulate``,
+    sandbox them in bwrap and that an admin marked trusted (a sandbox is otherwise only
+    the worker's claim). A job is named after its function (``simulate``,
     ``Model.step``; ``simulate +2 more`` for a batch of several), unless ``name`` is given.
     A ``submit`` call is sent at once unless a send is in flight (then it goes with the
     next one), or after ``batch_seconds`` when that is given.

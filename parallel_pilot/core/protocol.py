@@ -75,6 +75,10 @@ class RenderDevice(Model):
 
 
 class Capabilities(Model):
+    """What a worker says about itself. Every field is its claim, unchecked: the
+    coordinator caps ``slots`` (``WorkerInfo.slots`` is what it allows) and believes
+    ``sandbox`` only of a worker an admin marked trusted."""
+
     cpu_cores: int = Field(ge=1)
     ram_bytes: int = Field(ge=0)
     gpus: list[Gpu] = Field(default_factory=list)
@@ -106,6 +110,8 @@ class RegisterResponse(Reply):
     worker_token: str
     lease_seconds: float
     heartbeat_seconds: float
+    slots: int | None = None  # the slots the coordinator allows (its claim, capped)
+    pending: bool = False  # waiting for an admin's approval: no tasks until then
 
 
 class LeaseRequest(Model):
@@ -382,14 +388,31 @@ class LogList(Reply):
     lines: list[LogLine]
 
 
-WorkerState = Literal["idle", "busy", "offline", "revoked"]
+WorkerState = Literal["idle", "busy", "offline", "revoked", "pending"]
+
+
+class WorkerClaims(Reply):
+    """What a worker says it has that the coordinator cannot check, labelled as such:
+    ``sandbox`` is believed (a ``sandbox`` requirement leases to it) only when
+    ``WorkerInfo.trusted``."""
+
+    sandbox: bool
+    render_sandbox: bool
+    gpus: int
+    render_gpus: int
 
 
 class WorkerInfo(Reply):
     id: int
     name: str
     state: WorkerState
-    capabilities: Capabilities
+    capabilities: Capabilities = Field(description="what the worker claims about itself")
+    claimed: WorkerClaims | None = None
+    trusted: bool = False  # an admin vouched for this worker (pilot workers trust ID)
+    slots: int | None = None  # the slots the coordinator allows it (claimed slots capped)
+    join_token_id: int | None = None  # the join token it joined with: its identity
+    # no new tasks until then: it reported failures faster than the farm allows
+    paused_until: float | None = None
     current_tasks: list[int]
     tasks_done: int
     last_seen: float
@@ -481,6 +504,10 @@ class JoinTokenCreate(Model):
     name: str = Field(default="", max_length=100)
     uses: int | None = Field(default=None, ge=1, le=1_000_000)
     expires_seconds: int | None = Field(default=None, ge=1, le=MAX_TOKEN_SECONDS)
+    # workers joining with it get no tasks until an admin approves them
+    approval_required: bool = False
+    # slots a worker joining with it is given at most (the farm's max_worker_slots too)
+    max_slots: int | None = Field(default=None, ge=1, le=64)
 
 
 class JoinTokenCreated(Reply):
@@ -489,6 +516,8 @@ class JoinTokenCreated(Reply):
     token: str  # shown only this once; the coordinator keeps a hash
     uses_left: int | None
     expires_at: float | None
+    approval_required: bool = False
+    max_slots: int | None = None
 
 
 JoinTokenState = Literal["active", "used_up", "expired", "revoked"]
@@ -501,6 +530,8 @@ class JoinTokenInfo(Reply):
     expires_at: float | None
     uses_left: int | None  # None: unlimited
     state: JoinTokenState
+    approval_required: bool = False
+    max_slots: int | None = None
 
 
 class JoinTokenList(Reply):

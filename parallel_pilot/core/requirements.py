@@ -36,8 +36,10 @@ def version_tuple(text: str | None) -> tuple[int, int, int] | None:
     return tuple(int(g or 0) for g in match.groups())  # type: ignore[return-value]
 
 
-def unmet(requirements: Requirements, caps: Capabilities) -> list[str]:
-    """Why a worker cannot take a task (empty when it can)."""
+def unmet(requirements: Requirements, caps: Capabilities, *, trusted: bool = False,
+          ) -> list[str]:
+    """Why a worker cannot take a task (empty when it can). ``caps`` are the worker's
+    claims; a sandbox is believed only of a worker an admin marked ``trusted``."""
     reasons = []
     if requirements.min_blender:
         have, need = version_tuple(caps.blender_version), version_tuple(requirements.min_blender)
@@ -51,6 +53,8 @@ def unmet(requirements: Requirements, caps: Capabilities) -> list[str]:
         reasons.append("no GPU")
     if requirements.sandbox and not caps.sandbox:
         reasons.append("no sandbox")
+    elif requirements.sandbox and not trusted:
+        reasons.append("sandbox claimed, but no admin marked the worker trusted")
     if requirements.render_gpu and not any(d.type != "CPU" for d in caps.render_devices):
         reasons.append("no GPU for Cycles")
     missing = set(requirements.tags) - set(caps.tags)
@@ -59,7 +63,7 @@ def unmet(requirements: Requirements, caps: Capabilities) -> list[str]:
     return reasons
 
 
-def satisfies(requirements: dict | None, caps: Capabilities) -> bool:
+def satisfies(requirements: dict | None, caps: Capabilities, *, trusted: bool = False) -> bool:
     if not requirements:
         return True
-    return not unmet(Requirements.model_validate(requirements), caps)
+    return not unmet(Requirements.model_validate(requirements), caps, trusted=trusted)

@@ -34,6 +34,11 @@ DEFAULT_SESSION_SECONDS = 12 * 3600.0  # seconds a web session (login cookie) la
 DEFAULT_LOGIN_MAX_FAILURES = 5  # failed logins per (client IP, user name) and window
 DEFAULT_LOGIN_WINDOW_SECONDS = 300.0  # seconds over which failed logins are counted
 DEFAULT_MAX_PREFETCH = 64  # tasks a worker may hold beyond its slots (sync's prefetch)
+DEFAULT_MAX_WORKER_SLOTS = 64  # slots a worker is given at most, whatever it claims
+DEFAULT_JOIN_TOKEN_BLOCK_FAILURES = 6  # failures of one job by one join token's untrusted workers
+DEFAULT_NONRETRYABLE_AGREEMENT = 2  # identities that must say "a retry cannot help" to end a task
+DEFAULT_JOIN_TOKEN_REGISTRATIONS_PER_MINUTE = 60  # new workers one join token may register a minute
+DEFAULT_WORKER_FAILURES_PER_MINUTE = 30  # failure reports a minute before a worker is paused
 
 
 class CoordinatorSettings(BaseSettings):
@@ -53,6 +58,17 @@ class CoordinatorSettings(BaseSettings):
     max_event_stream_seconds: float = Field(default=3600.0, gt=0)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
     worker_block_failures: int = Field(default=DEFAULT_WORKER_BLOCK_FAILURES, ge=1)
+    # what a worker may do to a job and to the farm (docs/security.md): the slots a worker
+    # is given at most; failures of a job by the untrusted workers of one join token that
+    # keep them all off it; how many identities (join tokens) must agree that a retry
+    # cannot help before a task fails with attempts left (a trusted worker's word is
+    # enough); registrations per join token and failure reports per worker, a minute
+    max_worker_slots: int = Field(default=DEFAULT_MAX_WORKER_SLOTS, ge=1, le=64)
+    join_token_block_failures: int = Field(default=DEFAULT_JOIN_TOKEN_BLOCK_FAILURES, ge=1)
+    nonretryable_agreement: int = Field(default=DEFAULT_NONRETRYABLE_AGREEMENT, ge=1)
+    join_token_registrations_per_minute: int = Field(
+        default=DEFAULT_JOIN_TOKEN_REGISTRATIONS_PER_MINUTE, ge=1)
+    worker_failures_per_minute: int = Field(default=DEFAULT_WORKER_FAILURES_PER_MINUTE, ge=1)
     offline_seconds: float = Field(default=DEFAULT_OFFLINE_SECONDS, gt=0)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1)

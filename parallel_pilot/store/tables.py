@@ -41,6 +41,10 @@ join_tokens = sa.Table(
     sa.Column("expires_at", Time),
     sa.Column("uses_left", sa.Integer),
     sa.Column("revoked_at", Time),
+    # workers joining with it wait for an admin's approval (workers.pending)
+    sa.Column("approval_required", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
+    sa.Column("max_slots", sa.Integer),  # slots a worker joining with it gets at most
 )
 
 workers = sa.Table(
@@ -54,6 +58,11 @@ workers = sa.Table(
     sa.Column("left_at", Time),
     sa.Column("revoked_at", Time),
     sa.Column("tasks_done", sa.Integer, nullable=False, default=0),
+    sa.Column("join_token_id", Id),  # its identity beyond this row (migration 0008)
+    sa.Column("slots", sa.Integer),  # slots the coordinator allows it (None: older rows)
+    sa.Column("trusted", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("pending", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("paused_until", Time),  # no new tasks until then (failure reports too fast)
 )
 
 jobs = sa.Table(
@@ -202,4 +211,29 @@ login_tries = sa.Table(  # password logins tried per (client address, user name)
     sa.Column("tries", sa.Integer, nullable=False),
     sa.Column("window_start", Time, nullable=False),
     sa.Index("ix_login_tries_window_start", "window_start"),
+)
+
+token_job_failures = sa.Table(  # failed attempts per (join token, job): see migration 0008
+    "token_job_failures", metadata,
+    sa.Column("join_token_id", Id, primary_key=True),
+    sa.Column("job_id", Id, primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+)
+
+nonretryable_reports = sa.Table(  # attempts whose worker said a retry cannot help
+    "nonretryable_reports", metadata,
+    sa.Column("task_id", Id, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("job_id", Id, nullable=False),
+    sa.Column("worker_id", Id, nullable=False),
+    sa.Column("identity", sa.String(40), nullable=False),  # whose word: see services.trust
+    sa.Column("at", Time, nullable=False),
+)
+
+rate_counts = sa.Table(  # events per (scope, subject, window): services.rates
+    "rate_counts", metadata,
+    sa.Column("scope", sa.String(40), primary_key=True),
+    sa.Column("subject", Id, primary_key=True),
+    sa.Column("window_start", Time, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
 )

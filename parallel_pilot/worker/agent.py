@@ -267,6 +267,12 @@ class Worker(SyncLoop):
             log.info("registered with %s as worker %d%s (%d slot(s), kinds: %s)",
                      self.link.server, answer.worker_id, " again" if again else "",
                      self.settings.slots, ", ".join(self.settings.allow))
+            if answer.slots is not None and answer.slots < self.settings.slots:
+                log.warning("the coordinator allows this worker %d slot(s) (plus prefetch)",
+                            answer.slots)
+            if answer.pending:
+                log.info("waiting for an admin to approve worker %d (pilot workers approve "
+                         "%d); no tasks until then", answer.worker_id, answer.worker_id)
             return True
         return False
 

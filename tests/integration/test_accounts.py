@@ -254,3 +254,32 @@ def test_cli_accounts(pilot, sqlite_coordinator: Coordinator) -> None:
     assert "no worker 42" in failed.stderr
     pilot("users", "disable", "dora")
     assert pilot("tokens", "create", "--expires", "soon", ok=False).exit_code == 2
+
+
+def test_cli_approves_and_trusts_workers(pilot, sqlite_coordinator: Coordinator) -> None:
+    coord = sqlite_coordinator
+    join = json.loads(pilot("join-tokens", "create", "--approval", "--max-slots", "2",
+                            "--json").stdout)
+    assert join["approval_required"] is True and join["max_slots"] == 2
+    listed = pilot("join-tokens", "list").stdout
+    assert "required" in listed
+    r = coord.client.post(f"{API}/workers/register", json={
+        "join_token": join["token"], "name": "stranger", "capabilities": {
+            "cpu_cores": 8, "ram_bytes": 2**30, "slots": 8, "sandbox": True}})
+    assert r.status_code == 200 and r.json()["pending"] and r.json()["slots"] == 2
+    worker_id = r.json()["worker_id"]
+    [shown] = json.loads(pilot("workers", "--json").stdout)["workers"]
+    assert shown["state"] == "pending" and shown["slots"] == 2
+    assert shown["claimed"]["sandbox"] is True and shown["trusted"] is False
+    table = pilot("workers").stdout
+    assert "claimed by the worker" in table and "✓" not in table.splitlines()[2]
+    pilot("workers", "approve", str(worker_id))
+    assert "not waiting for approval" in pilot("workers", "approve", str(worker_id),
+                                              ok=False).stderr
+    pilot("workers", "trust", str(worker_id))
+    [shown] = json.loads(pilot("workers", "--json").stdout)["workers"]
+    assert shown["state"] == "idle" and shown["trusted"] is True
+    assert "cmd ✓" in pilot("workers").stdout
+    pilot("workers", "untrust", str(worker_id))
+    assert json.loads(pilot("workers", "--json").stdout)["workers"][0]["trusted"] is False
+    assert "no worker 99" in pilot("workers", "trust", "99", ok=False).stderr

@@ -12,6 +12,7 @@ import pytest
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.coordinator import task_stream
 from parallel_pilot.errors import NotFound
+from tests.integration import trusted
 from tests.integration.conftest import Coordinator
 from tests.integration.test_lease_protocol import API, lease, report, submit_sleep
 
@@ -66,7 +67,7 @@ def test_a_failed_job_sends_its_error_and_cancelled_tasks(coordinator: Coordinat
                                                           client: Client) -> None:
     coord = coordinator
     job_id = submit_sleep(coord, tasks=2)
-    worker = coord.register_worker()
+    worker = trusted.register(coord, "vouched", trusted=True)  # its word is final
     task = lease(coord, worker)[0]
     r = report(coord, worker, task, "fail", reason="boom", retryable=False)
     assert r.status_code == 200, r.text

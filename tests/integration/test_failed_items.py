@@ -13,6 +13,7 @@ import pytest
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.sweep import exec_failure, item_failure, start_problem
 from parallel_pilot.store import queries as q
+from tests.integration import trusted
 from tests.integration.conftest import Coordinator
 from tests.unit.test_sweep_kind import FakeContext, lease_for
 
@@ -99,7 +100,9 @@ def test_the_aggregate_agrees_with_item_failure(coordinator: Coordinator) -> Non
 
 def test_retryable_is_false_only_when_every_failure_was_final(
         coordinator: Coordinator) -> None:
-    worker = coordinator.register_worker(kinds=["sleep"])
+    # trusted: its "a retry cannot help" is final at once (tests/integration/
+    # test_lease_protocol.py has the untrusted rules)
+    worker = trusted.register(coordinator, "vouched", kinds=["sleep"], trusted=True)
 
     final = submit(coordinator, "sleep", {"tasks": 2})
     first, _second = lease_all(coordinator, worker)

@@ -7,6 +7,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 from parallel_pilot.coordinator.services import leasing
+from tests.integration import trusted
 from tests.integration.conftest import Coordinator
 
 API = "/api/v1"
@@ -95,13 +96,59 @@ def test_task_fails_after_max_attempts(coordinator: Coordinator) -> None:
     assert lease(coordinator, workers[2]) == []
 
 
-def test_non_retryable_failure_fails_at_once(coordinator: Coordinator) -> None:
+def test_non_retryable_failure_of_a_trusted_worker_fails_at_once(
+        coordinator: Coordinator) -> None:
     job_id = submit_sleep(coordinator, tasks=2)
-    worker = coordinator.register_worker()
+    worker = trusted.register(coordinator, "vouched", trusted=True)
     task = lease(coordinator, worker)[0]
     report(coordinator, worker, task, "fail", reason="bad scene", retryable=False)
     info = job(coordinator, job_id)
     assert info["state"] == "failed" and info["task_counts"].get("cancelled") == 1
+    assert "a retry cannot help" in info["error"] and info["retryable"] is False
+
+
+def test_non_retryable_failure_is_final_when_another_join_token_agrees(
+        coordinator: Coordinator) -> None:
+    job_id = submit_sleep(coordinator, tasks=2, max_attempts=5)
+    first = coordinator.register_worker()
+    [task] = lease(coordinator, first)
+    report(coordinator, first, task, "fail", reason="bad scene", retryable=False)
+    info = job(coordinator, job_id)  # one untrusted worker's word: one failed attempt
+    assert info["state"] == "running", info
+    # a new registration with the same join token is the same voice
+    again = coordinator.register_worker()
+    [retry] = lease(coordinator, again, slots=2)[:1]
+    assert retry["task_id"] == task["task_id"] and retry["attempt"] == 2
+    report(coordinator, again, retry, "fail", reason="bad scene", retryable=False)
+    assert job(coordinator, job_id)["state"] == "running"
+    # a worker of another join token agrees: the task (and job) fail with attempts left
+    other = trusted.register(coordinator, "elsewhere",
+                             join_token=trusted.new_join_token(coordinator))
+    third = [t for t in lease(coordinator, other, slots=2) if t["task_id"] == task["task_id"]]
+    report(coordinator, other, third[0], "fail", reason="bad scene", retryable=False)
+    info = job(coordinator, job_id)
+    assert info["state"] == "failed" and "a retry cannot help" in info["error"]
+    assert info["retryable"] is False
+    # the owner retries: what workers said before is forgotten, one voice is one again
+    r = coordinator.client.post(f"{API}/jobs/{job_id}/retry", headers=coordinator.user())
+    assert r.status_code == 200, r.text
+    fresh = [t for t in lease(coordinator, other, slots=2) if t["task_id"] == task["task_id"]]
+    report(coordinator, other, fresh[0], "fail", reason="bad scene", retryable=False)
+    assert job(coordinator, job_id)["state"] == "running"
+
+
+def test_non_retryable_reports_end_a_task_when_its_attempts_run_out(
+        coordinator: Coordinator) -> None:
+    """The genuine user error on a farm of one join token: it ends after max_attempts."""
+    job_id = submit_sleep(coordinator, tasks=1, max_attempts=2)
+    worker = coordinator.register_worker()
+    for attempt in (1, 2):
+        [task] = lease(coordinator, worker)
+        assert task["attempt"] == attempt
+        report(coordinator, worker, task, "fail", reason="no such module", retryable=False)
+    info = job(coordinator, job_id)
+    assert info["state"] == "failed" and "no such module" in info["error"]
+    assert "a retry cannot help" in info["error"] and info["retryable"] is False
 
 
 def test_release_does_not_count_a_failure(coordinator: Coordinator) -> None:

@@ -14,6 +14,7 @@ from parallel_pilot import kinds
 from parallel_pilot.coordinator.services import leasing
 from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
+from tests.integration import trusted as trusted_workers
 from tests.integration.conftest import Coordinator
 from tests.integration.test_lease_protocol import API, job, lease, report
 
@@ -84,7 +85,11 @@ def states(coord: Coordinator, job_id: int) -> dict[str, str]:
     return {t["name"]: t["state"] for t in r.json()["tasks"]}
 
 
-def workers(coord: Coordinator, n: int) -> list[dict[str, str]]:
+def workers(coord: Coordinator, n: int, trusted: bool = False) -> list[dict[str, str]]:
+    """``trusted``: an admin vouched for them, so their "a retry cannot help" is final."""
+    if trusted:
+        return [trusted_workers.register(coord, f"vouched-{i}", kinds=[QuorumKind.name],
+                                         trusted=True) for i in range(n)]
     return [coord.register_worker(kinds=[QuorumKind.name]) for _ in range(n)]
 
 
@@ -146,7 +151,7 @@ def test_quorum_not_met_keeps_waiting_past_the_deadline(coordinator: Coordinator
 
 def test_a_failed_part_does_not_fail_the_job(coordinator: Coordinator) -> None:
     job_id = submit(coordinator)
-    ws = workers(coordinator, PARTS)
+    ws = workers(coordinator, PARTS, trusted=True)
     parts = [lease(coordinator, w)[0] for w in ws]
     r = report(coordinator, ws[0], parts[0], "fail", reason="bad data", retryable=False)
     assert r.status_code == 200
@@ -162,7 +167,7 @@ def test_a_failed_part_does_not_fail_the_job(coordinator: Coordinator) -> None:
 
 def test_unreachable_quorum_fails_the_job_and_retry_resumes(coordinator: Coordinator) -> None:
     job_id = submit(coordinator, rounds=2)
-    ws = workers(coordinator, PARTS)
+    ws = workers(coordinator, PARTS, trusted=True)
     # round 0 goes ahead on a quorum; its late part is skipped
     parts = [lease(coordinator, w)[0] for w in ws]
     for w, t in zip(ws[:2], parts[:2], strict=True):
@@ -210,7 +215,7 @@ def test_claim_prefers_the_workers_own_affinity(coordinator: Coordinator) -> Non
 
 def test_retry_after_a_quorum_round_failed_reruns_its_join(coordinator: Coordinator) -> None:
     job_id = submit(coordinator)
-    ws = workers(coordinator, PARTS)
+    ws = workers(coordinator, PARTS, trusted=True)
     parts = [lease(coordinator, w)[0] for w in ws]
     for w, t in zip(ws[:2], parts[:2], strict=True):
         report(coordinator, w, t, "complete", result={})

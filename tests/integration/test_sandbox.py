@@ -144,13 +144,18 @@ def test_sandboxed_task_still_runs_python(bwrap: None, tmp_path: Path) -> None:
     assert result["stdout"].strip() == f"[{sys.version_info[0]}, {sys.version_info[1]}]"
 
 
-def register(coord: Coordinator, name: str, sandbox: bool) -> dict[str, str]:
+def register(coord: Coordinator, name: str, sandbox: bool, trusted: bool = False,
+             ) -> dict[str, str]:
     r = coord.client.post(f"{API}/workers/register", json={
         "join_token": coord.join_token, "name": name,
         "capabilities": {"cpu_cores": 2, "ram_bytes": 2**30, "kinds": ["sweep"],
                          "sandbox": sandbox},
     })
     assert r.status_code == 200, r.text
+    if trusted:  # an admin vouches for the machine (pilot workers trust ID)
+        t = coord.client.post(f"{API}/workers/{r.json()['worker_id']}/trust",
+                              headers=coord.user())
+        assert t.status_code == 200, t.text
     return {"Authorization": f"Bearer {r.json()['worker_token']}"}
 
 
@@ -168,8 +173,10 @@ def test_job_requiring_sandbox_goes_only_to_sandboxing_workers(
         "kind": "sweep", "params": {"command": ["echo", "{item}"], "items": "1-2"},
         "requirements": {"sandbox": True}})
     assert r.status_code == 201, r.text
-    plain = register(coord, "plain", sandbox=False)
-    boxed = register(coord, "boxed", sandbox=True)
+    plain = register(coord, "plain", sandbox=False, trusted=True)
+    claims = register(coord, "claims", sandbox=True)  # says so; nobody vouched for it
+    boxed = register(coord, "boxed", sandbox=True, trusted=True)
     assert lease(coord, plain) == []
+    assert lease(coord, claims) == []
     tasks = lease(coord, boxed)
     assert len(tasks) == 2 and {t["job_id"] for t in tasks} == {r.json()["id"]}

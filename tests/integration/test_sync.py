@@ -21,11 +21,16 @@ API = "/api/v1"
 
 
 def register(coord: Coordinator, name: str, **caps: Any) -> dict[str, str]:
+    return register_with_id(coord, name, **caps)[0]
+
+
+def register_with_id(coord: Coordinator, name: str, **caps: Any,
+                     ) -> tuple[dict[str, str], int]:
     capabilities = {"cpu_cores": 2, "ram_bytes": 2**30, "kinds": ["sleep"], **caps}
     r = coord.client.post(f"{API}/workers/register", json={
         "join_token": coord.join_token, "name": name, "capabilities": capabilities})
     assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['worker_token']}"}
+    return {"Authorization": f"Bearer {r.json()['worker_token']}"}, r.json()["worker_id"]
 
 
 def submit(coord: Coordinator, tasks: int = 1, **extra: Any) -> int:
@@ -203,9 +208,12 @@ def test_tasks_go_only_to_workers_that_fit(coordinator: Coordinator) -> None:
     blender = submit(coord, tasks=2, requirements={"min_blender": "4.2"})
     plain = submit(coord, tasks=2)
     gpus = [{"name": "RTX", "memory_bytes": 2**33}]
+    sandboxed, sandboxed_id = register_with_id(coord, "sandbox", slots=8, sandbox=True)
+    r = coord.client.post(f"{API}/workers/{sandboxed_id}/trust", headers=coord.user())
+    assert r.status_code == 200, r.text
     workers = {
         "gpu": register(coord, "gpu", slots=8, gpus=gpus),
-        "sandbox": register(coord, "sandbox", slots=8, sandbox=True),
+        "sandbox": sandboxed,
         "tagged": register(coord, "tagged", slots=8, tags=["fast", "big", "x"]),
         "old-blender": register(coord, "old-blender", slots=8, blender_version="3.4.1"),
         "blender": register(coord, "blender", slots=8, blender_version="5.0.1"),
@@ -223,6 +231,13 @@ def test_tasks_go_only_to_workers_that_fit(coordinator: Coordinator) -> None:
     assert all(len([t for t in got[n] if t["job_id"] != plain]) == 2 for n in
                ("gpu", "sandbox", "tagged", "blender"))
     assert job(coord, blocked)["task_counts"] == {"ready": 40}
+    # a sandbox is a claim: believed only of a worker an admin marked trusted
+    more_sandbox = submit(coord, tasks=2, requirements={"sandbox": True})
+    claims_sandbox = register(coord, "claims-sandbox", slots=8, sandbox=True)
+    assert sync_(coord, claims_sandbox, free_slots=8)["tasks"] == []
+    later = sync_(coord, sandboxed, held=refs(got["sandbox"]), free_slots=6)["tasks"]
+    assert {t["job_id"] for t in later} == {more_sandbox} and len(later) == 2
+    assert job(coord, more_sandbox)["task_counts"] == {"leased": 2}
 
 
 def test_the_claim_reads_an_index_range_per_kind_and_set(coordinator: Coordinator) -> None:
@@ -238,7 +253,8 @@ def test_the_claim_reads_an_index_range_per_kind_and_set(coordinator: Coordinato
         conn.exec_driver_sql("ANALYZE" if engine.dialect.name != "mysql" else
                              "ANALYZE TABLE tasks")
     statement = qs._claim_statement(1, lock=False)
-    params = {"w": 1, "threshold": 3, "limit": 9, "k0": "sleep", "s0": 0}
+    params = {"w": 1, "threshold": 3, "limit": 9, "k0": "sleep", "s0": 0, "jt": 1,
+              "token_threshold": 6}
     compiled = statement.compile(engine)
     values = compiled.construct_params(params)
     with engine.connect() as conn:

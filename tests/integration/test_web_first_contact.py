@@ -19,6 +19,7 @@ from parallel_pilot.client.cli import common as cli_common
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.coordinator.sessions import SESSION_COOKIE
 from parallel_pilot.core.settings import ClientSettings
+from tests.integration import trusted
 from tests.integration.conftest import Coordinator, make_coordinator
 from tests.integration.test_web_pages import _password, login
 
@@ -143,7 +144,8 @@ def test_tasks_are_numbered_and_a_final_failure_offers_no_retry(coordinator: Coo
     admin = coordinator.user()
     job = web.post(f"{API}/jobs", headers=admin, json={
         "kind": "sweep", "params": {"command": ["echo", "{item}"], "items": "a,b,c"}}).json()
-    worker = coordinator.register_worker(kinds=["sweep"], name="box")
+    # trusted: its "a retry cannot help" is final at once
+    worker = trusted.register(coordinator, "box", kinds=["sweep"], trusted=True)
     leased = web.post(f"{API}/workers/lease", headers=worker,
                       json={"slots": 3, "wait_seconds": 0}).json()["tasks"]
     ids = {t["task_id"] for t in leased}

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from parallel_pilot.coordinator import sse
 from parallel_pilot.coordinator.sessions import CSRF_COOKIE, SESSION_COOKIE
 from parallel_pilot.web import events
+from tests.integration import trusted
 from tests.integration.conftest import Coordinator, make_coordinator
 
 BLEND = b"BLENDER17-01v0500" + b"\0" * 4096  # a header as Blender 5.0 writes it
@@ -256,7 +257,8 @@ def test_a_sweep_shows_its_results_failure_and_the_workers(coordinator: Coordina
     login(web, "admin", _password(coordinator))
     job = web.post("/api/v1/jobs", headers=coordinator.user(), json={
         "kind": "sweep", "params": {"command": ["echo", "{item}"], "items": "a,b,c"}}).json()
-    worker = coordinator.register_worker(kinds=["sweep"], name="gpu-box")
+    # trusted: its "a retry cannot help" is final at once
+    worker = trusted.register(coordinator, "gpu-box", kinds=["sweep"], trusted=True)
     leased = web.post("/api/v1/workers/lease", headers=worker,
                       json={"slots": 3, "wait_seconds": 0}).json()["tasks"]
     assert len(leased) == 3

@@ -71,8 +71,14 @@ def test_requirement_sandbox() -> None:
     plain = Capabilities(cpu_cores=1, ram_bytes=1)
     boxed = Capabilities(cpu_cores=1, ram_bytes=1, sandbox=True)
     assert unmet(Requirements(sandbox=True), plain) == ["no sandbox"]
-    assert unmet(Requirements(sandbox=True), boxed) == []
-    assert satisfies({"sandbox": True}, boxed) and not satisfies({"sandbox": True}, plain)
+    assert unmet(Requirements(sandbox=True), plain, trusted=True) == ["no sandbox"]
+    # a sandbox is the worker's claim: it counts only for a worker an admin trusts
+    assert unmet(Requirements(sandbox=True), boxed) == [
+        "sandbox claimed, but no admin marked the worker trusted"]
+    assert unmet(Requirements(sandbox=True), boxed, trusted=True) == []
+    assert satisfies({"sandbox": True}, boxed, trusted=True)
+    assert not satisfies({"sandbox": True}, boxed)
+    assert not satisfies({"sandbox": True}, plain, trusted=True)
     assert satisfies({}, plain) and satisfies({"sandbox": False}, plain)
 
 

@@ -237,18 +237,26 @@ def join_tokens_group() -> None:
               help="How many workers may join with it (default: any number).")
 @click.option("--expires", type=Duration(), metavar="DURATION",
               help="Expire after this long: 90s, 30m, 12h, 7d, 2w (default: never).")
+@click.option("--approval", is_flag=True,
+              help="Workers joining with it get no tasks until an admin approves each "
+                   "(pilot workers approve ID).")
+@click.option("--max-slots", type=click.IntRange(1, 64),
+              help="Slots a worker joining with it is given at most, whatever it asks.")
 @json_option
 @connection_options
 @pass_client
 def join_tokens_create(client: Client, name: str, uses: int | None, expires: int | None,
-                       as_json: bool) -> None:
+                       approval: bool, max_slots: int | None, as_json: bool) -> None:
     """Create a join token (shown only once)."""
-    created = client.create_join_token(name, uses=uses, expires_seconds=expires)
+    created = client.create_join_token(name, uses=uses, expires_seconds=expires,
+                                       approval_required=approval, max_slots=max_slots)
     if as_json:
         print_json(created)
         return
+    extra = "".join([", workers wait for approval" if approval else "",
+                     f", at most {max_slots} slots" if max_slots else ""])
     console.print(f"join token {created.id} ({'unlimited' if uses is None else uses} uses, "
-                  f"expires {_expires(created.expires_at)}), shown only once:")
+                  f"expires {_expires(created.expires_at)}{extra}), shown only once:")
     console.print(created.token)
 
 
@@ -263,11 +271,14 @@ def join_tokens_list(client: Client, as_json: bool) -> None:
         print_json({"join_tokens": [t.model_dump(mode="json") for t in tokens]})
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "NAME", "STATE", "USES LEFT", "CREATED", "EXPIRES"):
+    for column in ("ID", "NAME", "STATE", "USES LEFT", "APPROVAL", "MAX SLOTS", "CREATED",
+                   "EXPIRES"):
         table.add_column(column)
     for t in tokens:
         table.add_row(str(t.id), t.name or "-", t.state,
                       "unlimited" if t.uses_left is None else str(t.uses_left),
+                      "required" if t.approval_required else "-",
+                      str(t.max_slots) if t.max_slots else "-",
                       ago(t.created_at), _expires(t.expires_at))
     console.print(table)
 
@@ -290,7 +301,7 @@ def join_tokens_revoke(client: Client, token_id: int) -> None:
 @connection_options
 @click.pass_context
 def workers_group(ctx: click.Context, as_json: bool) -> None:
-    """List registered workers; `pilot workers revoke ID` revokes one (admin)."""
+    """List registered workers; admins: `pilot workers revoke|approve|trust|untrust ID`."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(workers_command, as_json=as_json)
 
@@ -303,3 +314,36 @@ def workers_revoke(client: Client, worker_id: int) -> None:
     """Revoke a worker: its token is refused and its running tasks are requeued."""
     client.revoke_worker(worker_id)
     console.print(f"worker {worker_id} revoked; its tasks are queued again")
+
+
+@workers_group.command("approve")
+@click.argument("worker_id", type=int, metavar="WORKER_ID")
+@connection_options
+@pass_client
+def workers_approve(client: Client, worker_id: int) -> None:
+    """Let a worker waiting for approval (joined with a join token made with --approval)
+    get tasks."""
+    client.approve_worker(worker_id)
+    console.print(f"worker {worker_id} approved; it gets tasks from now on")
+
+
+@workers_group.command("trust")
+@click.argument("worker_id", type=int, metavar="WORKER_ID")
+@connection_options
+@pass_client
+def workers_trust(client: Client, worker_id: int) -> None:
+    """Vouch for a worker: its sandbox claim is believed (jobs with --require-sandbox
+    run on it), its word that a retry cannot help is final, and its failures count
+    against itself only, not its join token."""
+    client.trust_worker(worker_id)
+    console.print(f"worker {worker_id} is trusted")
+
+
+@workers_group.command("untrust")
+@click.argument("worker_id", type=int, metavar="WORKER_ID")
+@connection_options
+@pass_client
+def workers_untrust(client: Client, worker_id: int) -> None:
+    """Take back `pilot workers trust ID`: the worker's claims are claims again."""
+    client.trust_worker(worker_id, trusted=False)
+    console.print(f"worker {worker_id} is no longer trusted")

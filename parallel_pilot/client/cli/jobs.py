@@ -35,7 +35,7 @@ MAX_FAILURES_SHOWN = 20  # failed tasks, and failed items, listed by `pilot show
 def _state_style(state: str) -> str:
     return {"completed": "green", "done": "green", "failed": "red", "cancelled": "yellow",
             "running": "cyan", "leased": "cyan", "busy": "cyan", "offline": "dim",
-            "revoked": "red"}.get(state, "")
+            "revoked": "red", "pending": "yellow"}.get(state, "")
 
 
 def job_state(job: JobInfo) -> str:
@@ -320,18 +320,22 @@ def workers_command(client: Client, as_json: bool) -> None:
     table = Table(box=None, header_style="bold")
     # a GPU column only when a worker has a GPU Cycles renders on: 80 columns are tight
     gpus = any(render_gpus(w.capabilities) != "-" for w in workers)
-    for column in ("ID", "NAME", "STATE", "CORES", "RAM", *(("GPU",) if gpus else ()),
-                   "SLOTS", "KINDS", "SANDBOX", "TASKS", "DONE", "LAST SEEN"):
-        table.add_column(column, no_wrap=column in ("RAM", "SANDBOX"))
+    for column in ("ID", "NAME", "STATE", "CORES", "RAM", *(("GPU*",) if gpus else ()),
+                   "SLOTS", "KINDS", "SANDBOX*",
+                   "TASKS", "DONE", "LAST SEEN"):
+        table.add_column(column, no_wrap=column in ("RAM", "SANDBOX*"))
     for w in workers:
         caps = w.capabilities
         style = _state_style(w.state)
         table.add_row(
             str(w.id), w.name, f"[{style}]{w.state}[/]" if style else w.state,
             str(caps.cpu_cores), human_bytes(caps.ram_bytes),
-            *((render_gpus(caps),) if gpus else ()), str(caps.slots),
-            ",".join(caps.kinds) or "-", sandboxed(caps),
+            *((render_gpus(caps),) if gpus else ()),
+            str(w.slots if w.slots is not None else caps.slots),
+            ",".join(caps.kinds) or "-", sandboxed(caps) + (" ✓" if w.trusted else ""),
             ",".join(str(t) for t in w.current_tasks) or "-", str(w.tasks_done),
             ago(w.last_seen),
         )
     console.print(table)
+    console.print("* claimed by the worker; ✓ an admin trusts it (pilot workers trust ID): "
+                  "only then does --require-sandbox run there", style="dim")

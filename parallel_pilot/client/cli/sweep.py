@@ -42,7 +42,8 @@ MAX_NAME = 80  # characters of a command line used as the default job name
               help="Seconds one run may take.")
 @click.option("--name", help="Job name.")
 @click.option("--require-sandbox", is_flag=True,
-              help="Run only on workers that sandbox commands (pilot worker --sandbox).")
+              help="Run only on workers that sandbox commands (pilot worker --sandbox) and "
+                   "that an admin marked trusted (pilot workers trust ID).")
 @click.option("--fail-on-nonzero", is_flag=True,
               help="Exit 1 when any item failed (exited non-zero, timed out or could not "
                    "start); without it only a job that did not complete does.")

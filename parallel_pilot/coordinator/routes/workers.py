@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from parallel_pilot.coordinator.auth import CurrentUser, CurrentWorker, ServicesDep
@@ -31,6 +32,8 @@ router = APIRouter(tags=["workers"], route_class=StrictRoute)
 # a waiting poll re-checks the queue this often without being woken: it finds tasks made
 # ready by another coordinator process (this one wakes it at once)
 RECHECK_SECONDS = 3.0
+
+WorkerId = Annotated[int, Path(ge=1, le=2**62)]
 
 
 @router.post("/workers/register", response_model=RegisterResponse)
@@ -60,7 +63,7 @@ async def sync_worker(svc: ServicesDep, worker: CurrentWorker, body: SyncRequest
             waiter.close()
         return done.response
     async def claim() -> tuple[list[TaskLease], bool]:
-        return await run_in_threadpool(sync.poll, svc, worker, body, done.held)
+        return await run_in_threadpool(sync.poll, svc, worker, body)
 
     done.response.tasks = await _long_poll(svc, request, waiter, wait, claim)
     return done.response
@@ -133,4 +136,27 @@ def leave(svc: ServicesDep, worker: CurrentWorker) -> Ack:
 
 @router.get("/workers", response_model=WorkerList)
 def list_workers(svc: ServicesDep, user: CurrentUser) -> WorkerList:
+    """The farm; ``capabilities`` and ``claimed`` are what each worker says of itself,
+    ``trusted`` and ``slots`` what the coordinator decided."""
     return WorkerList(workers=worker_service.list_workers(svc))
+
+
+@router.post("/workers/{worker_id}/approve", response_model=Ack)
+def approve_worker(svc: ServicesDep, user: CurrentUser, worker_id: WorkerId) -> Ack:
+    """Let a pending worker (joined with an approval-required join token) get tasks (admin)."""
+    worker_service.approve(svc, user, worker_id)
+    return Ack()
+
+
+@router.post("/workers/{worker_id}/trust", response_model=Ack)
+def trust_worker(svc: ServicesDep, user: CurrentUser, worker_id: WorkerId) -> Ack:
+    """Vouch for a worker (admin): its sandbox claim is believed, its word that a retry
+    cannot help is final."""
+    worker_service.set_trusted(svc, user, worker_id, True)
+    return Ack()
+
+
+@router.post("/workers/{worker_id}/untrust", response_model=Ack)
+def untrust_worker(svc: ServicesDep, user: CurrentUser, worker_id: WorkerId) -> Ack:
+    worker_service.set_trusted(svc, user, worker_id, False)
+    return Ack()

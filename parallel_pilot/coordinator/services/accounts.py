@@ -180,9 +180,13 @@ def create_join_token(svc: Services, caller: Caller,
     token = new_token(JOIN_TOKEN_PREFIX)
     with svc.transaction() as conn:
         token_id = q.insert_join_token(conn, hash_token(token), request.name, now,
-                                       uses_left=request.uses, expires_at=expires_at)
+                                       uses_left=request.uses, expires_at=expires_at,
+                                       approval_required=request.approval_required,
+                                       max_slots=request.max_slots)
     return JoinTokenCreated(id=token_id, name=request.name, token=token,
-                            uses_left=request.uses, expires_at=expires_at)
+                            uses_left=request.uses, expires_at=expires_at,
+                            approval_required=request.approval_required,
+                            max_slots=request.max_slots)
 
 
 def _join_state(row: sa.Row, now: float) -> JoinTokenState:
@@ -202,7 +206,9 @@ def list_join_tokens(svc: Services, caller: Caller) -> list[JoinTokenInfo]:
         rows = q.list_join_tokens(conn)
     return [JoinTokenInfo(id=r.id, name=r.name, created_at=r.created_at,
                           expires_at=r.expires_at, uses_left=r.uses_left,
-                          state=_join_state(r, now)) for r in rows]
+                          state=_join_state(r, now),
+                          approval_required=bool(r.approval_required),
+                          max_slots=r.max_slots) for r in rows]
 
 
 def revoke_join_token(svc: Services, caller: Caller, token_id: int) -> None:
@@ -212,8 +218,9 @@ def revoke_join_token(svc: Services, caller: Caller, token_id: int) -> None:
             raise NotFound(f"no active join token {token_id}")
 
 
-def use_join_token(conn: sa.Connection, token: str, now: float) -> None:
-    """Count one use of a join token inside the register transaction, or refuse it."""
+def use_join_token(conn: sa.Connection, token: str, now: float) -> sa.Row:
+    """Count one use of a join token inside the register transaction, or refuse it;
+    returns its row (id, approval_required, max_slots)."""
     row = q.join_token_by_hash(conn, hash_token(token))
     if row is None:
         raise Unauthorized("the join token is not valid (ask the coordinator's admin for "
@@ -223,6 +230,7 @@ def use_join_token(conn: sa.Connection, token: str, now: float) -> None:
         why = {"revoked": "was revoked", "expired": "has expired",
                "used_up": "has been used as often as it allowed"}.get(state, "is used up")
         raise Unauthorized(f"the join token {why}; ask the coordinator's admin for a new one")
+    return row
 
 
 # ------------------------------------------------------------ workers

@@ -4,12 +4,13 @@ reaper requeues what a dead worker held. Every report is fenced by (task, attemp
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import accounts, blobs, jobs, quorum
+from parallel_pilot.coordinator.services import accounts, blobs, jobs, quorum, rates, trust
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.core.protocol import (
@@ -22,10 +23,11 @@ from parallel_pilot.core.protocol import (
     RegisterResponse,
 )
 from parallel_pilot.core.states import TaskState
-from parallel_pilot.errors import StaleAttempt, TaskNotFound
+from parallel_pilot.errors import RateLimited, StaleAttempt, TaskNotFound
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import accounts as account_queries
 from parallel_pilot.store.queries import quorum as qq
 from parallel_pilot.store.queries import sync as qs
 from parallel_pilot.store.queries import workers as qw
@@ -39,31 +41,52 @@ LOG_TRUNCATED = "[log truncated: limit {limit} bytes]"  # stored once when a tas
 
 
 def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
-    """A new row for a worker joining with a join token; or, for a worker that restarted
-    and sends the id and token it was given, that row again (``_take_back``)."""
+    """A new row for a worker joining with a join token (its slots capped, pending when
+    the token wants an admin's approval, at most so many a minute per token); or, for a
+    worker that restarted and sends the id and token it was given, that row again
+    (``_take_back``), with what an admin decided about it."""
     now = svc.clock()
     token = new_token(WORKER_TOKEN_PREFIX)
     capabilities = request.capabilities.model_dump(mode="json")
+    claimed = request.capabilities.slots
     requeued: Counter[str] = Counter()
     with svc.transaction() as conn:
         taken_back = _take_back(conn, request, hash_token(token), capabilities, now)
         if taken_back is not None:
             worker_id = taken_back
             requeued = _requeue_held(conn, worker_id, request.name, now)
+            row = q.get_worker(conn, worker_id)
+            joined = None if row is None or row.join_token_id is None else \
+                account_queries.join_token_by_id(conn, row.join_token_id)
+            slots = trust.allowed_slots(svc, claimed, joined.max_slots if joined else None)
+            qw.set_worker_slots(conn, worker_id, slots)
+            pending = bool(row is not None and row.pending)
         else:
-            accounts.use_join_token(conn, request.join_token, now)  # or raise Unauthorized
+            joined = accounts.use_join_token(conn, request.join_token, now)  # or Unauthorized
+            wait = rates.count(conn, rates.REGISTRATIONS, joined.id,
+                               svc.settings.join_token_registrations_per_minute, now)
+            if wait is not None:
+                raise RateLimited(
+                    f"join token {joined.id} registered more than "
+                    f"{svc.settings.join_token_registrations_per_minute} workers in a "
+                    f"minute; try again in {math.ceil(wait)} s", retry_after=math.ceil(wait))
+            slots = trust.allowed_slots(svc, claimed, joined.max_slots)
+            pending = bool(joined.approval_required)
             worker_id = q.insert_worker(conn, request.name, hash_token(token), capabilities,
-                                        now)
+                                        now, join_token_id=joined.id, slots=slots,
+                                        pending=pending)
     if taken_back is not None:
         svc.worker_cache.forget(worker_id)  # the old token stopped working
         log.info("worker %s (%d) is back%s", request.name, worker_id,
                  f"; {sum(requeued.values())} task(s) it held requeued" if requeued else "")
         svc.notifier.tasks_ready(requeued)
     else:
-        log.info("worker %s (%d) joined", request.name, worker_id)
+        log.info("worker %s (%d) joined%s", request.name, worker_id,
+                 "; it waits for an admin's approval" if pending else "")
     return RegisterResponse(worker_id=worker_id, worker_token=token,
                             lease_seconds=svc.settings.lease_seconds,
-                            heartbeat_seconds=svc.settings.heartbeat_seconds)
+                            heartbeat_seconds=svc.settings.heartbeat_seconds,
+                            slots=slots, pending=pending)
 
 
 def _take_back(conn: sa.Connection, request: RegisterRequest, new_token_hash: str,
@@ -237,9 +260,12 @@ def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
         _store_log(conn, svc, task, attempt, request.log_lines, now)
         if task.state != TaskState.LEASED:
             raise StaleAttempt(f"task {task_id} is {task.state}; the report is not accepted")
-        q.record_worker_failure(conn, worker.id, task.job_id)
-        reason = f"{request.reason} (attempt {attempt} on worker {worker.name})"
-        requeued = _requeue_or_fail(conn, svc, task, reason, retry=request.retryable)
+        retry = trust.weigh_failure(conn, svc, worker, task, request.retryable, now)
+        reason = (f"{request.reason} (attempt {attempt} on worker {worker.name}"
+                  f"{trust.doubt_note(request.retryable, retry)})")
+        # a retryable report still fails the task "after N attempts" when none are left
+        requeued = _requeue_or_fail(conn, svc, task, reason,
+                                    retry=retry or request.retryable)
     if requeued:
         svc.notifier.tasks_ready({task.kind: 1})
 
@@ -284,7 +310,9 @@ def reap(svc: Services) -> int:
                 continue
             reason = f"lease of attempt {task.attempt} expired (worker lost)"
             if task.worker_id is not None:
-                q.record_worker_failure(conn, task.worker_id, task.job_id)
+                lost = q.get_worker(conn, task.worker_id)
+                q.record_worker_failure(conn, task.worker_id, task.job_id,
+                                        None if lost is None else trust.token_of(lost))
             q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id, attempt=task.attempt,
                                lines=[reason], now=now)
             if _requeue_or_fail(conn, svc, full, reason, retry=True):

@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import blobs, jobs, leasing, quorum
+from parallel_pilot.coordinator.services import blobs, jobs, leasing, quorum, trust
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.payloads import task_payloads
 from parallel_pilot.core.protocol import (
@@ -40,6 +40,7 @@ from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import sync as qs
+from parallel_pilot.store.queries import workers as qw
 
 log = logging.getLogger("pilot.sync")
 
@@ -56,18 +57,19 @@ class _Fit:
 
 class FitCache:
     """The requirement sets of one database (sets never change once written), and per
-    worker (id and token, which change with its capabilities) the ones it satisfies."""
+    worker (id and token, which change with its capabilities, and whether an admin
+    trusts it) the ones it satisfies."""
 
     def __init__(self) -> None:
         self._sets: dict[int, dict[str, Any]] = {}
         self._max_set = 0
         self._checked = -1e9
         self._added = -1
-        self._fits: dict[tuple[int, str], _Fit] = {}
+        self._fits: dict[tuple[int, str, bool], _Fit] = {}
         self._lock = threading.Lock()
 
     def fitting_sets(self, conn: sa.Connection, worker: sa.Row, caps: Capabilities,
-                     fresh: bool = False) -> list[int]:
+                     fresh: bool = False, trusted: bool = False) -> list[int]:
         with self._lock:
             added = qs.sets_added()
             if fresh or added != self._added or \
@@ -79,10 +81,10 @@ class FitCache:
                 self._checked = time.monotonic()
             if len(self._fits) >= FIT_CACHE_WORKERS:  # old tokens of workers that came back
                 self._fits.clear()
-            fit = self._fits.setdefault((worker.id, worker.token_hash), _Fit())
+            fit = self._fits.setdefault((worker.id, worker.token_hash, trusted), _Fit())
             if fit.max_set < self._max_set:
                 fit.fitting.extend(i for i, r in sorted(self._sets.items())
-                                   if i > fit.max_set and satisfies(r, caps))
+                                   if i > fit.max_set and satisfies(r, caps, trusted=trusted))
                 fit.max_set = self._max_set
             return list(fit.fitting)
 
@@ -104,14 +106,29 @@ def capabilities(worker: sa.Row) -> Capabilities:
 
 
 def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilities,
-             want: int, now: float, fresh_sets: bool = False) -> list[TaskLease]:
-    """Lease up to ``want`` fitting ready tasks to the worker inside ``conn``."""
+             want: int, now: float, fresh_sets: bool = False, *, prefetch: int,
+             me: sa.Row | None = None, held: int | None = None) -> list[TaskLease]:
+    """Lease up to ``want`` fitting ready tasks to the worker inside ``conn``, never more
+    than its allowed slots plus ``prefetch`` in all (``trust``). ``me`` is the worker's
+    row locked by this transaction and ``held`` what it holds (read here when not given);
+    a pending or paused worker gets nothing."""
+    if me is None:
+        me = qw.lock_worker(conn, worker.id)
+    if me is None or me.pending or (me.paused_until is not None and me.paused_until > now):
+        return []
+    if held is None:
+        held = qw.held_count(conn, worker.id)
+    want = min(want, trust.slots_now(svc, me, caps.slots) + prefetch - held)
     if want <= 0 or not caps.kinds:
         return []
-    sets = fit_cache(svc).fitting_sets(conn, worker, caps, fresh=fresh_sets)
+    sets = fit_cache(svc).fitting_sets(conn, worker, caps, fresh=fresh_sets,
+                                       trusted=bool(me.trusted))
     rows = qs.claim_candidates(conn, worker_id=worker.id, kinds=caps.kinds, sets=sets,
                                block_threshold=svc.settings.worker_block_failures,
-                               limit=want + CLAIM_SPARE, lock=svc.lock_claims)
+                               limit=want + CLAIM_SPARE, lock=svc.lock_claims,
+                               join_token_id=trust.token_of(me),
+                               token_threshold=svc.settings.join_token_block_failures)
+    rows = trust.offer_elsewhere_first(conn, worker.id, rows)
     chosen = leasing.prefer_affinity(conn, worker.id, rows)[:want]
     if not chosen:
         return []
@@ -130,13 +147,15 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
 
 
 def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
-    """``POST /workers/lease``: up to ``slots`` fitting ready tasks; empty if none (or the
-    worker has left: a poll still open after it left gets nothing)."""
+    """``POST /workers/lease``: up to ``slots`` fitting ready tasks (within what the worker
+    may hold); empty if none (or the worker has left: a poll still open after it left
+    gets nothing)."""
     now = svc.clock()
     with svc.transaction() as conn:
         if not q.touch_worker(conn, worker.id, now):
             return []
-        return claim_in(conn, svc, worker, capabilities(worker), slots, now)
+        return claim_in(conn, svc, worker, capabilities(worker), slots, now,
+                        prefetch=svc.settings.max_prefetch)
 
 
 @dataclass
@@ -164,8 +183,11 @@ def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
                                 sync_seconds=svc.settings.heartbeat_seconds,
                                 lease_seconds=svc.settings.lease_seconds))
     with svc.transaction() as conn:
+        me = qw.lock_worker(conn, worker.id)  # first: one sync of a worker at a time
         held = {r.id: r for r in qs.held_attempts(conn, worker.id, lock=svc.lock_claims)}
         settled = _apply_reports(conn, svc, worker, request.reports, held, out, now)
+        if any(r.outcome == "failed" for r in request.reports):
+            me = qw.lock_worker(conn, worker.id)  # its failures may have paused it
         finished = sum(v.accepted for v, r in zip(out.response.verdicts, request.reports,
                                                   strict=True) if r.outcome == "completed")
         out.live = qs.touch_live_worker(conn, worker.id, now, finished)
@@ -194,10 +216,10 @@ def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
             out.live = False
         elif out.live:
             granted = min(request.prefetch, svc.settings.max_prefetch)
-            room = caps.slots + granted - len(still)
-            want = min(request.free_slots + request.prefetch, room)
+            want = request.free_slots + request.prefetch
             out.response.prefetch_granted = granted
-            out.response.tasks = claim_in(conn, svc, worker, caps, want, now)
+            out.response.tasks = claim_in(conn, svc, worker, caps, want, now,
+                                          prefetch=granted, me=me, held=len(still))
             out.held += len(out.response.tasks)
     if request.leaving:
         svc.worker_cache.forget(worker.id)
@@ -206,18 +228,20 @@ def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
     return out
 
 
-def poll(svc: Services, worker: sa.Row, request: SyncRequest, held_now: int,
+def poll(svc: Services, worker: sa.Row, request: SyncRequest,
          ) -> tuple[list[TaskLease], bool]:
-    """A long poll woke up: claim what the worker may take (it held ``held_now`` when its
-    sync was applied); (leases, whether the worker may still get tasks)."""
+    """A long poll woke up: claim what the worker may take now; (leases, whether the
+    worker may still get tasks)."""
     now = svc.clock()
     caps = capabilities(worker)
     granted = min(request.prefetch, svc.settings.max_prefetch)
-    want = min(request.free_slots + request.prefetch, caps.slots + granted - held_now)
+    want = request.free_slots + request.prefetch
     with svc.transaction() as conn:
         if not qs.touch_live_worker(conn, worker.id, now):
             return [], False
-        return claim_in(conn, svc, worker, caps, want, now, fresh_sets=True), True
+        # what it holds is counted again under its lock: another sync may have run
+        return claim_in(conn, svc, worker, caps, want, now, fresh_sets=True,
+                        prefetch=granted), True
 
 
 def _check_not_revoked(conn: sa.Connection, svc: Services, worker: sa.Row) -> None:
@@ -354,11 +378,12 @@ def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
     remain and a retry can help; else the task fails and with it, maybe, the job."""
     again: list[tuple[int, int, str]] = []
     final: list[tuple[sa.Row, str, bool]] = []
+    now = svc.clock()
     for report, row in failed:
-        q.record_worker_failure(conn, worker.id, row.job_id)
+        retry = trust.weigh_failure(conn, svc, worker, row, report.retryable, now)
         reason = (f"{report.reason or 'failed'} (attempt {report.attempt} on worker "
-                  f"{worker.name})")
-        if report.retryable and row.failures + 1 < row.max_attempts:
+                  f"{worker.name}{trust.doubt_note(report.retryable, retry)})")
+        if retry:
             again.append((row.id, row.attempt, reason))
             out.ready[row.kind] += 1
         else:

@@ -45,10 +45,11 @@ def user_by_token_hash(conn: sa.Connection, token_hash: str, now: float) -> Any:
 
 
 def insert_join_token(conn: sa.Connection, token_hash: str, name: str, now: float, *,
-                      uses_left: int | None = None, expires_at: float | None = None) -> int:
+                      uses_left: int | None = None, expires_at: float | None = None,
+                      approval_required: bool = False, max_slots: int | None = None) -> int:
     result = conn.execute(join_tokens.insert().values(
         token_hash=token_hash, name=name, created_at=now, uses_left=uses_left,
-        expires_at=expires_at))
+        expires_at=expires_at, approval_required=approval_required, max_slots=max_slots))
     return _new_id(result)
 
 
@@ -119,6 +120,10 @@ def join_token_by_hash(conn: sa.Connection, token_hash: str) -> Row | None:
                         ).first()
 
 
+def join_token_by_id(conn: sa.Connection, token_id: int) -> Row | None:
+    return conn.execute(sa.select(join_tokens).where(join_tokens.c.id == token_id)).first()
+
+
 def use_join_token(conn: sa.Connection, token_id: int, now: float) -> bool:
     """Count one use of a join token; False if it was revoked, expired or used up meanwhile."""
     return bool(conn.execute(
@@ -134,7 +139,8 @@ def use_join_token(conn: sa.Connection, token_id: int, now: float) -> bool:
 def list_join_tokens(conn: sa.Connection) -> list[Row]:
     return list(conn.execute(
         sa.select(join_tokens.c.id, join_tokens.c.name, join_tokens.c.created_at,
-                  join_tokens.c.expires_at, join_tokens.c.uses_left, join_tokens.c.revoked_at)
+                  join_tokens.c.expires_at, join_tokens.c.uses_left, join_tokens.c.revoked_at,
+                  join_tokens.c.approval_required, join_tokens.c.max_slots)
         .order_by(join_tokens.c.id)))
 
 

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.store.queries._common import Row, _chunks, _new_id
 from parallel_pilot.store.queries.moves import job_move
+from parallel_pilot.store.queries.verdicts import final_attempt_said_nonretryable
 from parallel_pilot.store.tables import (
     jobs,
     tasks,
@@ -166,8 +167,10 @@ def final_failure_counts(conn: sa.Connection, job_ids: Sequence[int]) -> dict[in
     """Per job: its failed tasks (``failed``; those a quorum went on without left out) and
     how many of them failed with attempts left (``final``), which only a report that said
     retrying cannot help does (a retryable failure is requeued until its attempts are
-    used up). Jobs without failed tasks are left out."""
-    final = sa.case((tasks.c.failures < tasks.c.max_attempts, 1), else_=0)
+    used up), or a report that said so on the task's last attempt (its worker's word
+    not yet believed, the attempts ran out on it). Jobs without failed tasks are left out."""
+    final = sa.case((sa.or_(tasks.c.failures < tasks.c.max_attempts,
+                            final_attempt_said_nonretryable()), 1), else_=0)
     out: dict[int, Row] = {}
     for part in _chunks(sorted(set(job_ids))):
         for row in conn.execute(

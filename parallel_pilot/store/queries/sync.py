@@ -25,11 +25,13 @@ from parallel_pilot.store.tables import (
     task_deps,
     task_logs,
     tasks,
+    token_job_failures,
     worker_job_failures,
     workers,
 )
 
 NO_REQUIREMENTS = 0  # requirement_set_id of a task with no requirements (no row)
+NO_TOKEN = -1  # join token id bound for a worker not held to its token's count (trusted)
 MAX_CLAIM_BRANCHES = 32  # (kind, set) index ranges one claim reads at most, one each
 
 _b = sa.bindparam
@@ -329,6 +331,7 @@ def renew_leases(conn: sa.Connection, worker_id: int, expires_at: float) -> int:
 
 _CLAIM_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.kind, tasks.c.name, tasks.c.payload,
                   tasks.c.inputs, tasks.c.attempt, tasks.c.priority, tasks.c.affinity,
+                  tasks.c.failures,
                   # read per row returned (not a join the plan could start from): a claim
                   # marks the job running only when it is not yet
                   sa.select(jobs.c.state).where(jobs.c.id == tasks.c.job_id)
@@ -336,10 +339,16 @@ _CLAIM_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.kind, tasks.c.name, tasks.
 
 
 def _not_blocked() -> sa.ColumnElement[bool]:
-    """The task's job has not failed on this worker ``threshold`` times (per-job block)."""
-    return ~sa.exists().where(worker_job_failures.c.worker_id == _b("w"),
-                              worker_job_failures.c.job_id == tasks.c.job_id,
-                              worker_job_failures.c.failures >= _b("threshold"))
+    """The task's job has not failed on this worker ``threshold`` times, nor on the
+    workers of its join token ``token_threshold`` times (per-job blocks; a new
+    registration with the same token keeps the second)."""
+    return sa.and_(
+        ~sa.exists().where(worker_job_failures.c.worker_id == _b("w"),
+                           worker_job_failures.c.job_id == tasks.c.job_id,
+                           worker_job_failures.c.failures >= _b("threshold")),
+        ~sa.exists().where(token_job_failures.c.join_token_id == _b("jt"),
+                           token_job_failures.c.job_id == tasks.c.job_id,
+                           token_job_failures.c.failures >= _b("token_threshold")))
 
 
 @functools.lru_cache(maxsize=256)
@@ -375,14 +384,17 @@ _LOCK_READY = (sa.select(tasks.c.id, tasks.c.attempt)
 
 def claim_candidates(conn: sa.Connection, *, worker_id: int, kinds: Sequence[str],
                      sets: Sequence[int], block_threshold: int, limit: int,
-                     lock: bool) -> list[Row]:
+                     lock: bool, join_token_id: int | None = None,
+                     token_threshold: int = 1) -> list[Row]:
     """Up to ``limit`` ready tasks of these kinds and requirement sets, best first (priority,
-    then id), skipping jobs the worker is blocked from. With ``lock`` the rows returned are
-    locked to this transaction (others' claims skip them)."""
+    then id), skipping jobs the worker (or its ``join_token_id``) is blocked from. With
+    ``lock`` the rows returned are locked to this transaction (others' claims skip them)."""
     combos = [(k, s) for k in sorted(set(kinds)) for s in sorted(set(sets))]
     if not combos or limit <= 0:
         return []
-    params: dict[str, Any] = {"w": worker_id, "threshold": block_threshold, "limit": limit}
+    params: dict[str, Any] = {"w": worker_id, "threshold": block_threshold, "limit": limit,
+                              "jt": NO_TOKEN if join_token_id is None else join_token_id,
+                              "token_threshold": token_threshold}
     branches = 0 if len(combos) > MAX_CLAIM_BRANCHES else len(combos)
     if branches == 0:
         params.update(kinds=sorted(set(kinds)), sets=sorted(set(sets)))

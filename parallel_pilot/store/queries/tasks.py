@@ -14,6 +14,7 @@ from parallel_pilot.store.queries._common import Row, _chunks
 from parallel_pilot.store.queries.jobs import adjust_job_counts
 from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.queries.sync import with_requirement_sets
+from parallel_pilot.store.queries.verdicts import forget_nonretryable
 from parallel_pilot.store.tables import (
     task_deps,
     tasks,
@@ -241,6 +242,7 @@ def reopen_tasks(conn: sa.Connection, task_ids: Sequence[int], deps_left: int) -
             .values(**move.values(failures=0, error=None, finished_at=None, worker_id=None,
                                   progress=None, deps_left=deps_left, deadline_at=None))
         )
+        forget_nonretryable(conn, part)  # the owner retries: workers' words start afresh
 
 
 def cancel_job_tasks(conn: sa.Connection, job_id: int, task_ids: Sequence[int], now: float,

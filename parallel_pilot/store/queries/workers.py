@@ -1,4 +1,5 @@
-"""Registered workers: tokens, liveness, revocation, per-job failure counts."""
+"""Registered workers: tokens, liveness, revocation, per-job failure counts (per worker
+and per join token), and what an admin decides about a worker (approval, trust)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,66 @@ from parallel_pilot.core.states import TaskState
 from parallel_pilot.store.queries._common import Row, _new_id
 from parallel_pilot.store.tables import (
     tasks,
+    token_job_failures,
     worker_job_failures,
     workers,
 )
 
 
 def insert_worker(conn: sa.Connection, name: str, token_hash: str,
-                  capabilities: dict[str, Any], now: float) -> int:
+                  capabilities: dict[str, Any], now: float, *,
+                  join_token_id: int | None = None, slots: int | None = None,
+                  pending: bool = False) -> int:
     result = conn.execute(workers.insert().values(
         name=name, token_hash=token_hash, capabilities=capabilities, created_at=now,
-        last_seen=now, tasks_done=0,
+        last_seen=now, tasks_done=0, join_token_id=join_token_id, slots=slots,
+        pending=pending,
     ))
     return _new_id(result)
+
+
+def set_worker_slots(conn: sa.Connection, worker_id: int, slots: int) -> None:
+    conn.execute(workers.update().where(workers.c.id == worker_id).values(slots=slots))
+
+
+_LOCK_COLUMNS = (workers.c.id, workers.c.slots, workers.c.trusted, workers.c.pending,
+                 workers.c.paused_until, workers.c.join_token_id)
+_LOCK: sa.Select[Any] = (sa.select(*_LOCK_COLUMNS).where(workers.c.id == sa.bindparam("w"))
+                         .with_for_update())
+
+
+def lock_worker(conn: sa.Connection, worker_id: int) -> Row | None:
+    """The worker's row as it is now (slots allowed, trust, approval, pause), locked to
+    this transaction on server databases: every claim for one worker takes this lock
+    first, so two requests of one worker cannot both fill the same room."""
+    return conn.execute(_LOCK, {"w": worker_id}).first()
+
+
+_HELD_COUNT = (sa.select(sa.func.count()).select_from(tasks)
+               .where(tasks.c.worker_id == sa.bindparam("w"),
+                      tasks.c.state == TaskState.LEASED))
+
+
+def held_count(conn: sa.Connection, worker_id: int) -> int:
+    """Attempts leased to the worker now (running or prefetched)."""
+    return int(conn.execute(_HELD_COUNT, {"w": worker_id}).scalar() or 0)
+
+
+def pause_worker(conn: sa.Connection, worker_id: int, until: float) -> None:
+    conn.execute(workers.update().where(workers.c.id == worker_id)
+                 .values(paused_until=until))
+
+
+def set_worker_trusted(conn: sa.Connection, worker_id: int, trusted: bool) -> bool:
+    return bool(conn.execute(workers.update().where(workers.c.id == worker_id)
+                             .values(trusted=trusted)).rowcount)
+
+
+def approve_worker(conn: sa.Connection, worker_id: int) -> bool:
+    """A pending worker may get tasks from now on; False when it was not pending."""
+    return bool(conn.execute(workers.update().where(workers.c.id == worker_id,
+                                                    workers.c.pending.is_(True))
+                             .values(pending=False)).rowcount)
 
 
 def take_back_worker(conn: sa.Connection, worker_id: int, name: str, token_hash: str,
@@ -77,14 +126,29 @@ def leased_task_ids_by_worker(conn: sa.Connection) -> dict[int, list[int]]:
     return out
 
 
-def record_worker_failure(conn: sa.Connection, worker_id: int, job_id: int) -> None:
-    where = (worker_job_failures.c.worker_id == worker_id) & (
-        worker_job_failures.c.job_id == job_id)
-    changed = conn.execute(worker_job_failures.update().where(where)
-                           .values(failures=worker_job_failures.c.failures + 1)).rowcount
-    if not changed:
-        conn.execute(worker_job_failures.insert().values(
-            worker_id=worker_id, job_id=job_id, failures=1))
+def record_worker_failure(conn: sa.Connection, worker_id: int, job_id: int,
+                          join_token_id: int | None = None) -> None:
+    """One failed attempt of the job by the worker, and by its join token when given (the
+    count a new registration with the same token cannot shed)."""
+    _count_failure(conn, worker_job_failures, worker_job_failures.c.worker_id, worker_id,
+                   job_id)
+    if join_token_id is not None:
+        _count_failure(conn, token_job_failures, token_job_failures.c.join_token_id,
+                       join_token_id, job_id)
+
+
+def _count_failure(conn: sa.Connection, table: sa.Table, who: sa.Column[Any], who_id: int,
+                   job_id: int) -> None:
+    where = (who == who_id) & (table.c.job_id == job_id)
+    if conn.execute(table.update().where(where)
+                    .values(failures=table.c.failures + 1)).rowcount:
+        return
+    try:
+        with conn.begin_nested():  # another transaction may insert the same row meanwhile
+            conn.execute(table.insert().values({who.name: who_id, "job_id": job_id,
+                                                "failures": 1}))
+    except sa.exc.IntegrityError:
+        conn.execute(table.update().where(where).values(failures=table.c.failures + 1))
 
 
 def jobs_blocking_worker(conn: sa.Connection, worker_id: int, threshold: int) -> list[int]:

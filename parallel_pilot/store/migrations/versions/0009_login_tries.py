@@ -2,15 +2,15 @@
 conditional UPDATE per login, so concurrent wrong passwords cannot pass the limit, and
 several coordinators share one count.
 
-Revision ID: 0010
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,102 @@
+"""What the coordinator believes of a worker, and what one worker may do to a job.
+
+A worker is a stranger: what it says about itself is a claim, and its failure reports
+are evidence. The rules (docs/security.md, "What a worker may do"):
+
+* **Identity.** A worker is its row (id and worker token, which the worker keeps in its
+  identity file and sends back when it restarts: the same row, counts and all) and the
+  join token it joined with. A new registration (a new name, a lost identity file) is a
+  new row but the same join token, and keeps every per-token count.
+* **Slots.** The coordinator allows ``min(claimed slots, max_worker_slots, the join
+  token's max_slots)``; a worker holds at most its allowed slots plus the prefetch the
+  coordinator allows (``max_prefetch``), across the exchange and ``/workers/lease``.
+* **Failures and blocks.** Every failed attempt counts against the worker's row and,
+  for an untrusted worker, against its join token, per job: a worker is kept off a job
+  after ``worker_block_failures`` of its own, and every untrusted worker of a join token
+  after ``join_token_block_failures`` of the token's. More than
+  ``worker_failures_per_minute`` failure reports pause the worker (no new tasks) until
+  the minute is over, and those reports are not counted as its word on the task.
+* **``retryable=false``** ends a task (and maybe its job) with attempts left only when
+  the worker is trusted or ``nonretryable_agreement`` distinct identities (join tokens)
+  said so for that task; otherwise it is one failed attempt, the task is requeued and
+  offered to other workers first. A task whose attempts run out on such reports fails
+  as "a retry cannot help" all the same.
+* **Claims.** A ``sandbox`` requirement is met only by a worker that claims a sandbox
+  and that an admin marked trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from parallel_pilot.coordinator.services import rates
+from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.store.queries import verdicts as qv
+from parallel_pilot.store.queries import workers as qw
+
+
+def allowed_slots(svc: Services, claimed: int, token_max: int | None) -> int:
+    """The slots a worker is given: its claim, capped by the farm and its join token."""
+    return max(1, min(claimed, svc.settings.max_worker_slots, token_max or claimed))
+
+
+def slots_now(svc: Services, worker: sa.Row, claimed: int) -> int:
+    """The slots a worker holds tasks for now (the farm's cap applies at once when an
+    admin lowers it; rows from before the cap existed have no ``slots``)."""
+    given = worker.slots if worker.slots is not None else claimed
+    return max(1, min(given, claimed, svc.settings.max_worker_slots))
+
+
+def identity(worker: sa.Row) -> str:
+    """Whose word a report is: the join token (so new registrations are one voice), or
+    the row for a worker that joined before join tokens were recorded."""
+    if worker.join_token_id is not None:
+        return f"join-token:{worker.join_token_id}"
+    return f"worker:{worker.id}"
+
+
+def token_of(worker: sa.Row) -> int | None:
+    """The join token whose count the worker's failures add to and whose block applies to
+    it; None for a trusted worker (an admin vouched for this machine alone)."""
+    return None if worker.trusted else worker.join_token_id
+
+
+def weigh_failure(conn: sa.Connection, svc: Services, worker: sa.Row, task: sa.Row,
+                  retryable: bool, now: float) -> bool:
+    """Count one failed attempt of ``task`` (held by ``worker``) and decide whether it is
+    retried: True unless the worker said a retry cannot help and that is believed (see
+    the module docstring), or no attempts are left."""
+    qw.record_worker_failure(conn, worker.id, task.job_id, token_of(worker))
+    too_fast = rates.count(conn, rates.FAILURE_REPORTS, worker.id,
+                           svc.settings.worker_failures_per_minute, now)
+    if too_fast is not None:
+        qw.pause_worker(conn, worker.id, now + too_fast)
+    attempts_left = task.failures + 1 < task.max_attempts
+    if retryable or too_fast is not None:
+        return attempts_left
+    qv.record_nonretryable(conn, task_id=task.id, attempt=task.attempt, job_id=task.job_id,
+                           worker_id=worker.id, identity=identity(worker), now=now)
+    if not attempts_left or worker.trusted:
+        return False
+    agreeing = qv.nonretryable_identities(conn, task.id)
+    return len(agreeing) < svc.settings.nonretryable_agreement
+
+
+def doubt_note(retryable: bool, retried: bool) -> str:
+    """What the task's error adds when a worker's "a retry cannot help" was not taken."""
+    if retryable or not retried:
+        return ""
+    return ("; the worker said a retry cannot help, which is taken as final only when "
+            "workers of another join token agree (or the worker is trusted): retried")
+
+
+def offer_elsewhere_first(conn: sa.Connection, worker_id: int,
+                          candidates: Sequence[sa.Row]) -> list[sa.Row]:
+    """Candidates this worker said it cannot do go last (another worker may take them)."""
+    failed = [c.id for c in candidates if c.failures]
+    if not failed:
+        return list(candidates)
+    refused = qv.refused_by_worker(conn, worker_id, failed)
+    return sorted(candidates, key=lambda c: c.id in refused)
