@@ -549,11 +549,13 @@ def test_the_workers_page_shows_what_each_worker_sandboxes(tmp_path: Path) -> No
         assert login.status_code == 303, login.text
         page = web.get("/workers", headers={"accept": "text/html"}).text
     coord.services.engine.dispose()
-    assert '<th scope="col" title="What runs inside bubblewrap (bwrap)">Sandbox</th>' in page
+    assert '<th scope="col" title="What runs inside bubblewrap (bwrap), as the worker claims' \
+        in page
     cells = {}
     for row in page.split("<tr>")[2:]:
         found = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
         cells[re.sub(r"<[^>]+>", "", found[0])] = found
     sandbox_column = 8  # name, state, task, CPU, RAM, GPU, Blender, kinds, sandbox
-    assert cells["boxed"][sandbox_column] == "render, commands"
+    assert cells["boxed"][sandbox_column] == \
+        'render, commands <span class="muted">(claimed)</span>'  # no admin trusts it
     assert cells["plain"][sandbox_column] == '<span class="muted">none</span>'
