@@ -108,6 +108,7 @@ class RunResult:
     error: str | None
     real_seconds: float = 0.0
     first_frames: list[int] = field(default_factory=list)  # the first 10 frames done
+    rendered_at: list[tuple[float, int]] = field(default_factory=list)  # (seconds, frame)
 
 
 class SimClock:
@@ -238,6 +239,7 @@ class Simulation:
         self.finished = False
         self.syncs = self.reaps = self.lost_leases = self.frames_rendered = 0
         self.first_frames: list[int] = []
+        self.rendered_at: list[tuple[float, int]] = []  # (simulated time, frame) uploaded
         self.assembled: int | None = None
         self.error: str | None = None
 
@@ -368,9 +370,10 @@ class Simulation:
         """Woken long polls claim again (``sync.poll``), first come first woken, about as
         many as tasks became ready; one that finds nothing waits again at the back."""
         budget = None if counts is None else sum(counts.values())
-        again: list[_Worker] = []
-        while self.waiting and (budget is None or budget > 0):
-            worker = self.waiting.popleft()
+        queue, again = list(self.waiting), []
+        self.waiting.clear()  # polls that begin while these claim are not woken by this
+        while queue and (budget is None or budget > 0):
+            worker = queue.pop(0)
             poll = worker.poll
             if poll is None or worker.row is None or worker.state is None:
                 continue
@@ -381,7 +384,7 @@ class Simulation:
                 again.append(worker)
                 continue
             self._answer_poll(worker, poll, leases)
-        self.waiting.extend(again)
+        self.waiting = deque([*queue, *self.waiting, *again])
 
     def _poll_over(self, worker: _Worker, poll: _Poll) -> None:
         if worker.poll is poll:
@@ -450,6 +453,7 @@ class Simulation:
         self.frames_rendered += 1
         if len(self.first_frames) < 10:
             self.first_frames.append(frame)
+        self.rendered_at.append((now, frame))
         run.uploaded[frame] = sha
         run.frame_seconds[str(frame)] = round(self._frame_time(worker, frame), 3)
         run.next_frame += 1
@@ -526,7 +530,8 @@ class Simulation:
             error=self.error or (None if state == JobState.COMPLETED else
                                  f"the job ended {state}: {job.error}" if state.finished
                                  else "the job did not finish in the simulated time"),
-            first_frames=self.first_frames)
+            first_frames=self.first_frames,
+            rendered_at=[(t - submitted, f) for t, f in self.rendered_at])
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -19,11 +19,13 @@ Strategies (``STRATEGIES``; one row each, every scenario):
 The makespan runs from the submit to the last chunk done (every frame rendered; the
 assembly into a video comes after and is not counted). The bound is the fluid lower bound:
 the time by which the farm's speed, summed over the workers present at each moment, covers
-the total work (``--frames`` x mean cost, in each worker's seconds per frame); with every
+the total work (``--frames`` x mean cost, in each worker's seconds per frame; start-up is
+not work, it is what cutting a job into more tasks costs); with every
 worker present throughout it is total work / total speed. The ratio makespan / bound is
 what the issue's targets speak of (within 5 % steady, 10 % under churn). Each figure comes
 from the coordinator's own records (task finish times, states, the job's outputs), and
-each run checks that every frame was rendered and credited exactly once.
+each run checks that every frame was rendered and credited exactly once. Also shown: when
+a preview of the whole animation exists (a frame in each 1/24th of the range).
 
 The clock is simulated, so a seed gives the same figures on any machine and in every run;
 only the real seconds (last column) depend on the machine.
@@ -67,15 +69,18 @@ CHURN_FRACTION = 0.10  # of the workers vanish mid-job, and as many others join 
 VANISH_WINDOW = (0.2, 0.7)  # vanish between these fractions of the steady bound
 JOIN_WINDOW = (0.1, 0.5)  # late workers join between these fractions of the steady bound
 CHUNKS = (4, 25)  # the fixed chunk sizes compared besides the coordinator's default
+PREVIEW_PARTS = 24  # the preview: a frame rendered in each 1/24th of the range (see below)
 LIMIT_FACTOR = 20.0  # a run is given up after this many times its bound (simulated)
 TARGETS = {"steady": 1.05, "churn": 1.10}  # the issue's makespan / bound targets
 QUICK = {"frames": 240, "workers": 10, "chunks": ()}  # --quick: seconds, for the test
-# The coordinator's settings for the bench. Leases, the reaper and the long poll are the
-# defaults (loss detection as in production); workers sync every HEARTBEAT_SECONDS while
-# they hold work rather than every 3 s, so there are fewer exchanges to simulate (renewing
-# a lease more often changes nothing a render's schedule depends on).
+# The coordinator's settings for the bench are its defaults (leases of 60 s, the reaper
+# every 2 s, long polls of 30 s) but for the heartbeat: workers sync every
+# HEARTBEAT_SECONDS while they hold work rather than every 3 s, a seventh of the exchanges
+# to simulate. What it changes: a dead worker's lease, renewed up to that long before it
+# died, expires up to 17 s sooner after its death than with 3 s, and what follows shifts
+# with it (seed 1, churn, coordinator: 2,203 s here, 2,246 s with --heartbeat 3; steady
+# runs come out the same).
 HEARTBEAT_SECONDS = 20.0
-COORDINATOR_SETTINGS: dict[str, Any] = {"heartbeat_seconds": HEARTBEAT_SECONDS}
 
 
 # ---------------------------------------------------------------- strategies
@@ -192,8 +197,23 @@ def lower_bound(workers: list[WorkerSpec], work: float) -> float:
 
 # ---------------------------------------------------------------- measuring
 
+def preview_seconds(rendered_at: list[tuple[float, int]], frames: list[int],
+                    parts: int = PREVIEW_PARTS) -> float | None:
+    """When the frames rendered so far first hold one in each of ``parts`` equal parts of
+    the range: a preview of the whole animation (None: never)."""
+    size = math.ceil(len(frames) / parts)
+    part = {f: i // size for i, f in enumerate(frames)}
+    covered: set[int] = set()
+    for when, frame in sorted(rendered_at):
+        covered.add(part[frame])
+        if len(covered) == len(set(part.values())):
+            return when
+    return None
+
+
 def run_one(farm: Farm, scenario: str, strategy: Strategy, seed: int, startup: float,
-            database_url: str, data_dir: Path) -> dict[str, Any]:
+            database_url: str, data_dir: Path, heartbeat: float = HEARTBEAT_SECONDS,
+            ) -> dict[str, Any]:
     workers = scenario_workers(farm, scenario, seed)
     bound = lower_bound(workers, sum(farm.cost.values()))
     at_submit = sum(1 for w in workers if w.joins_at == 0)
@@ -201,7 +221,7 @@ def run_one(farm: Farm, scenario: str, strategy: Strategy, seed: int, startup: f
     job = FarmJob(frames=farm.frames, cost=farm.cost, params=params,
                   startup_seconds=startup, assemble_seconds=ASSEMBLE_SECONDS)
     sim = Simulation(database_url, data_dir, job, workers,
-                     {**COORDINATOR_SETTINGS, **strategy.settings})
+                     {"heartbeat_seconds": heartbeat, **strategy.settings})
     result: RunResult = asyncio.run(sim.run(LIMIT_FACTOR * bound))
     frames = farm.frames
     once = (all(result.frames_credited[f] == 1 for f in frames)
@@ -217,7 +237,8 @@ def run_one(farm: Farm, scenario: str, strategy: Strategy, seed: int, startup: f
         "job_state": result.job_state, "failed_tasks": result.failed_tasks,
         "lost_leases": result.lost_leases, "frames_rendered": result.frames_rendered,
         "frames_wasted": result.frames_rendered - len(frames), "frames_once": once,
-        "first_frames": result.first_frames, "syncs": result.syncs,
+        "first_frames": result.first_frames,
+        "preview_seconds": preview_seconds(result.rendered_at, frames), "syncs": result.syncs,
         "workers": [{"name": w.name, "frame_seconds": w.frame_seconds, "joins_at": w.joins_at,
                      "vanishes_at": w.vanishes_at} for w in workers],
         "error": result.error, "real_seconds": result.real_seconds,
@@ -227,7 +248,8 @@ def run_one(farm: Farm, scenario: str, strategy: Strategy, seed: int, startup: f
 def measure(frames: int = FRAMES, workers: int = WORKERS, seed: int = SEED,
             strategies: list[Strategy] | None = None,
             scenarios: tuple[str, ...] = ("steady", "churn"),
-            startup: float = STARTUP_SECONDS, database: str = "sqlite",
+            startup: float = STARTUP_SECONDS, heartbeat: float = HEARTBEAT_SECONDS,
+            database: str = "sqlite",
             new_database: Callable[[str], str] | None = None,
             log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Every scenario x strategy, each on a fresh database (``new_database(name)`` gives
@@ -239,7 +261,7 @@ def measure(frames: int = FRAMES, workers: int = WORKERS, seed: int = SEED,
         "frames": frames, "workers": workers, "seed": seed, "database": database,
         "fastest_frame_seconds": FASTEST_FRAME_SECONDS, "speed_spread": SPEED_SPREAD,
         "startup_seconds": startup, "default_chunk": default_chunk(frames),
-        "settings": COORDINATOR_SETTINGS, "targets": TARGETS, "runs": []}
+        "heartbeat_seconds": heartbeat, "targets": TARGETS, "runs": []}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-farm-")))
         if new_database is None:
@@ -255,7 +277,8 @@ def measure(frames: int = FRAMES, workers: int = WORKERS, seed: int = SEED,
                 (s, st) for s in scenarios for st in strategies):
             log(f"{scenario} / {strategy.name} ...")
             url = new_database(f"farm_{n}")
-            run = run_one(farm, scenario, strategy, seed, startup, url, tmp / f"data-{n}")
+            run = run_one(farm, scenario, strategy, seed, startup, url, tmp / f"data-{n}",
+                          heartbeat)
             result["runs"].append(run)
             log(f"  {_figure(run['makespan'], '.0f')} s, ratio {_figure(run['ratio'], '.3f')}"
                 f", {run['real_seconds']:.1f} s real")
@@ -275,7 +298,7 @@ def print_table(r: dict[str, Any]) -> None:
           f"{r['default_chunk']}; simulated seconds")
     head = (f"{'scenario':<9}{'strategy':<13}{'tasks':>6}{'makespan':>10}{'bound':>8}"
             f"{'ratio':>7}{'target':>8}{'failed':>7}{'lost':>6}{'wasted':>8}{'once':>6}"
-            f"{'real s':>8}")
+            f"{'preview':>9}{'real s':>8}")
     print(head)
     for run in r["runs"]:
         target = r["targets"].get(run["scenario"])
@@ -285,11 +308,13 @@ def print_table(r: dict[str, Any]) -> None:
               f"{_figure(run['makespan'], '.0f'):>10}{run['bound']:>8.0f}"
               f"{_figure(run['ratio'], '.3f'):>7}{met:>8}"
               f"{run['failed_tasks']:>7}{run['lost_leases']:>6}{run['frames_wasted']:>8}"
-              f"{'yes' if run['frames_once'] else 'NO':>6}{run['real_seconds']:>8.1f}")
+              f"{'yes' if run['frames_once'] else 'NO':>6}"
+              f"{_figure(run['preview_seconds'], '.0f'):>9}{run['real_seconds']:>8.1f}")
         if run["error"]:
             print(f"  {run['error']}")
     print("failed: tasks failed; lost: leases the reaper found expired; wasted: frames "
-          "rendered beyond the job's; once: every frame credited exactly once")
+          "rendered beyond the job's; once: every frame credited exactly once; preview: "
+          f"seconds until a frame is rendered in each 1/{PREVIEW_PARTS} of the range")
 
 
 def _figure(value: float | None, spec: str) -> str:
@@ -309,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="steady,churn")
     parser.add_argument("--startup", type=float, default=STARTUP_SECONDS,
                         help="seconds a task takes before its first frame")
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_SECONDS,
+                        help="the coordinator's heartbeat_seconds for the run (default "
+                             "%(default)s; the coordinator's own default is 3)")
     parser.add_argument("--database", default="sqlite", choices=("sqlite", "postgresql"))
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK['frames']} frames on {QUICK['workers']} workers, no "
@@ -330,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda line: None) if args.json else \
         (lambda line: print(line, file=sys.stderr, flush=True))
     result = measure(frames, workers, args.seed, strategies, scenarios, args.startup,
-                     args.database, log=log)
+                     args.heartbeat, args.database, log=log)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
