@@ -15,7 +15,8 @@ Strategies (``STRATEGIES``; one row each, every scenario):
   * ``static``: one chunk per worker there at the submit (what the first prototype did);
   * ``coordinator``: the job says nothing about chunks: whatever the coordinator does by
     default (today the render kind's fixed chunks, handed out in id order);
-  * ``fixed N``: chunks of N frames (``--chunk``; the render kind's default size is one).
+  * ``fixed N``: chunks of N frames in id order, one row per N in ``--chunk`` (today the
+    ``coordinator`` row is the same with N the render kind's default size).
 The makespan runs from the submit to the last chunk done (every frame rendered; the
 assembly into a video comes after and is not counted). The bound is the fluid lower bound:
 the time by which the farm's speed, summed over the workers present at each moment, covers
@@ -32,7 +33,8 @@ only the real seconds (last column) depend on the machine.
 
     python bench/farm.py [--frames 1200] [--workers 30] [--seed 1] [--chunk 4,25]
                          [--strategies static,coordinator,fixed] [--scenarios steady,churn]
-                         [--database sqlite|postgresql] [--quick] [--json]
+                         [--startup 10] [--heartbeat 20] [--database sqlite|postgresql]
+                         [--quick] [--json]
 """
 
 from __future__ import annotations
