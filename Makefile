@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
-.PHONY: help install test demo lint bench bench-executor bench-render bench-train addon clean distclean
+.PHONY: help install test demo lint bench bench-executor bench-render bench-train bench-farm addon clean distclean
 
 help:
 	@echo "make install   create $(VENV) and install the project with [$(EXTRAS)]"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench-executor  Executor.map vs ProcessPoolExecutor and Dask (bench/executor.py)"
 	@echo "make bench-render    frames per second with 1 and 2 workers (bench/render.py)"
 	@echo "make bench-train  DiLoCo vs one worker, sync data parallel, FedAvg (bench/train.py)"
+	@echo "make bench-farm   makespan vs the lower bound on a simulated farm of 30 (bench/farm.py)"
 	@echo "make addon     the Blender add-on's installable zip in dist/ (pilot addon build)"
 	@echo "make clean     remove caches and build output; distclean also removes $(VENV)"
 
@@ -70,6 +71,9 @@ bench-render: install
 
 bench-train: install
 	$(BIN)/python bench/train.py $(BENCH_ARGS)
+
+bench-farm: install
+	$(BIN)/python bench/farm.py $(BENCH_ARGS)
 
 addon: install
 	$(BIN)/pilot addon build --out dist

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +121,15 @@ def child_code_warning() -> str | None:
         return (f"the coordinator and workers would import {local.resolve()}, not {imported}:"
                 f" run from {imported.parent}")
     return None
+
+
+@contextlib.contextmanager
+def postgres_databases() -> Iterator[Callable[[str], str]]:
+    """A PostgreSQL 15 server started from its binaries (as the test suite does); yields a
+    function that creates an empty database of the given name on it and returns its URL
+    (a benchmark making one database per run)."""
+    server = _dbservers().start_postgres()
+    try:
+        yield server.create_database
+    finally:
+        server.stop()
