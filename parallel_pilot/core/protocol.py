@@ -335,7 +335,8 @@ class TaskInfo(Reply):
     kind: str
     state: TaskState
     attempt: int
-    failures: int
+    failures: int  # failed attempts its workers reported
+    losses: int = 0  # leases lost with their worker (no attempt used: services.losses)
     worker: str | None
     progress: float | None
     message: str | None

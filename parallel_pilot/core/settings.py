@@ -14,7 +14,9 @@ DEFAULT_LEASE_SECONDS = 60.0  # seconds a lease lasts without a heartbeat
 DEFAULT_HEARTBEAT_SECONDS = 3.0  # seconds between a worker's heartbeats for one task
 DEFAULT_REAPER_SECONDS = 2.0  # seconds between sweeps for expired leases
 DEFAULT_LONG_POLL_SECONDS = 30.0  # seconds a lease request waits for a task at most
-DEFAULT_MAX_ATTEMPTS = 3  # failed attempts (crash, lost lease, retryable error) before a task fails
+DEFAULT_MAX_ATTEMPTS = 3  # failed attempts its workers reported before a task fails
+DEFAULT_MAX_LOSSES = 20  # leases lost with the worker (vanished, left, revoked) before a task fails
+DEFAULT_REPEAT_FAILURE_VOICES = 2  # voices reporting one failure reason that fail a task at once
 DEFAULT_WORKER_BLOCK_FAILURES = 3  # failures of one job after which a worker is kept off it
 DEFAULT_OFFLINE_SECONDS = 90.0  # seconds of silence after which a worker is shown offline
 DEFAULT_MAX_LOG_LINE = 4000  # characters kept of one log line
@@ -57,6 +59,12 @@ class CoordinatorSettings(BaseSettings):
     # an API event stream (GET /jobs/{id}/events) lasts at most this; clients reconnect
     max_event_stream_seconds: float = Field(default=3600.0, gt=0)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    # a lease lost with its worker (lease expired, revoked, left, restarted) uses no
+    # attempt; this many losses of one task fail it (services.losses)
+    max_losses: int = Field(default=DEFAULT_MAX_LOSSES, ge=1)
+    # the same normalised failure reason from this many voices fails a task with
+    # attempts left (a scene error; services.trust.weigh_failure)
+    repeat_failure_voices: int = Field(default=DEFAULT_REPEAT_FAILURE_VOICES, ge=2)
     worker_block_failures: int = Field(default=DEFAULT_WORKER_BLOCK_FAILURES, ge=1)
     # what a worker may do to a job and to the farm (docs/security.md): the slots a worker
     # is given at most; failures of a job by the untrusted workers of one join token that

@@ -103,7 +103,9 @@ tasks = sa.Table(
     sa.Column("requirements", sa.JSON),  # core.requirements.Requirements, or NULL
     sa.Column("deps_left", sa.Integer, nullable=False, default=0),
     sa.Column("attempt", sa.Integer, nullable=False, default=0),
-    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),  # reported by its attempts
+    # leases lost through no report of its own (worker vanished, revoked, left, restarted)
+    sa.Column("losses", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("max_attempts", sa.Integer, nullable=False),
     sa.Column("worker_id", Id),
     sa.Column("lease_expires_at", Time),
@@ -227,6 +229,17 @@ nonretryable_reports = sa.Table(  # attempts whose worker said a retry cannot he
     sa.Column("job_id", Id, nullable=False),
     sa.Column("worker_id", Id, nullable=False),
     sa.Column("identity", sa.String(40), nullable=False),  # whose word: see services.trust
+    sa.Column("at", Time, nullable=False),
+)
+
+failure_reasons = sa.Table(  # each failed attempt's normalised reason (core.reasons)
+    "failure_reasons", metadata,
+    sa.Column("task_id", Id, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("job_id", Id, nullable=False),
+    sa.Column("worker_id", Id, nullable=False),
+    sa.Column("voice", sa.String(40), nullable=False),  # who reported it: services.trust.voice
+    sa.Column("reason_key", sa.String(64), nullable=False),
     sa.Column("at", Time, nullable=False),
 )
 

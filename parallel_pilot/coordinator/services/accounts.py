@@ -10,6 +10,7 @@ import logging
 import sqlalchemy as sa
 
 from parallel_pilot.coordinator.passwords import hash_password
+from parallel_pilot.coordinator.services import losses
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.coordinator.sessions import SESSION_TOKEN_NAME
@@ -34,6 +35,7 @@ from parallel_pilot.core.protocol import (
 from parallel_pilot.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import accounts as account_queries
+from parallel_pilot.store.queries import sync as qs
 
 log = logging.getLogger("pilot.accounts")
 
@@ -238,7 +240,7 @@ def use_join_token(conn: sa.Connection, token: str, now: float) -> sa.Row:
 
 def revoke_worker(svc: Services, caller: Caller, worker_id: int) -> int:
     """Refuse the worker's token from now on and requeue what it held; returns how many
-    tasks went back to the queue (no failure is counted: the worker did nothing wrong)."""
+    tasks went back to the queue (a loss each, no failure: ``services.losses``)."""
     require_admin(caller)
     now = svc.clock()
     with svc.transaction() as conn:
@@ -247,14 +249,10 @@ def revoke_worker(svc: Services, caller: Caller, worker_id: int) -> int:
             raise NotFound(f"no worker {worker_id}")
         if not q.revoke_worker(conn, worker_id, now):
             raise Conflict(f"worker {worker_id} is revoked already")
-        requeued = 0
-        for task in q.leased_tasks_of_worker(conn, worker_id):
-            if q.requeue_task(conn, task.id, task.attempt, count_failure=False, error=None):
-                q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id,
-                                   attempt=task.attempt,
-                                   lines=[f"worker {worker.name} was revoked; task requeued"],
-                                   now=now)
-                requeued += 1
+        held = qs.held_attempts(conn, worker_id, lock=conn.dialect.name != "sqlite")
+        requeued = sum(losses.lose(conn, svc, held, [
+            f"worker {worker.name} was revoked; task requeued (no attempt used)"] * len(held),
+            now).values())
     svc.worker_cache.forget(worker_id)  # its token stops working now in this process
     log.info("%s revoked worker %s (%d); %d task(s) requeued", caller.name, worker.name,
              worker_id, requeued)

@@ -262,6 +262,7 @@ def tasks(svc: Services, caller: Caller, job_id: int) -> list[TaskInfo]:
             TaskInfo(
                 id=t.id, job_id=t.job_id, index=t.idx, name=t.name, kind=t.kind,
                 state=TaskState(t.state), attempt=t.attempt, failures=t.failures,
+                losses=t.losses,
                 worker=t.worker_name if t.state == TaskState.LEASED else None,
                 progress=t.progress, message=t.message, error=t.error, result=t.result,
                 started_at=t.started_at, finished_at=t.finished_at,

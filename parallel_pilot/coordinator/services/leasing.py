@@ -10,7 +10,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import accounts, blobs, jobs, quorum, rates, trust
+from parallel_pilot.coordinator.services import (
+    accounts,
+    blobs,
+    jobs,
+    losses,
+    quorum,
+    rates,
+    trust,
+)
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.core.protocol import (
@@ -54,7 +62,7 @@ def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
         taken_back = _take_back(conn, request, hash_token(token), capabilities, now)
         if taken_back is not None:
             worker_id = taken_back
-            requeued = _requeue_held(conn, worker_id, request.name, now)
+            requeued = _requeue_held(conn, svc, worker_id, request.name, now)
             row = q.get_worker(conn, worker_id)
             joined = None if row is None or row.join_token_id is None else \
                 account_queries.join_token_by_id(conn, row.join_token_id)
@@ -107,17 +115,14 @@ def _take_back(conn: sa.Connection, request: RegisterRequest, new_token_hash: st
     return request.worker_id
 
 
-def _requeue_held(conn: sa.Connection, worker_id: int, name: str, now: float,
-                  ) -> Counter[str]:
+def _requeue_held(conn: sa.Connection, svc: Services, worker_id: int, name: str,
+                  now: float) -> Counter[str]:
     """Tasks the row still holds: the restarted process does not run them, so they go
-    back to the queue at once (no failure counted) rather than when their lease expires.
-    Returns how many per kind."""
+    back to the queue at once (a loss, no failure: ``services.losses``) rather than when
+    their lease expires. Returns how many per kind."""
     held = qs.held_attempts(conn, worker_id, lock=conn.dialect.name != "sqlite")
-    if held:
-        qs.hand_back(conn, worker_id, [t.id for t in held])
-        qs.insert_logs(conn, [(t.job_id, t.id, t.attempt, f"worker {name} restarted; task "
-                               "requeued") for t in held], now)
-    return Counter(t.kind for t in held)
+    return losses.lose(conn, svc, held, [f"worker {name} restarted; task requeued (no "
+                                         "attempt used)"] * len(held), now)
 
 
 def prefer_affinity(conn: sa.Connection, worker_id: int,
@@ -260,12 +265,15 @@ def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
         _store_log(conn, svc, task, attempt, request.log_lines, now)
         if task.state != TaskState.LEASED:
             raise StaleAttempt(f"task {task_id} is {task.state}; the report is not accepted")
-        retry = trust.weigh_failure(conn, svc, worker, task, request.retryable, now)
+        weighed = trust.weigh_failure(conn, svc, worker, task, request.retryable, now,
+                                      request.reason)
         reason = (f"{request.reason} (attempt {attempt} on worker {worker.name}"
-                  f"{trust.doubt_note(request.retryable, retry)})")
+                  f"{trust.doubt_note(request.retryable, weighed.retry)})")
         # a retryable report still fails the task "after N attempts" when none are left
         requeued = _requeue_or_fail(conn, svc, task, reason,
-                                    retry=retry or request.retryable)
+                                    retry=weighed.retry or request.retryable,
+                                    fast=trust.repeat_note(weighed) if weighed.repeated
+                                    else None)
     if requeued:
         svc.notifier.tasks_ready({task.kind: 1})
 
@@ -284,45 +292,41 @@ def release(svc: Services, worker: sa.Row, task_id: int, attempt: int) -> None:
 
 
 def _requeue_or_fail(conn: sa.Connection, svc: Services, task: sa.Row, reason: str,
-                     retry: bool) -> bool:
+                     retry: bool, fast: str | None = None) -> bool:
     """A failed attempt: requeued (True) while attempts remain and a retry can help, or
-    the task fails for good (and with it the job, unless a quorum absorbs it)."""
-    if retry and task.failures + 1 < task.max_attempts:
+    the task fails for good (and with it the job, unless a quorum absorbs it); at once,
+    saying ``fast``, when the same failure repeated on other workers
+    (``trust.weigh_failure``)."""
+    if retry and fast is None and task.failures + 1 < task.max_attempts:
         return q.requeue_task(conn, task.id, task.attempt, count_failure=True, error=reason)
     if q.fail_task(conn, task.id, task.attempt, reason, svc.clock()):
         if quorum.absorb_failure(conn, svc, task):
             return False  # its dependents' quorum decides whether the job goes on
-        tried = f"after {task.failures + 1} attempts" if retry else "and a retry cannot help"
+        tried = fast or (f"after {task.failures + 1} attempts" if retry
+                         else "and a retry cannot help")
         jobs.fail_job(conn, svc, task.job_id,
                       f"{jobs.task_label(task.idx, task.name)} failed {tried}: {reason}")
     return False
 
 
 def reap(svc: Services) -> int:
-    """Requeue (or fail, past max_attempts) tasks whose lease expired; returns how many."""
+    """Tasks whose lease expired (their worker vanished): requeued without using an
+    attempt, or failed past ``max_losses`` (``services.losses``); returns how many. The
+    worker is not blamed either: a machine that dies is not evidence against the task
+    nor a failure of the job by the worker."""
     now = svc.clock()
-    handled = 0
-    ready: Counter[str] = Counter()
     with svc.transaction() as conn:
-        for task in q.expired_leases(conn, now, REAP_BATCH):
-            full = q.get_task(conn, task.id)
-            if full is None:
-                continue
-            reason = f"lease of attempt {task.attempt} expired (worker lost)"
-            if task.worker_id is not None:
-                lost = q.get_worker(conn, task.worker_id)
-                q.record_worker_failure(conn, task.worker_id, task.job_id,
-                                        None if lost is None else trust.token_of(lost))
-            q.insert_log_lines(conn, job_id=task.job_id, task_id=task.id, attempt=task.attempt,
-                               lines=[reason], now=now)
-            if _requeue_or_fail(conn, svc, full, reason, retry=True):
-                ready[full.kind] += 1
-            handled += 1
-    if handled:
-        log.info("requeued %d task(s) whose lease expired", handled)
+        expired = q.expired_leases(conn, now, REAP_BATCH)
+        ready = losses.lose(conn, svc, expired, [
+            f"lease of attempt {t.attempt} expired (worker lost); task requeued (no "
+            "attempt used)" for t in expired], now)
+    if expired:
+        log.info("requeued %d task(s) whose lease expired", len(expired))
         svc.notifier.tasks_ready(ready)
+        if sum(ready.values()) < len(expired):
+            svc.notifier.notify()  # a task lost too often failed: its job may have ended
     quorum.release_due(svc)
-    return handled
+    return len(expired)
 
 
 def grant_restart_grace(svc: Services) -> int:

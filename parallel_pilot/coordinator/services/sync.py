@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import blobs, jobs, leasing, quorum, trust
+from parallel_pilot.coordinator.services import blobs, jobs, leasing, losses, quorum, trust
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.payloads import task_payloads
 from parallel_pilot.core.protocol import (
@@ -201,10 +201,13 @@ def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
         lost = [r for i, r in still.items() if listed.get(i) != r.attempt]
         if request.leaving:
             lost = list(still.values())
-        _hand_back(conn, worker, lost, out,
-                   "worker {name} is leaving; task handed back" if request.leaving else
-                   "attempt {attempt} never reached worker {name} (an answer lost on the "
-                   "way); task requeued", now)
+        line = ("worker {name} is leaving; task handed back (no attempt used)"
+                if request.leaving else
+                "attempt {attempt} never reached worker {name} (an answer lost on the "
+                "way); task requeued (no attempt used)")
+        out.ready.update(losses.lose(conn, svc, lost, [
+            line.format(name=worker.name, attempt=r.attempt) for r in lost], now))
+        out.changed_unknown |= bool(lost)  # a task lost too often may have failed its job
         for i in [r.id for r in lost]:
             del still[i]
         out.response.stop = _stops(conn, listed, still, settled)
@@ -377,20 +380,23 @@ def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
     """Failed attempts: requeued (counting a failure) in one statement while attempts
     remain and a retry can help; else the task fails and with it, maybe, the job."""
     again: list[tuple[int, int, str]] = []
-    final: list[tuple[sa.Row, str, bool]] = []
+    final: list[tuple[sa.Row, str, bool, trust.Weighed]] = []
     now = svc.clock()
     for report, row in failed:
-        retry = trust.weigh_failure(conn, svc, worker, row, report.retryable, now)
+        weighed = trust.weigh_failure(conn, svc, worker, row, report.retryable, now,
+                                      report.reason)
         reason = (f"{report.reason or 'failed'} (attempt {report.attempt} on worker "
-                  f"{worker.name}{trust.doubt_note(report.retryable, retry)})")
-        if retry:
+                  f"{worker.name}{trust.doubt_note(report.retryable, weighed.retry)})")
+        if weighed.retry:
             again.append((row.id, row.attempt, reason))
             out.ready[row.kind] += 1
         else:
-            final.append((row, reason, report.retryable))
+            final.append((row, reason, report.retryable, weighed))
     qs.requeue_failed_attempts(conn, worker.id, again)
-    for row, reason, retryable in final:
-        leasing._requeue_or_fail(conn, svc, row, reason, retry=retryable)
+    for row, reason, retryable, weighed in final:
+        leasing._requeue_or_fail(conn, svc, row, reason, retry=retryable,
+                                 fast=trust.repeat_note(weighed) if weighed.repeated
+                                 else None)
         out.changed_unknown = True
     return {row.id for _, row in failed}
 

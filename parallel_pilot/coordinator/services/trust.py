@@ -21,6 +21,16 @@ are evidence. The rules (docs/security.md, "What a worker may do"):
   said so for that task; otherwise it is one failed attempt, the task is requeued and
   offered to other workers first. A task whose attempts run out on such reports fails
   as "a retry cannot help" all the same.
+* **A failure that repeats** fails the task at once, attempts left or not: when
+  ``repeat_failure_voices`` (2) distinct voices report it failing with the same
+  normalised reason (``core.reasons``: paths, numbers and ids taken out) — a scene error,
+  a missing file, a bad command — another worker would only fail it again. A voice is the
+  join token of an untrusted worker (its registrations are one voice) and the row of a
+  trusted one (an admin vouched for that machine alone). Reports of a paused worker are
+  not counted.
+* **Losses are not failures.** A lease lost with its worker (expired, revoked, left,
+  restarted) uses no attempt and counts against neither the worker nor its join token
+  (``services.losses``): under churn a task never at fault keeps its attempts.
 * **Claims.** A ``sandbox`` requirement is met only by a worker that claims a sandbox
   and that an admin marked trusted.
 """
@@ -28,11 +38,13 @@ are evidence. The rules (docs/security.md, "What a worker may do"):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
 from parallel_pilot.coordinator.services import rates
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.core.reasons import reason_key
 from parallel_pilot.store.queries import verdicts as qv
 from parallel_pilot.store.queries import workers as qw
 
@@ -63,25 +75,69 @@ def token_of(worker: sa.Row) -> int | None:
     return None if worker.trusted else worker.join_token_id
 
 
+class Weighed(NamedTuple):
+    """What one failed attempt leads to: ``retry`` it, or not; ``repeated`` names the
+    voices that reported the same reason when that is why not (a scene error)."""
+
+    retry: bool
+    repeated: tuple[str, ...] = ()
+
+
+def voice(worker: sa.Row) -> str:
+    """Whose report a failure reason is: ``identity`` for an untrusted worker, the row for
+    a trusted one (an admin vouched for this machine alone)."""
+    return f"worker:{worker.id}" if worker.trusted else identity(worker)
+
+
 def weigh_failure(conn: sa.Connection, svc: Services, worker: sa.Row, task: sa.Row,
-                  retryable: bool, now: float) -> bool:
+                  retryable: bool, now: float, reason: str | None = None) -> Weighed:
     """Count one failed attempt of ``task`` (held by ``worker``) and decide whether it is
-    retried: True unless the worker said a retry cannot help and that is believed (see
-    the module docstring), or no attempts are left."""
+    retried: yes unless the same ``reason`` came from enough voices, or the worker said a
+    retry cannot help and that is believed (see the module docstring), or no attempts are
+    left."""
     qw.record_worker_failure(conn, worker.id, task.job_id, token_of(worker))
     too_fast = rates.count(conn, rates.FAILURE_REPORTS, worker.id,
                            svc.settings.worker_failures_per_minute, now)
     if too_fast is not None:
         qw.pause_worker(conn, worker.id, now + too_fast)
     attempts_left = task.failures + 1 < task.max_attempts
-    if retryable or too_fast is not None:
-        return attempts_left
-    qv.record_nonretryable(conn, task_id=task.id, attempt=task.attempt, job_id=task.job_id,
-                           worker_id=worker.id, identity=identity(worker), now=now)
-    if not attempts_left or worker.trusted:
-        return False
-    agreeing = qv.nonretryable_identities(conn, task.id)
-    return len(agreeing) < svc.settings.nonretryable_agreement
+    if too_fast is not None:
+        return Weighed(attempts_left)
+    repeated = _same_reason_voices(conn, svc, worker, task, reason, now)
+    if not retryable:
+        qv.record_nonretryable(conn, task_id=task.id, attempt=task.attempt,
+                               job_id=task.job_id, worker_id=worker.id,
+                               identity=identity(worker), now=now)
+        if not attempts_left or worker.trusted:
+            return Weighed(False)
+        agreeing = qv.nonretryable_identities(conn, task.id)
+        if len(agreeing) >= svc.settings.nonretryable_agreement:
+            return Weighed(False)
+    if attempts_left and repeated:
+        return Weighed(False, repeated)
+    return Weighed(attempts_left)
+
+
+def _same_reason_voices(conn: sa.Connection, svc: Services, worker: sa.Row, task: sa.Row,
+                        reason: str | None, now: float) -> tuple[str, ...]:
+    """Record the attempt's normalised reason; the voices that reported it for this task
+    when they are ``repeat_failure_voices`` or more, else ()."""
+    key = reason_key(reason)
+    if key is None:
+        return ()
+    qv.record_failure_reason(conn, task_id=task.id, attempt=task.attempt, job_id=task.job_id,
+                             worker_id=worker.id, voice=voice(worker), reason_key=key,
+                             now=now)
+    voices = qv.voices_with_reason(conn, task.id, key)
+    if len(voices) < svc.settings.repeat_failure_voices:
+        return ()
+    return tuple(sorted(voices))
+
+
+def repeat_note(weighed: Weighed) -> str:
+    """Why a task failed fast on a repeated reason (``task N failed <this>: <reason>``)."""
+    return (f"the same way on {len(weighed.repeated)} workers of different join tokens "
+            "(or trusted workers), so another would fail it again")
 
 
 def doubt_note(retryable: bool, retried: bool) -> str:

@@ -41,6 +41,7 @@ FINISH = task_move(TaskState.DONE, TaskState.LEASED)  # a result accepted
 REQUEUE = task_move(TaskState.READY, TaskState.LEASED)  # failed, released, lost, left
 UNBLOCK = task_move(TaskState.READY, TaskState.BLOCKED)  # its last dependency is done
 LEASE = task_move(TaskState.LEASED, TaskState.READY)  # claimed
+FAIL_LOST = task_move(TaskState.FAILED, TaskState.LEASED)  # lost past max_losses
 
 
 def _ids() -> sa.BindParameter[Any]:
@@ -145,7 +146,8 @@ def add_worker_done(conn: sa.Connection, worker_id: int, n: int) -> None:
 
 
 _HELD_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.attempt, tasks.c.kind, tasks.c.idx,
-                 tasks.c.name, tasks.c.failures, tasks.c.max_attempts, tasks.c.state)
+                 tasks.c.name, tasks.c.failures, tasks.c.max_attempts, tasks.c.state,
+                 tasks.c.losses, tasks.c.worker_id)
 _HELD = (sa.select(*_HELD_COLUMNS)
          .where(tasks.c.worker_id == _b("w"), tasks.c.state == TaskState.LEASED)
          .order_by(tasks.c.id))
@@ -228,6 +230,29 @@ def hand_back(conn: sa.Connection, worker_id: int, task_ids: Sequence[int]) -> i
     for part in _chunks(sorted(set(task_ids))):
         changed += conn.execute(_HAND_BACK, {"ids": list(part), "w": worker_id}).rowcount
     return changed
+
+
+_LOSE = (tasks.update().where(tasks.c.id == _b("t"), tasks.c.attempt == _b("a"), REQUEUE.where)
+         .values(**REQUEUE.values(worker_id=None, lease_expires_at=None, progress=None,
+                                  losses=tasks.c.losses + 1)))
+_FAIL_LOST = (tasks.update().where(tasks.c.id == _b("t"), tasks.c.attempt == _b("a"),
+                                   FAIL_LOST.where)
+              .values(**FAIL_LOST.values(losses=tasks.c.losses + 1, error=_b("error"),
+                                         finished_at=_b("now"), lease_expires_at=None)))
+
+
+def requeue_lost(conn: sa.Connection, lost: Sequence[tuple[int, int]]) -> None:
+    """(task, attempt) of leases lost through no report of the task's (its worker
+    vanished, left, was revoked or restarted) -> ready, one loss counted and no failure;
+    fenced by the attempt, so a lease taken meanwhile is not touched."""
+    if lost:
+        conn.execute(_LOSE, [{"t": t, "a": a} for t, a in lost])
+
+
+def fail_lost(conn: sa.Connection, task_id: int, attempt: int, error: str, now: float) -> bool:
+    """A lease lost once too often -> the task fails (one more loss counted)."""
+    return conn.execute(_FAIL_LOST, {"t": task_id, "a": attempt, "error": error[:10_000],
+                                     "now": now}).rowcount > 0
 
 
 _JOB_DONE = (jobs.update().where(jobs.c.id == _b("j"))

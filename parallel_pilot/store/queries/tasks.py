@@ -14,7 +14,7 @@ from parallel_pilot.store.queries._common import Row, _chunks
 from parallel_pilot.store.queries.jobs import adjust_job_counts
 from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.queries.sync import with_requirement_sets
-from parallel_pilot.store.queries.verdicts import forget_nonretryable
+from parallel_pilot.store.queries.verdicts import forget_failure_reasons, forget_nonretryable
 from parallel_pilot.store.tables import (
     task_deps,
     tasks,
@@ -43,7 +43,7 @@ def insert_tasks(conn: sa.Connection, job_id: int, rows: list[dict[str, Any]]) -
     rows = with_requirement_sets(conn, rows)  # claims filter on the set id (issue 13)
     for part in _chunks(rows):
         conn.execute(tasks.insert(), [
-            {**r, "job_id": job_id, "attempt": 0, "failures": 0} for r in part])
+            {**r, "job_id": job_id, "attempt": 0, "failures": 0, "losses": 0} for r in part])
     adjust_job_counts(conn, {job_id: planned})
     return list(conn.execute(
         sa.select(tasks.c.id).where(tasks.c.job_id == job_id).order_by(tasks.c.idx)
@@ -177,7 +177,8 @@ def extend_all_leases(conn: sa.Connection, expires_at: float) -> int:
 def expired_leases(conn: sa.Connection, now: float, limit: int) -> list[Row]:
     return list(conn.execute(
         sa.select(tasks.c.id, tasks.c.job_id, tasks.c.attempt, tasks.c.failures,
-                  tasks.c.max_attempts, tasks.c.worker_id)
+                  tasks.c.max_attempts, tasks.c.worker_id, tasks.c.losses, tasks.c.kind,
+                  tasks.c.idx, tasks.c.name)
         .where(tasks.c.state == TaskState.LEASED, tasks.c.lease_expires_at < now)
         .order_by(tasks.c.lease_expires_at).limit(limit)
     ))
@@ -239,10 +240,12 @@ def reopen_tasks(conn: sa.Connection, task_ids: Sequence[int], deps_left: int) -
     for part in _chunks(list(task_ids)):
         conn.execute(
             tasks.update().where(tasks.c.id.in_(part), move.where)
-            .values(**move.values(failures=0, error=None, finished_at=None, worker_id=None,
-                                  progress=None, deps_left=deps_left, deadline_at=None))
+            .values(**move.values(failures=0, losses=0, error=None, finished_at=None,
+                                  worker_id=None, progress=None, deps_left=deps_left,
+                                  deadline_at=None))
         )
         forget_nonretryable(conn, part)  # the owner retries: workers' words start afresh
+        forget_failure_reasons(conn, part)
 
 
 def cancel_job_tasks(conn: sa.Connection, job_id: int, task_ids: Sequence[int], now: float,

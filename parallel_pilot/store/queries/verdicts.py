@@ -1,6 +1,7 @@
-"""Attempts whose worker said a retry cannot help (``retryable=false``), each with the
-identity it spoke for; ``coordinator.services.trust`` decides from them whether a task
-fails on that word."""
+"""What workers said of a task's failed attempts: those whose worker said a retry cannot
+help (``retryable=false``), each with the identity it spoke for, and every failed
+attempt's normalised reason with the voice that reported it (``core.reasons``);
+``coordinator.services.trust`` decides from them whether a task fails now."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from parallel_pilot.store.queries._common import _chunks
-from parallel_pilot.store.tables import nonretryable_reports, tasks
+from parallel_pilot.store.tables import failure_reasons, nonretryable_reports, tasks
 
 
 def record_nonretryable(conn: sa.Connection, *, task_id: int, attempt: int, job_id: int,
@@ -49,3 +50,25 @@ def forget_nonretryable(conn: sa.Connection, task_ids: Sequence[int]) -> None:
     for part in _chunks(sorted(set(task_ids))):
         conn.execute(nonretryable_reports.delete()
                      .where(nonretryable_reports.c.task_id.in_(part)))
+
+
+def record_failure_reason(conn: sa.Connection, *, task_id: int, attempt: int, job_id: int,
+                          worker_id: int, voice: str, reason_key: str, now: float) -> None:
+    """Once per failed attempt (its report is fenced by the attempt)."""
+    conn.execute(failure_reasons.insert().values(
+        task_id=task_id, attempt=attempt, job_id=job_id, worker_id=worker_id, voice=voice,
+        reason_key=reason_key, at=now))
+
+
+def voices_with_reason(conn: sa.Connection, task_id: int, reason_key: str) -> set[str]:
+    """The distinct voices that reported this task failing with this reason."""
+    return set(conn.execute(
+        sa.select(failure_reasons.c.voice).distinct()
+        .where(failure_reasons.c.task_id == task_id,
+               failure_reasons.c.reason_key == reason_key)).scalars())
+
+
+def forget_failure_reasons(conn: sa.Connection, task_ids: Sequence[int]) -> None:
+    """A retried task starts afresh: its earlier failures' reasons are dropped."""
+    for part in _chunks(sorted(set(task_ids))):
+        conn.execute(failure_reasons.delete().where(failure_reasons.c.task_id.in_(part)))
