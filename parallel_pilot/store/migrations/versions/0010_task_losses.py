@@ -11,14 +11,14 @@
 
 Only a column and a table are added (no table rebuilt), so 0006's triggers stay.
 
-Revision ID: 0013
+Revision ID: 0010
 Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
