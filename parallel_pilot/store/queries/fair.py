@@ -1,7 +1,15 @@
-"""The statement that ranks users for a claim (fair share, issue 15): each user with ready
-work, how many tasks it holds leased now (prefetch grants included), and since when it has
-waited, furthest below its share first. Read from the job rows' task counts (kept by
-0006's triggers), so it costs one row per active job, not one per task."""
+"""Fair share across users (issue 15): the statement that ranks users for a claim.
+
+The policy (docs/architecture.md, "Scheduling: fairness"), applied by ``claim_candidates``:
+among the tasks a worker can run (kinds, requirement sets, jobs it is not blocked from),
+the next task goes to the user with the fewest tasks leased now (running and prefetched
+alike), equal shares; within one claim the k-th task of user u ranks ``running(u) + k``;
+ties go to the user whose oldest job with ready tasks is oldest, then the lower user id;
+a user's own tasks go by priority, then older job, then task order.
+
+Here: each user with ready work, its leased count and since when it has waited, furthest
+below its share first. Read from the job rows' task counts (kept by 0006's triggers), so
+it costs one row per active job, not one per task."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The statements of the worker exchange (``POST /workers/sync``): requirement sets, the
 worker's held attempts, results and requeues of many attempts at once, one lease expiry
-per worker, and the claim that picks fitting tasks in SQL.
+per worker, and the claim that picks fitting tasks in SQL, in fair-share order across
+users (``claim_candidates``; the policy in ``queries/fair.py``).
 
 Hot statements are built once at import (``sa.bindparam``), so a sync pays for executing
 them, not for building them. Every write to a task stays fenced by (task, attempt,
