@@ -174,3 +174,20 @@ def test_concurrent_claims_lease_each_task_once(coordinator: Coordinator) -> Non
     states = {coord.client.get(f"{API}/jobs/{j}", headers=coord.user()).json()["state"]
               for j in job_ids}
     assert states == {"completed"}
+
+
+def test_fairness_is_among_the_tasks_a_worker_can_run(coordinator: Coordinator) -> None:
+    """a's GPU tasks do not count for a CPU worker: it splits its slots between a's CPU job
+    and b's; a GPU worker then splits between a's GPU job and b's (b holds 2, a 2: the tie
+    to a, whose oldest waiting job is older), so a's GPU tasks are not held up."""
+    coord = coordinator
+    a, b = add_user(coord, "a"), add_user(coord, "b")
+    a_gpu = submit_as(coord, a, requirements={"gpu": True})
+    a_cpu = submit_as(coord, a)
+    b_cpu = submit_as(coord, b)
+    cpu = register(coord, "cpu", slots=4)
+    got = sync_(coord, cpu, free_slots=4)["tasks"]
+    assert Counter(t["job_id"] for t in got) == Counter({a_cpu: 2, b_cpu: 2})
+    gpu = register(coord, "gpu", slots=2, gpus=[{"name": "RTX", "memory_bytes": 2**33}])
+    got = sync_(coord, gpu, free_slots=2)["tasks"]
+    assert Counter(t["job_id"] for t in got) == Counter({a_gpu: 1, b_cpu: 1})
