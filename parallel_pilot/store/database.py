@@ -63,6 +63,22 @@ def _sqlite_engine(url: str) -> sa.Engine:
     return engine
 
 
+_DEADLOCK_STATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
+_DEADLOCK_ERRNOS = (1213,)  # MariaDB/MySQL: deadlock found when trying to get lock
+
+
+def is_deadlock(error: BaseException) -> bool:
+    """The database aborted the transaction to break a lock cycle: running it again from
+    the start is safe and will most likely pass."""
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) in _DEADLOCK_STATES:
+        return True
+    args: tuple[object, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in _DEADLOCK_ERRNOS
+
+
 def is_sqlite(engine: sa.Engine) -> bool:
     return engine.dialect.name == "sqlite"
 

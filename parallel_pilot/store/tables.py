@@ -125,15 +125,18 @@ tasks = sa.Table(
     sa.Column("affinity", sa.String(200)),  # a worker that did a task of the same key prefers it
     # requirement_sets.id of its requirements; 0: none (every worker meets them)
     sa.Column("requirement_set_id", Id, nullable=False, default=0, server_default="0"),
+    # jobs.owner_id, copied at insert: a claim reads each user's queue apart (fair share)
+    sa.Column("owner_id", Id, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("job_id", "idx", name="uq_tasks_job_idx"),
     sa.Index("ix_tasks_claim", "state", sa.text("priority DESC"), "id"),
     sa.Index("ix_tasks_lease", "state", "lease_expires_at"),
     sa.Index("ix_tasks_deadline", "state", "deadline_at"),  # quorum deadlines (reaper)
     sa.Index("ix_tasks_worker", "worker_id"),
     sa.Index("ix_tasks_job_state", "job_id", "state"),
-    # a claim: one short range per (kind, requirement set) the worker can take
-    sa.Index("ix_tasks_dispatch", "state", "kind", "requirement_set_id", sa.text("priority DESC"),
-             "id"),
+    # a claim: one short range per (kind, requirement set, owner) the worker can take, in
+    # the owner's order (migration 0011)
+    sa.Index("ix_tasks_fair", "state", "kind", "requirement_set_id", "owner_id",
+             sa.text("priority DESC"), "job_id", "id"),
 )
 
 requirement_sets = sa.Table(  # each distinct set of task requirements, once

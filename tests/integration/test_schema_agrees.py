@@ -56,7 +56,7 @@ def test_tables_and_migrations_agree(tmp_path: Path) -> None:
     for table in a:
         for aspect in a[table]:
             assert a[table][aspect] == b[table].get(aspect), f"{table}: {aspect} differ"
-    assert "ix_tasks_dispatch" in a["tasks"]["indexes"]
+    assert "ix_tasks_fair" in a["tasks"]["indexes"]
     migrated.dispose()
     declared.dispose()
 
@@ -99,4 +99,32 @@ def test_migration_0005_gives_existing_tasks_their_requirement_sets(tmp_path: Pa
         assert qs.requirement_set_ids(conn, requirements) == [got[i + 1] for i in
                                                                   range(len(requirements))]
         assert conn.exec_driver_sql("SELECT count(*) FROM requirement_sets").scalar() == 3
+    engine.dispose()
+
+
+def test_migration_0012_gives_existing_tasks_their_owner_and_keeps_the_counts(
+        tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0009")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO users (id, name, is_admin, disabled, created_at) "
+                             "VALUES (7, 'u', 0, 0, 0)")
+        conn.exec_driver_sql(
+            "INSERT INTO jobs (id, owner_id, name, kind, params, state, priority, "
+            "max_attempts, created_at, tasks_total, tasks_done, count_ready) "
+            "VALUES (1, 7, 'j', 'sleep', '{}', 'queued', 0, 3, 0, 1, 0, 1)")
+        conn.exec_driver_sql(
+            "INSERT INTO tasks (id, job_id, idx, name, kind, state, priority, payload, "
+            "inputs, deps_left, attempt, failures, max_attempts) "
+            "VALUES (1, 1, 0, 't', 'sleep', 'ready', 0, '{}', '{}', 0, 0, 0, 3)")
+    migrate(engine)
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT owner_id FROM tasks").scalar() == 7
+        conn.exec_driver_sql("UPDATE tasks SET state = 'leased'")  # 0006's trigger counts it
+        assert conn.exec_driver_sql(
+            "SELECT count_ready, count_leased FROM jobs").one() == (0, 1)
     engine.dispose()

@@ -240,10 +240,14 @@ def test_tasks_go_only_to_workers_that_fit(coordinator: Coordinator) -> None:
     assert job(coord, more_sandbox)["task_counts"] == {"leased": 2}
 
 
-def test_the_claim_reads_an_index_range_per_kind_and_set(coordinator: Coordinator) -> None:
+@pytest.mark.parametrize("owners", [1, 2])
+def test_the_claim_reads_an_index_range_per_kind_and_set(coordinator: Coordinator,
+                                                         owners: int) -> None:
     """EXPLAIN of the claim over a queue mostly of tasks this worker cannot take (ahead in
-    priority): an index on (state, kind, set, priority, id), no sort of the queue (SQLite:
-    no temp b-tree; PostgreSQL: an index scan under the Limit)."""
+    priority): an index on (state, kind, set, owner, priority, job, id) per owner; for one
+    owner no sort at all (SQLite: no temp b-tree; PostgreSQL: an index scan under the
+    Limit); for two, only the merge of the branches' few rows is sorted (no scan of the
+    queue)."""
     from parallel_pilot.store.queries import sync as qs
     coord = coordinator
     engine = coord.services.engine
@@ -252,9 +256,11 @@ def test_the_claim_reads_an_index_range_per_kind_and_set(coordinator: Coordinato
     with engine.begin() as conn:  # statistics, as a database that has run a while has
         conn.exec_driver_sql("ANALYZE" if engine.dialect.name != "mysql" else
                              "ANALYZE TABLE tasks")
-    statement = qs._claim_statement(1, lock=False)
-    params = {"w": 1, "threshold": 3, "limit": 9, "k0": "sleep", "s0": 0, "jt": 1,
-              "token_threshold": 6}
+    statement = qs._claim_statement(1, owners, lock=False)
+    params: dict[str, Any] = {"w": 1, "threshold": 3, "limit": 9, "k0": "sleep", "s0": 0,
+                              "jt": 1, "token_threshold": 6}
+    for o in range(owners):
+        params.update({f"o{o}": 1 + o, f"running{o}": 0, f"owner_rank{o}": o})
     compiled = statement.compile(engine)
     values = compiled.construct_params(params)
     with engine.connect() as conn:
@@ -262,11 +268,14 @@ def test_the_claim_reads_an_index_range_per_kind_and_set(coordinator: Coordinato
             plan = " ".join(str(r) for r in conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN " + str(compiled),
                 tuple(values[k] for k in compiled.positiontup or [])))
-            assert "ix_tasks_dispatch" in plan and "TEMP B-TREE" not in plan, plan
+            assert plan.count("ix_tasks_fair") == owners, plan
+            assert owners > 1 or "TEMP B-TREE" not in plan, plan
         elif engine.dialect.name == "postgresql":
             plan = " ".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(compiled),
                                                                values))
-            assert "ix_tasks_dispatch" in plan and "Sort" not in plan, plan
+            assert plan.count("ix_tasks_fair") == owners, plan
+            assert "Seq Scan on tasks" not in plan, plan
+            assert owners > 1 or "Sort" not in plan, plan
         else:
             pytest.skip("EXPLAIN checked on SQLite and PostgreSQL")
 

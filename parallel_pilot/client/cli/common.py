@@ -159,7 +159,9 @@ def submit_options(f: F) -> F:
                      help="Stop waiting after this many seconds (the job keeps running).")(f)
     f = click.option("--no-wait", is_flag=True, help="Submit and return at once.")(f)
     return click.option("--priority", type=click.IntRange(-100, 100), default=0,
-                        show_default=True, help="Jobs with a higher priority run first.")(f)
+                        show_default=True,
+                        help="Your jobs with a higher priority run first (users share the "
+                        "farm fairly, whatever their priorities).")(f)
 
 
 def print_json(data: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections import Counter
 from typing import Any
 
@@ -125,21 +126,27 @@ def _requeue_held(conn: sa.Connection, svc: Services, worker_id: int, name: str,
                                          "attempt used)"] * len(held), now)
 
 
-def prefer_affinity(conn: sa.Connection, worker_id: int,
-                    candidates: list[sa.Row]) -> list[sa.Row]:
-    """Candidates with the same (job, affinity key) as a task this worker did lately first
-    (the one done last first), the rest in claim order; only the candidate window is
-    reordered, so nothing waits longer than one claim for it."""
+def prefer_affinity(conn: sa.Connection, worker_id: int, candidates: list[sa.Row],
+                    want: int) -> list[sa.Row]:
+    """The ``want`` tasks to lease from the candidates (in fair-share order): each owner
+    gets as many as it has among the first ``want``, so fair share holds; among an owner's
+    candidates, those with the same (job, affinity key) as a task this worker did lately
+    come first (the one done last first) within the same priority, the rest in claim
+    order. Only the candidate window is reordered, so nothing waits longer than one claim
+    for it."""
     jobs_with_keys = sorted({c.job_id for c in candidates if c.affinity is not None})
     if not jobs_with_keys:
-        return candidates
+        return candidates[:want]
     recent = qq.worker_recent_affinities(conn, worker_id, jobs_with_keys, AFFINITY_MEMORY)
     rank = {key: i for i, key in reversed(list(enumerate(recent)))}
 
     def key(c: sa.Row) -> tuple[int, int]:
         return -c.priority, rank.get((c.job_id, c.affinity), len(rank))
 
-    return sorted(candidates, key=key)
+    owner = operator.attrgetter("owner_id")
+    preferred = {o: iter(sorted((c for c in candidates if owner(c) == o), key=key))
+                 for o in {owner(c) for c in candidates}}
+    return [next(preferred[owner(c)]) for c in candidates[:want]]
 
 
 def _held_task(conn: sa.Connection, worker: sa.Row, task_id: int, attempt: int) -> sa.Row:

@@ -39,11 +39,13 @@ from parallel_pilot.errors import OutputNotUploaded, Unauthorized
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.database import is_deadlock
 from parallel_pilot.store.queries import sync as qs
 from parallel_pilot.store.queries import workers as qw
 
 log = logging.getLogger("pilot.sync")
 
+EXCHANGE_TRIES = 4  # times one sync runs when the database aborts it to break a deadlock
 CLAIM_SPARE = 8  # candidates read beyond those wanted, for affinity to choose among
 SETS_RECHECK_SECONDS = 2.0  # how stale this process's list of requirement sets may be
 FIT_CACHE_WORKERS = 10_000  # workers (id, token) whose fitting sets are remembered
@@ -129,7 +131,7 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
                                join_token_id=trust.token_of(me),
                                token_threshold=svc.settings.join_token_block_failures)
     rows = trust.offer_elsewhere_first(conn, worker.id, rows)
-    chosen = leasing.prefer_affinity(conn, worker.id, rows)[:want]
+    chosen = leasing.prefer_affinity(conn, worker.id, rows, want)
     if not chosen:
         return []
     expires = now + svc.settings.lease_seconds
@@ -175,7 +177,22 @@ class Exchange:
 
 
 def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
-    """Apply one sync request in one transaction (see the module docstring)."""
+    """Apply one sync request in one transaction (see the module docstring), run again
+    from the start when the database broke a deadlock by aborting it: two syncs that
+    finish and claim tasks of several jobs each lock those jobs' rows (their task counts)
+    in different orders, and a fair claim spreads a worker over several users' jobs."""
+    for attempt in range(1, EXCHANGE_TRIES + 1):
+        try:
+            return _exchange_once(svc, worker, request)
+        except sa.exc.DBAPIError as error:
+            if attempt == EXCHANGE_TRIES or not is_deadlock(error):
+                raise
+            log.info("sync of worker %s deadlocked (try %d); running it again", worker.id,
+                     attempt)
+    raise AssertionError("unreachable")
+
+
+def _exchange_once(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
     now = svc.clock()
     expires = now + svc.settings.lease_seconds
     caps = capabilities(worker)

@@ -1,6 +1,7 @@
 """The statements of the worker exchange (``POST /workers/sync``): requirement sets, the
 worker's held attempts, results and requeues of many attempts at once, one lease expiry
-per worker, and the claim that picks fitting tasks in SQL.
+per worker, and the claim that picks fitting tasks in SQL, in fair-share order across
+users (``claim_candidates``; the policy in ``queries/fair.py``).
 
 Hot statements are built once at import (``sa.bindparam``), so a sync pays for executing
 them, not for building them. Every write to a task stays fenced by (task, attempt,
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.store.queries._common import Row, _chunks
+from parallel_pilot.store.queries.fair import owner_queues
 from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.tables import (
     jobs,
@@ -32,7 +34,8 @@ from parallel_pilot.store.tables import (
 
 NO_REQUIREMENTS = 0  # requirement_set_id of a task with no requirements (no row)
 NO_TOKEN = -1  # join token id bound for a worker not held to its token's count (trusted)
-MAX_CLAIM_BRANCHES = 32  # (kind, set) index ranges one claim reads at most, one each
+MAX_CLAIM_BRANCHES = 32  # (kind, set, owner) index ranges one claim statement reads at most
+MAX_LIST_SCANS = 8  # owners one claim statement reads when the worker fits too many sets
 
 _b = sa.bindparam
 
@@ -376,29 +379,47 @@ def _not_blocked() -> sa.ColumnElement[bool]:
                            token_job_failures.c.failures >= _b("token_threshold")))
 
 
+def _ranked(i: int, column: str) -> sa.Label[int]:
+    """A number bound per owner, carried through the union for the fair merge."""
+    return sa.cast(_b(f"{column}{i}"), sa.Integer).label(column)
+
+
 @functools.lru_cache(maxsize=256)
-def _claim_statement(branches: int, lock: bool) -> sa.Select:
-    """Ready tasks best first, from one index range (state, kind, set) per branch (each read
-    in index order up to the limit), merged; ``branches`` 0: one scan filtered by lists
-    (past MAX_CLAIM_BRANCHES). ``lock`` takes the rows FOR UPDATE SKIP LOCKED; only a
-    single statement can (a UNION cannot lock: ``claim_candidates`` locks after it)."""
-    order = (tasks.c.priority.desc(), tasks.c.id)
-    if branches <= 1:
+def _claim_statement(combos: int, owners: int, lock: bool) -> sa.Select:
+    """Ready tasks in fair-share order (see ``claim_candidates``). One branch per (kind,
+    set) index range and owner, each read in the owner's order (priority, job, task) up to
+    the limit; ``combos`` 0: per owner one scan filtered by lists (past
+    MAX_CLAIM_BRANCHES). The branches are merged by the k-th task of owner o ranking
+    ``running(o) + k``, ties to the owner ranked first (``owner_rank``). ``lock`` takes the
+    rows FOR UPDATE SKIP LOCKED; only a single statement can (a UNION cannot lock:
+    ``claim_candidates`` locks after it)."""
+    order = (tasks.c.priority.desc(), tasks.c.job_id, tasks.c.id)
+
+    def branch(c: int | None, o: int) -> sa.Select:
         where = ((tasks.c.kind.in_(_b("kinds", expanding=True)),
                   tasks.c.requirement_set_id.in_(_b("sets", expanding=True)))
-                 if branches == 0 else
-                 (tasks.c.kind == _b("k0"), tasks.c.requirement_set_id == _b("s0")))
-        query = (sa.select(*_CLAIM_COLUMNS)
-                 .where(tasks.c.state == TaskState.READY, *where, _not_blocked())
-                 .order_by(*order).limit(_b("limit")))
+                 if c is None else
+                 (tasks.c.kind == _b(f"k{c}"), tasks.c.requirement_set_id == _b(f"s{c}")))
+        return (sa.select(*_CLAIM_COLUMNS, tasks.c.owner_id, _ranked(o, "running"),
+                          _ranked(o, "owner_rank"))
+                .where(tasks.c.state == TaskState.READY, *where,
+                       tasks.c.owner_id == _b(f"o{o}"), _not_blocked())
+                .order_by(*order).limit(_b("limit")))
+
+    per_owner: list[int | None] = list(range(combos)) if combos else [None]
+    if len(per_owner) * owners == 1:
+        query = branch(per_owner[0], 0)
         return query.with_for_update(skip_locked=True) if lock else query
-    parts = [(sa.select(*_CLAIM_COLUMNS)
-              .where(tasks.c.state == TaskState.READY, tasks.c.kind == _b(f"k{i}"),
-                     tasks.c.requirement_set_id == _b(f"s{i}"), _not_blocked())
-              .order_by(*order).limit(_b("limit"))).subquery(f"b{i}")
-             for i in range(branches)]
+    parts = [branch(c, o).subquery(f"b{o}_{0 if c is None else c}")
+             for o in range(owners) for c in per_owner]
     union = sa.union_all(*[sa.select(part) for part in parts]).subquery("c")
-    return sa.select(union).order_by(union.c.priority.desc(), union.c.id).limit(_b("limit"))
+    nth = sa.func.row_number().over(  # k: the task's place in its owner's queue
+        partition_by=union.c.owner_id,
+        order_by=(union.c.priority.desc(), union.c.job_id, union.c.id)).label("nth")
+    ranked = sa.select(union, nth).subquery("r")
+    return (sa.select(ranked)
+            .order_by(ranked.c.running + ranked.c.nth, ranked.c.owner_rank, ranked.c.nth)
+            .limit(_b("limit")))
 
 
 _LOCK_READY = (sa.select(tasks.c.id, tasks.c.attempt)
@@ -411,12 +432,17 @@ def claim_candidates(conn: sa.Connection, *, worker_id: int, kinds: Sequence[str
                      sets: Sequence[int], block_threshold: int, limit: int,
                      lock: bool, join_token_id: int | None = None,
                      token_threshold: int = 1) -> list[Row]:
-    """Up to ``limit`` ready tasks of these kinds and requirement sets, best first (priority,
-    then id), skipping jobs the worker (or its ``join_token_id``) is blocked from. With
-    ``lock`` the rows returned are locked to this transaction (others' claims skip them)."""
+    """Up to ``limit`` ready tasks of these kinds and requirement sets in fair-share order,
+    skipping jobs the worker (or its ``join_token_id``) is blocked from. Fair share: the
+    next task goes to the user holding the fewest leased tasks (``owner_queues``), each
+    user's own queue by priority, then older job, then task order; ties to the user
+    waiting longest. Owners are read ``MAX_CLAIM_BRANCHES`` branches at a time, those
+    furthest below their share first, until ``limit`` are found. With ``lock`` the rows
+    returned are locked to this transaction (others' claims skip them)."""
     combos = [(k, s) for k in sorted(set(kinds)) for s in sorted(set(sets))]
     if not combos or limit <= 0:
         return []
+    queues = owner_queues(conn)
     params: dict[str, Any] = {"w": worker_id, "threshold": block_threshold, "limit": limit,
                               "jt": NO_TOKEN if join_token_id is None else join_token_id,
                               "token_threshold": token_threshold}
@@ -425,8 +451,24 @@ def claim_candidates(conn: sa.Connection, *, worker_id: int, kinds: Sequence[str
         params.update(kinds=sorted(set(kinds)), sets=sorted(set(sets)))
     for i, (k, s) in enumerate(combos[:branches]):
         params[f"k{i}"], params[f"s{i}"] = k, s
-    rows = list(conn.execute(_claim_statement(branches, lock), params))
-    if not lock or branches <= 1 or not rows:
+    per_batch = MAX_CLAIM_BRANCHES // branches if branches else MAX_LIST_SCANS
+    found: list[Row] = []
+    for start in range(0, len(queues), per_batch):
+        batch = queues[start:start + per_batch]
+        for j, queue in enumerate(batch):
+            params[f"o{j}"], params[f"running{j}"] = queue.owner_id, queue.running
+            params[f"owner_rank{j}"] = start + j
+        params["limit"] = limit - len(found)
+        found.extend(_claim_batch(conn, branches, len(batch), params, lock))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def _claim_batch(conn: sa.Connection, branches: int, owners: int, params: dict[str, Any],
+                 lock: bool) -> list[Row]:
+    rows = list(conn.execute(_claim_statement(branches, owners, lock), params))
+    if not lock or (branches or 1) * owners == 1 or not rows:
         return rows
     # read without locks through the union; lock what is still ready, skipping rows
     # another claim holds (it may take fewer than read: the next sync gets more)

@@ -16,6 +16,7 @@ from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.queries.sync import with_requirement_sets
 from parallel_pilot.store.queries.verdicts import forget_failure_reasons, forget_nonretryable
 from parallel_pilot.store.tables import (
+    jobs,
     task_deps,
     tasks,
     workers,
@@ -41,9 +42,12 @@ def insert_tasks(conn: sa.Connection, job_id: int, rows: list[dict[str, Any]]) -
         raise InvalidTransition(f"a task starts {' or '.join(INITIAL_STATES)}, not "
                                 f"{', '.join(sorted(set(planned) - set(INITIAL_STATES)))}")
     rows = with_requirement_sets(conn, rows)  # claims filter on the set id (issue 13)
+    # claims read each owner's queue apart (fair share, issue 15)
+    owner_id = conn.execute(sa.select(jobs.c.owner_id).where(jobs.c.id == job_id)).scalar_one()
     for part in _chunks(rows):
         conn.execute(tasks.insert(), [
-            {**r, "job_id": job_id, "attempt": 0, "failures": 0, "losses": 0} for r in part])
+            {**r, "job_id": job_id, "owner_id": owner_id, "attempt": 0, "failures": 0,
+             "losses": 0} for r in part])
     adjust_job_counts(conn, {job_id: planned})
     return list(conn.execute(
         sa.select(tasks.c.id).where(tasks.c.job_id == job_id).order_by(tasks.c.idx)
