@@ -102,14 +102,14 @@ def test_migration_0005_gives_existing_tasks_their_requirement_sets(tmp_path: Pa
     engine.dispose()
 
 
-def test_migration_0012_gives_existing_tasks_their_owner_and_keeps_the_counts(
+def test_migration_0011_gives_existing_tasks_their_owner_and_keeps_the_counts(
         tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "0009")
+        command.upgrade(config, "0010")  # the one before fair share
     with engine.begin() as conn:
         conn.exec_driver_sql("INSERT INTO users (id, name, is_admin, disabled, created_at) "
                              "VALUES (7, 'u', 0, 0, 0)")
