@@ -379,7 +379,7 @@ class Simulation:
                 continue
             if budget is not None:
                 budget -= 1
-            leases, live = sync.poll(self.svc, worker.row, poll.request, poll.held)
+            leases, live = sync.poll(self.svc, worker.row, poll.request)
             if not leases and live:
                 again.append(worker)
                 continue

@@ -43,6 +43,22 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
+def _name(proc: psutil.Process) -> str:
+    """The process's name, or "" once it is gone (short-lived processes come and go while
+    the tree is read)."""
+    try:
+        return proc.name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def _cmd(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:
+        return f"(pid {proc.pid}, gone)"
+
+
 def _wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -126,9 +142,9 @@ def test_a_killed_worker_leaves_no_process_and_its_tasks_run_once_at_a_time(
         worker = psutil.Process(first.pid)
         started = _wait_for(
             lambda: [p for p in worker.children(recursive=True)
-                     if p.name() == "sleep"] and worker.children(recursive=True),
+                     if _name(p) == "sleep"] and worker.children(recursive=True),
             GONE_SECONDS, "the sweep command's sleeps started")
-        names = [" ".join(p.cmdline()) for p in started]
+        names = [_cmd(p) for p in started]
         assert sum(n == f"sleep {SLEEP}" for n in names) == 2, names  # child and grandchild
         assert any("runner.py --serve" in n for n in names), names  # the python child
         assert any("guard.py" in n for n in names), names
@@ -140,7 +156,7 @@ def test_a_killed_worker_leaves_no_process_and_its_tasks_run_once_at_a_time(
         killed_at = time.time()
         _wait_for(lambda: not any(_alive(p) for p in started), GONE_SECONDS,
                   "every process the killed worker started is gone: "
-                  + ", ".join(" ".join(p.cmdline()) for p in started if _alive(p)))
+                  + ", ".join(_cmd(p) for p in started if _alive(p)))
         gone_at = time.time()
         strays = [p for p in psutil.process_iter(["cmdline"])
                   if p.info["cmdline"] and str(tmp_path) in " ".join(p.info["cmdline"])
@@ -178,15 +194,15 @@ def test_a_killed_sandboxed_worker_leaves_no_process(farm: LocalCluster,
     worker = farm.add_worker("boxed", extra_args=["--sandbox"])
     client.submit_sweep(["sh", "-c", f"sleep {SLEEP} & sleep {SLEEP}"], ["1"])
     started = _wait_for(
-        lambda: (lambda below: below if sum(p.name() == "sleep" for p in below) == 2 else [])(
+        lambda: (lambda below: below if sum(_name(p) == "sleep" for p in below) == 2 else [])(
             psutil.Process(worker.pid).children(recursive=True)),
         RUN_SECONDS, "the sandboxed sleeps started")
-    assert any(p.name() == "bwrap" for p in started), [p.cmdline() for p in started]
+    assert any(_name(p) == "bwrap" for p in started), [_cmd(p) for p in started]
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
     _wait_for(lambda: not any(_alive(p) for p in started), GONE_SECONDS,
               "every process the killed sandboxed worker started is gone: "
-              + ", ".join(" ".join(p.cmdline()) for p in started if _alive(p)))
+              + ", ".join(_cmd(p) for p in started if _alive(p)))
 
 
 def test_a_stopped_worker_leaves_no_process(farm: LocalCluster, tmp_path: Path) -> None:
@@ -197,7 +213,7 @@ def test_a_stopped_worker_leaves_no_process(farm: LocalCluster, tmp_path: Path) 
     client.submit_sweep(["sh", "-c", SWEEP_SCRIPT, str(marks)], ["1"])
     _wait_for(lambda: _starts(marks), RUN_SECONDS, "the task started")
     started = _wait_for(lambda: [p for p in psutil.Process(worker.pid).children(recursive=True)
-                                 if p.name() == "sleep"] and
+                                 if _name(p) == "sleep"] and
                         psutil.Process(worker.pid).children(recursive=True),
                         GONE_SECONDS, "the sleeps started")
     farm.stop_worker(worker)
