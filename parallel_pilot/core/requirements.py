@@ -8,12 +8,14 @@ checks the two agree on random pairs."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parallel_pilot.core.protocol import Capabilities, Gpu
+from parallel_pilot.errors import InvalidInput
 
 _VERSION = re.compile(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 MAX_GPU_COUNT = 64  # GPUs one task may ask for (a worker reports at most this many)
@@ -140,9 +142,9 @@ def shortfalls(requirements: Requirements, caps: Capabilities, *, trusted: bool 
                              f"{caps.cpu_cores} cores", "not enough CPU cores"))
     wanted = r.gpus_needed
     if wanted and gpus_meeting(r, caps) < wanted:
-        need, have = _gpu_need(r, wanted), _gpu_have(r, caps)
-        out.append(Shortfall("gpu", need, have,
-                             "no GPU" if not caps.gpus else f"needs {need}, has {have}"))
+        gpu_need, gpu_have = _gpu_need(r, wanted), _gpu_have(r, caps)
+        out.append(Shortfall("gpu", gpu_need, gpu_have, "no GPU" if not caps.gpus
+                             else f"needs {gpu_need}, has {gpu_have}"))
     if r.sandbox and not caps.sandbox:
         out.append(Shortfall("sandbox", "a sandbox", "none", "no sandbox"))
     elif r.sandbox and not trusted:
@@ -183,7 +185,7 @@ def _gpu_have(r: Requirements, caps: Capabilities) -> str:
         return count
     if not memories:
         return f"{count} of unknown memory"
-    return f"GPUs with {size_text(max(memories))}" if len(gpus) == 1 \
+    return f"a GPU with {size_text(max(memories))}" if len(gpus) == 1 \
         else f"{count} with up to {size_text(max(memories))}"
 
 
@@ -210,7 +212,7 @@ SYNTAX_HELP = ("comma-separated terms: " + ", ".join(ACCEPTED_TERMS)
                + " (SIZE like 8G or 512M, binary units)")
 
 
-class RequirementsSyntaxError(ValueError):
+class RequirementsSyntaxError(InvalidInput):
     """A ``--requires`` text that does not parse; the message names the bad term and
     lists the accepted ones."""
 
@@ -296,6 +298,34 @@ def _parse_term(term: str, out: dict[str, Any], tags: list[str]) -> None:
         raise KeyError(term)
 
 
+def parse_gpus(text: str) -> list[Gpu]:
+    """A worker's GPUs told by hand (``pilot worker --gpus``): comma-separated groups
+    ``N[:MEM[:VENDOR]]``, e.g. ``2:8G`` (two GPUs of 8 GiB), ``1:24G:nvidia,1:8G``, ``0``
+    (none, whatever ``nvidia-smi`` says). Raises ``InvalidInput`` naming the bad group."""
+    gpus: list[Gpu] = []
+    for raw in text.split(","):
+        group = raw.strip()
+        if not group:
+            continue
+        count, _, rest = group.partition(":")
+        memory, _, vendor = rest.partition(":")
+        try:
+            n = int(count)
+            size = parse_size(memory) if memory else None
+        except ValueError:
+            n = -1
+        vendor = vendor.strip().lower()
+        if not 0 <= n <= MAX_GPU_COUNT - len(gpus) or (vendor and vendor not in GPU_VENDORS):
+            raise InvalidInput(
+                f"--gpus: cannot read {group!r}; write N[:MEM[:VENDOR]] groups separated by "
+                f"commas, e.g. 2:8G or 1:24G:nvidia,1:8G (at most {MAX_GPU_COUNT} GPUs; "
+                f"vendors: {', '.join(GPU_VENDORS)})")
+        label = f"{vendor.upper() if vendor != 'apple' else 'Apple'} GPU" if vendor else "GPU"
+        gpus.extend(Gpu(name=f"{label} {len(gpus) + i} (told by --gpus)", memory_bytes=size)
+                    for i in range(n))
+    return gpus
+
+
 def merge_requirements(*many: dict[str, Any] | None) -> dict[str, Any]:
     """Requirement dicts together: the later wins a field, except tags (all kept) and
     ``gpu_count`` (the most)."""
@@ -309,3 +339,19 @@ def merge_requirements(*many: dict[str, Any] | None) -> dict[str, Any]:
             else:
                 out[key] = value
     return out
+
+
+RequirementsLike = str | Mapping[str, Any] | Requirements | None
+
+
+def requirements_from(value: RequirementsLike) -> dict[str, Any]:
+    """What a caller may pass as requirements, as fields: the ``--requires`` text
+    (``"gpu,vram>=8G"``), a ``Requirements``, or a dict of its fields (checked by the
+    coordinator)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        return parse_requires(value)
+    if isinstance(value, Requirements):
+        return value.model_dump(exclude_defaults=True)
+    return dict(value)

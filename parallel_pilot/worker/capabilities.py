@@ -1,8 +1,8 @@
 """What this machine offers, as reported when the worker registers: CPU cores, RAM, GPUs
-(through ``nvidia-smi``), the Cycles devices Blender sees, the Blender version (a
-``blender`` on PATH, or the ``bpy`` package), the kinds its owner allows, tags, platform
-and versions. Every probe is bounded
-in time and a missing tool simply means "none"."""
+(through ``nvidia-smi``, or as its owner told them: ``--gpus``), the Cycles devices
+Blender sees, the Blender version (a ``blender`` on PATH, or the ``bpy`` package), the
+kinds its owner allows, tags, platform and versions. Every probe is bounded in time and
+a missing tool simply means "none"."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import psutil
 
 import parallel_pilot
 from parallel_pilot.core.protocol import Capabilities, Gpu
+from parallel_pilot.core.requirements import parse_gpus
 from parallel_pilot.core.settings import WorkerSettings
 from parallel_pilot.kinds.render.blender import installed_blender
 from parallel_pilot.kinds.render.devices import detect_render_devices_for_worker
@@ -32,7 +33,7 @@ def detect_capabilities(settings: WorkerSettings, *,
     """What this worker offers; ``render_sandbox``: whether Blender runs in bwrap here
     (decided by the agent's probe at start, ``kinds.render.sandbox``). The Cycles devices
     are asked of Blender only where the owner allows renders."""
-    gpus = detect_gpus()
+    gpus = parse_gpus(settings.gpus) if settings.gpus is not None else detect_gpus()
     return Capabilities(
         cpu_cores=os.cpu_count() or 1,
         ram_bytes=psutil.virtual_memory().total,

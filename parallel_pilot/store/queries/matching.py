@@ -19,7 +19,8 @@ from parallel_pilot.core.requirements import (
     gpu_vendor,
     version_key,
 )
-from parallel_pilot.store.tables import requirement_set_tags, requirement_sets
+from parallel_pilot.core.states import TaskState
+from parallel_pilot.store.tables import requirement_set_tags, requirement_sets, tasks
 
 _b = sa.bindparam
 rs, rst = requirement_sets, requirement_set_tags
@@ -114,3 +115,14 @@ def set_requirements(conn: sa.Connection, set_ids: Sequence[int]) -> dict[int, d
         return {}
     return {i: r for i, r in conn.execute(
         sa.select(rs.c.id, rs.c.requirements).where(rs.c.id.in_(sorted(set(set_ids)))))}
+
+
+_WAITING_TASK: sa.Select[Any] = (sa.select(tasks.c.kind, tasks.c.requirement_set_id)
+                 .where(tasks.c.job_id == _b("j"), tasks.c.state == TaskState.READY)
+                 .limit(1))
+
+
+def waiting_task(conn: sa.Connection, job_id: int) -> sa.Row[Any] | None:
+    """(kind, requirement_set_id) of one ready task of the job (a job's ready tasks
+    mostly share them), through ``ix_tasks_job_state``; None when none is ready."""
+    return conn.execute(_WAITING_TASK, {"j": job_id}).first()
