@@ -54,7 +54,7 @@ class Requirements(BaseModel):
     @property
     def gpus_needed(self) -> int:
         """GPUs asked for: ``gpu_count``, or one when any GPU term is given."""
-        any_gpu = self.gpu or self.min_vram_bytes is not None or self.gpu_vendor is not None
+        any_gpu = self.gpu or bool(self.min_vram_bytes) or self.gpu_vendor is not None
         return max(self.gpu_count, 1 if any_gpu else 0)
 
 

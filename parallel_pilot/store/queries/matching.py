@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from parallel_pilot.core.protocol import Capabilities
 from parallel_pilot.core.requirements import (
+    GPU_VENDORS,
     MAX_GPU_COUNT,
     Requirements,
     gpu_vendor,
@@ -50,7 +51,7 @@ def insert_set(conn: sa.Connection, digest: str, requirements: Mapping[str, Any]
 def worker_terms(caps: Capabilities, trusted: bool) -> tuple[Any, ...]:
     """What of a worker the match reads, as one hashable value (equal for workers that
     meet the same sets: ``FitCache`` keys on it)."""
-    gpus = tuple(sorted(((g.memory_bytes or 0), gpu_vendor(g) or "")
+    gpus = tuple(sorted(((g.memory_bytes or 0), VENDOR_CODES.get(gpu_vendor(g), 0))
                         for g in caps.gpus[:MAX_GPU_COUNT]))
     return (caps.ram_bytes, caps.cpu_cores, version_key(caps.blender_version),
             bool(caps.sandbox and trusted),  # a sandbox is believed only of the trusted
@@ -59,20 +60,27 @@ def worker_terms(caps: Capabilities, trusted: bool) -> tuple[Any, ...]:
             gpus, tuple(sorted(set(caps.tags))))
 
 
+# vendors as small integers in the GPUs' derived table (no string collations to mix on
+# MariaDB); 0: a GPU whose vendor its name does not say
+VENDOR_CODES: dict[str | None, int] = {v: i + 1 for i, v in enumerate(GPU_VENDORS)}
+_VENDOR_CODE = sa.case({v: c for v, c in VENDOR_CODES.items() if v}, value=rs.c.gpu_vendor,
+                       else_=-1)
+
+
 @functools.lru_cache(maxsize=MAX_GPU_COUNT + 1)
 def _fitting_statement(n_gpus: int) -> sa.Select:
     if n_gpus:
         rows = [sa.select(sa.cast(_b(f"m{i}"), sa.BigInteger).label("mem"),
-                          sa.cast(_b(f"v{i}"), sa.String(20)).label("vendor"))
+                          sa.cast(_b(f"v{i}"), sa.Integer).label("vendor"))
                 for i in range(n_gpus)]
         gpus = (sa.union_all(*rows) if n_gpus > 1 else rows[0]).subquery("g")
     else:  # a derived table with no rows
         gpus = (sa.select(sa.literal(0, sa.BigInteger).label("mem"),
-                          sa.literal("", sa.String(20)).label("vendor"))
+                          sa.literal(0, sa.Integer).label("vendor"))
                 .where(sa.false())).subquery("g")
     fitting_gpus = (sa.select(sa.func.count()).select_from(gpus)
                     .where(gpus.c.mem >= rs.c.min_vram_bytes,
-                           sa.or_(rs.c.gpu_vendor.is_(None), gpus.c.vendor == rs.c.gpu_vendor))
+                           sa.or_(rs.c.gpu_vendor.is_(None), gpus.c.vendor == _VENDOR_CODE))
                     .scalar_subquery())
     return (sa.select(rs.c.id)
             .where(rs.c.id > _b("after"), rs.c.id <= _b("upto"),
