@@ -36,8 +36,9 @@ def explain(kind: str, requirements: Requirements, online: list[OnlineWorker]) -
     fitting = [w for w, short in missing if not short]
     if fitting:
         if all(w.pending for w in fitting):
-            return (f"waiting: the {_workers(len(fitting))} that fit wait for an admin's "
-                    "approval (pilot workers approve ID)")
+            who = "the only worker that fits waits" if len(fitting) == 1 else \
+                f"the {len(fitting)} workers that fit wait"
+            return f"waiting: {who} for an admin's approval (pilot workers approve ID)"
         return None
     by_term: dict[str, list[Shortfall]] = {}
     for _, short in missing:
