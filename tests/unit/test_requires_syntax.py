@@ -148,3 +148,21 @@ def test_waiting_reasons() -> None:
     assert explain("sweep", need(parse_requires("ram>=16G")), many) == (
         "waiting: no online worker has 16 GiB RAM; 1 worker has 1 GiB RAM, 1 worker has "
         "2 GiB RAM, 1 worker has 3 GiB RAM, 2 workers other")
+
+
+def test_without_nvidia_smi_the_gpus_are_those_cycles_sees() -> None:
+    from parallel_pilot.core.requirements import gpu_vendor
+    from parallel_pilot.worker.capabilities import gpus_from_render_devices
+
+    cuda = RenderDevice(type="CUDA", name="NVIDIA GeForce RTX 4090",
+                        id="CUDA_NVIDIA GeForce RTX 4090_0000:01:00")
+    optix = RenderDevice(type="OPTIX", name="NVIDIA GeForce RTX 4090",
+                         id="CUDA_NVIDIA GeForce RTX 4090_0000:01:00_OptiX",
+                         memory_bytes=24 * GIB)
+    radeon = RenderDevice(type="HIP", name="AMD Radeon RX 7900 XTX", id="HIP_AMD_0000:03:00")
+    cpu = RenderDevice(type="CPU", name="AMD EPYC", id="CPU")
+    gpus = gpus_from_render_devices([cpu, cuda, optix, radeon])
+    assert [(g.name, g.memory_bytes) for g in gpus] == [
+        ("NVIDIA GeForce RTX 4090", 24 * GIB), ("AMD Radeon RX 7900 XTX", None)]
+    assert [gpu_vendor(g) for g in gpus] == ["nvidia", "amd"]
+    assert gpus_from_render_devices([cpu]) == []
