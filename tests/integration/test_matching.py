@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from parallel_pilot.coordinator.services import sync
 from parallel_pilot.core.protocol import Capabilities, Gpu, RenderDevice
@@ -256,3 +257,43 @@ def test_bad_requirements_are_refused_by_the_api(coordinator: Coordinator, text:
     r = coordinator.client.post(f"{API}/jobs", headers=coordinator.user(), json={
         "kind": "sleep", "params": {"tasks": 1, "milliseconds": 0}, "requirements": bad})
     assert r.status_code == 400 and "requirements" in r.json()["message"], r.text
+
+
+def test_migration_0011_gives_existing_sets_their_columns(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from parallel_pilot.store.database import MIGRATIONS_DIR, make_engine, migrate
+    from parallel_pilot.store.tables import requirement_set_tags, requirement_sets
+
+    engine = make_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0009")
+    old = [{"gpu": True}, {"tags": ["b", "a"]}, {"min_blender": "4.2", "sandbox": True},
+           {"min_ram_bytes": 8 * GIB, "render_gpu": True}, {"min_blender": "new"}]
+    with engine.begin() as conn:
+        conn.execute(sa.table("requirement_sets", sa.column("id"), sa.column("digest"),
+                              sa.column("requirements", sa.JSON)).insert(),
+                     [{"id": i + 1, "digest": f"{i:064d}", "requirements": r}
+                      for i, r in enumerate(old)])
+    migrate(engine)
+    columns = [c.name for c in requirement_sets.c if c.name not in
+               ("id", "digest", "requirements")]
+    with engine.begin() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(requirement_sets))}
+        tags = sorted(tuple(r) for r in conn.execute(sa.select(requirement_set_tags)))
+        assert tags == [(2, "a"), (2, "b")]
+        for i, r in enumerate(old):
+            want = qm.set_columns(r)
+            assert {c: getattr(rows[i + 1], c) for c in columns} == \
+                {c: want[c] for c in columns}, r
+        # and the claim's match reads them: a worker with a GPU and Blender 4.2 meets
+        # the GPU set and the unparseable-version one, not the rest
+        caps = Capabilities(cpu_cores=2, ram_bytes=4 * GIB, blender_version="4.2.0",
+                            gpus=[Gpu(name="NVIDIA T4", memory_bytes=16 * GIB)])
+        assert qm.fitting_set_ids(conn, qm.worker_terms(caps, False), after=0,
+                                  upto=5) == [1, 5]
+    engine.dispose()
