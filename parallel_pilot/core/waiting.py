@@ -21,6 +21,7 @@ class OnlineWorker:
     caps: Capabilities
     trusted: bool = False
     pending: bool = False
+    count: int = 1  # workers alike this one stands for (grouped: explained once)
 
 
 def explain(kind: str, requirements: Requirements, online: list[OnlineWorker]) -> str | None:
@@ -30,21 +31,23 @@ def explain(kind: str, requirements: Requirements, online: list[OnlineWorker]) -
         return "waiting: no worker is online"
     runners = [w for w in online if kind in w.caps.kinds]
     if not runners:
-        return (f"waiting: no online worker runs {kind} tasks ({_workers(len(online))} "
-                f"online; a worker's owner allows it with pilot worker --allow {kind})")
+        return (f"waiting: no online worker runs {kind} tasks "
+                f"({_workers(sum(w.count for w in online))} online; a worker's owner "
+                f"allows it with pilot worker --allow {kind})")
     missing = [(w, shortfalls(requirements, w.caps, trusted=w.trusted)) for w in runners]
     fitting = [w for w, short in missing if not short]
     if fitting:
         if all(w.pending for w in fitting):
-            who = "the only worker that fits waits" if len(fitting) == 1 else \
-                f"the {len(fitting)} workers that fit wait"
+            n = sum(w.count for w in fitting)
+            who = "the only worker that fits waits" if n == 1 else \
+                f"the {n} workers that fit wait"
             return f"waiting: {who} for an admin's approval (pilot workers approve ID)"
         return None
     by_term: dict[str, list[Shortfall]] = {}
-    for _, short in missing:
+    for w, short in missing:
         for s in short:
-            by_term.setdefault(s.term, []).append(s)
-    total = len(runners)
+            by_term.setdefault(s.term, []).extend([s] * w.count)
+    total = sum(w.count for w in runners)
     everyone = [t for t, shorts in by_term.items() if len(shorts) == total]
     if everyone:
         first, *others = everyone

@@ -46,7 +46,7 @@ def test_the_executor_sends_its_worker_requirements(coordinator: Coordinator,
             "waiting: no online worker has a GPU with >= 8 GiB; 1 worker has a GPU with 6 GiB")
         assert client.job(job_id).params["packages"] == ["json"]  # still the packages
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # its threads end before the app
 
 
 def test_a_bad_requires_fails_at_the_executor(client: Client) -> None:

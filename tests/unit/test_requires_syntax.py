@@ -166,3 +166,13 @@ def test_without_nvidia_smi_the_gpus_are_those_cycles_sees() -> None:
         ("NVIDIA GeForce RTX 4090", 24 * GIB), ("AMD Radeon RX 7900 XTX", None)]
     assert [gpu_vendor(g) for g in gpus] == ["nvidia", "amd"]
     assert gpus_from_render_devices([cpu]) == []
+
+
+def test_workers_alike_count_as_many() -> None:
+    six = caps(gpus=[Gpu(name="NVIDIA RTX 2060", memory_bytes=6 * GIB)])
+    need = Requirements.model_validate(parse_requires("vram>=8G,tag=a"))
+    one_each = [OnlineWorker(six)] * 3 + [OnlineWorker(caps(tags=["a"]))]
+    grouped = [OnlineWorker(six, count=3), OnlineWorker(caps(tags=["a"]))]
+    assert explain("sweep", need, one_each) == explain("sweep", need, grouped) == (
+        "waiting: no online worker has a GPU with >= 8 GiB; 3 workers have GPUs with 6 GiB, "
+        "1 worker has no GPU")

@@ -1,8 +1,8 @@
 """A job's ``waiting_reason``: for a job with ready tasks and none leased, why no online
 worker takes them (``core.waiting.explain`` over the online workers' capabilities).
-Cheap by construction: nothing is read for a job that has a task leased or none ready,
-the online workers are read once per list of jobs, and one ready task per job stands
-for its requirements."""
+Cheap by construction: nothing is read for a job that has a task leased or none ready;
+for a list of jobs the online workers are read once, one ready task per job stands for
+its requirements (one statement for the list), and jobs alike are explained once."""
 
 from __future__ import annotations
 
@@ -29,18 +29,38 @@ def waiting_reasons(conn: sa.Connection, svc: Services, rows: Sequence[sa.Row],
                and counts.get(r.id, {}).get(TaskState.READY)][:MAX_EXPLAINED]
     if not waiting:
         return {}
-    online = [OnlineWorker(Capabilities.model_validate(w.capabilities), trusted=bool(w.trusted),
-                           pending=bool(w.pending))
-              for w in qw.online_workers(conn, svc.clock() - svc.settings.offline_seconds)]
-    ready = {r.id: qm.waiting_task(conn, r.id) for r in waiting}
-    sets = qm.set_requirements(conn, [t.requirement_set_id for t in ready.values()
-                                      if t is not None and t.requirement_set_id])
+    online = _alike(qw.online_workers(conn, svc.clock() - svc.settings.offline_seconds))
+    ready = qm.waiting_sets(conn, [r.id for r in waiting])
+    sets = qm.set_requirements(conn, [s for s in ready.values() if s])
+    said: dict[tuple[str, int], str | None] = {}  # jobs alike are explained once
     out: dict[int, str] = {}
-    for job_id, task in ready.items():
-        if task is None:
+    for row in waiting:
+        set_id = ready.get(row.id)
+        if set_id is None:
             continue
-        needs = Requirements.model_validate(sets.get(task.requirement_set_id) or {})
-        reason = explain(task.kind, needs, online)
+        key = (row.kind, set_id)  # a job's tasks are of its kind
+        if key not in said:
+            needs = Requirements.model_validate(sets.get(set_id) or {})
+            said[key] = explain(row.kind, needs, online)
+        reason = said[key]
         if reason is not None:
-            out[job_id] = reason
+            out[row.id] = reason
     return out
+
+
+# what of a worker its shortfalls read (not its name, platform or versions)
+_MATCHED = {"cpu_cores", "ram_bytes", "gpus", "blender_version", "kinds", "tags", "sandbox",
+            "render_devices"}
+
+
+def _alike(rows: Sequence[sa.Row]) -> list[OnlineWorker]:
+    """Online workers grouped by what the match reads of them, each group once with its
+    count: a farm of many identical machines is explained at the cost of one."""
+    groups: dict[tuple[str, bool, bool], OnlineWorker] = {}
+    for row in rows:
+        caps = Capabilities.model_validate(row.capabilities)
+        key = (caps.model_dump_json(include=_MATCHED), bool(row.trusted), bool(row.pending))
+        known = groups.get(key)
+        groups[key] = OnlineWorker(caps, trusted=key[1], pending=key[2],
+                                   count=1 if known is None else known.count + 1)
+    return list(groups.values())

@@ -21,7 +21,8 @@ from parallel_pilot.core.requirements import (
     version_key,
 )
 from parallel_pilot.core.states import TaskState
-from parallel_pilot.store.tables import requirement_set_tags, requirement_sets, tasks
+from parallel_pilot.store.queries._common import _chunks
+from parallel_pilot.store.tables import jobs, requirement_set_tags, requirement_sets, tasks
 
 _b = sa.bindparam
 rs, rst = requirement_sets, requirement_set_tags
@@ -125,12 +126,15 @@ def set_requirements(conn: sa.Connection, set_ids: Sequence[int]) -> dict[int, d
         sa.select(rs.c.id, rs.c.requirements).where(rs.c.id.in_(sorted(set(set_ids)))))}
 
 
-_WAITING_TASK: sa.Select[Any] = (sa.select(tasks.c.kind, tasks.c.requirement_set_id)
-                 .where(tasks.c.job_id == _b("j"), tasks.c.state == TaskState.READY)
-                 .limit(1))
-
-
-def waiting_task(conn: sa.Connection, job_id: int) -> sa.Row[Any] | None:
-    """(kind, requirement_set_id) of one ready task of the job (a job's ready tasks
-    mostly share them), through ``ix_tasks_job_state``; None when none is ready."""
-    return conn.execute(_WAITING_TASK, {"j": job_id}).first()
+def waiting_sets(conn: sa.Connection, job_ids: Sequence[int]) -> dict[int, int]:
+    """job id -> the requirement set of one of its ready tasks (a job's ready tasks mostly
+    share one), in one statement: per job a LIMIT 1 read through ``ix_tasks_job_state``,
+    whatever the job's size. Jobs with no ready task are left out."""
+    one_ready = (sa.select(tasks.c.requirement_set_id)
+                 .where(tasks.c.job_id == jobs.c.id, tasks.c.state == TaskState.READY)
+                 .limit(1).correlate(jobs).scalar_subquery())
+    out: dict[int, int] = {}
+    for part in _chunks(sorted(set(job_ids))):
+        out.update((j, s) for j, s in conn.execute(
+            sa.select(jobs.c.id, one_ready).where(jobs.c.id.in_(part))) if s is not None)
+    return out
