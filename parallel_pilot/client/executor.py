@@ -49,6 +49,7 @@ from parallel_pilot.client.python_calls import (
 )
 from parallel_pilot.client.sdk import Client
 from parallel_pilot.core.protocol import TaskInfo
+from parallel_pilot.core.requirements import RequirementsLike, requirements_from
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import JobNotFound
 
@@ -143,7 +144,10 @@ class Executor(_BaseExecutor):
     task that fails on the farm raises ``TaskFailed``. Only workers started with
     ``--allow python`` run these calls; ``require_sandbox`` keeps them on workers that
     sandbox them in bwrap and that an admin marked trusted (a sandbox is otherwise only
-    the worker's claim). A job is named after its function (``simulate``,
+    the worker's claim). ``requires`` is what a worker must have to run the calls, in
+    the ``--requires`` syntax (``"gpu,vram>=8G,ram>=16G,tag=studio-a"``), as a
+    ``Requirements`` or a dict of its fields (``requirements`` keeps its old meaning, the
+    Python packages). A job is named after its function (``simulate``,
     ``Model.step``; ``simulate +2 more`` for a batch of several), unless ``name`` is given.
     A ``submit`` call is sent at once unless a send is in flight (then it goes with the
     next one), or after ``batch_seconds`` when that is given.
@@ -161,6 +165,7 @@ class Executor(_BaseExecutor):
         max_attempts: int | None = None,
         timeout_seconds: float | None = None,
         require_sandbox: bool = False,
+        requires: RequirementsLike = None,
         batch_seconds: float = BATCH_SECONDS,
         share_bytes: int = SHARE_BYTES,
         poll_max: float = POLL_MAX,
@@ -171,6 +176,7 @@ class Executor(_BaseExecutor):
         self.priority = priority
         self.max_attempts = max_attempts
         self.require_sandbox = require_sandbox
+        self.requires = requirements_from(requires)  # a bad text fails here, not later
         self.batch_seconds = batch_seconds
         self.poll_max = poll_max
         # one random session per Executor: workers reuse a child process across its jobs
@@ -294,7 +300,8 @@ class Executor(_BaseExecutor):
             self.client.upload_bytes(calls_blob)
             info = self.client.submit_python(
                 params, name=name, priority=self.priority,
-                max_attempts=self.max_attempts, require_sandbox=self.require_sandbox)
+                max_attempts=self.max_attempts, require_sandbox=self.require_sandbox,
+                requirements=self.requires)
         except BaseException as exc:
             for chunk in live:
                 chunk.function, chunk.calls = None, []

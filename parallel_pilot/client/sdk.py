@@ -36,6 +36,7 @@ from parallel_pilot.core.protocol import (
     WorkerInfo,
     WorkerList,
 )
+from parallel_pilot.core.requirements import RequirementsLike, requirements_from
 from parallel_pilot.core.settings import ClientSettings
 from parallel_pilot.core.states import JobState
 from parallel_pilot.errors import InvalidInput, ServerUnavailable, error_from_body
@@ -102,11 +103,15 @@ class Client(AccountCalls):
 
     def submit(self, kind: str, params: dict[str, Any], *, priority: int = 0,
                name: str | None = None, max_attempts: int | None = None,
-               requirements: dict[str, Any] | None = None) -> JobInfo:
+               requirements: RequirementsLike = None) -> JobInfo:
         """Submit a job of ``kind``; the coordinator validates ``params`` and plans tasks.
-        ``requirements`` (see core.requirements) is what every task needs of a worker."""
+        ``requirements`` is what every task needs of a worker: the ``--requires`` text
+        (``"gpu,vram>=8G,ram>=16G,cores>=4,tag=studio-a,blender>=4.2,sandbox"``), a
+        ``Requirements`` or a dict of its fields (core.requirements); only workers that
+        meet it get the job's tasks, and ``JobInfo.waiting_reason`` says when none can."""
         body = JobSubmit(kind=kind, params=params, priority=priority, name=name,
-                         max_attempts=max_attempts, requirements=requirements or {})
+                         max_attempts=max_attempts,
+                         requirements=requirements_from(requirements))
         # one key for this submission: a retry after a lost answer gets the same job back
         return self.connection.call("POST", "/jobs", JobInfo, body=body,
                                     idempotency_key=idempotency_key())
@@ -123,6 +128,7 @@ class Client(AccountCalls):
         priority: int = 0,
         on_upload: Callable[[str, Path], None] | None = None,
         require_sandbox: bool = False,
+        requirements: RequirementsLike = None,
     ) -> JobInfo:
         """Run ``command`` once per item (``{item}`` in an argument is replaced by the item).
 
@@ -156,9 +162,8 @@ class Client(AccountCalls):
         }
         if timeout_seconds is not None:
             params["timeout_seconds"] = timeout_seconds
-        requirements = {"sandbox": True} if require_sandbox else None
         return self.submit("sweep", params, priority=priority, name=name,
-                           requirements=requirements)
+                           requirements=_with_sandbox(requirements, require_sandbox))
 
     def submit_python(
         self,
@@ -168,14 +173,15 @@ class Client(AccountCalls):
         priority: int = 0,
         max_attempts: int | None = None,
         require_sandbox: bool = False,
+        requirements: RequirementsLike = None,
     ) -> JobInfo:
         """Submit a ``python`` job (calls of cloudpickled functions). ``params`` follow
         ``kinds.python.PythonParams``; ``parallel_pilot.Executor`` builds them, so most code
         uses the Executor rather than this. Only workers whose owner allowed ``python`` run
         it; with ``require_sandbox`` only those that sandbox it in bwrap."""
-        requirements = {"sandbox": True} if require_sandbox else None
         return self.submit("python", params, priority=priority, name=name,
-                           max_attempts=max_attempts, requirements=requirements)
+                           max_attempts=max_attempts,
+                           requirements=_with_sandbox(requirements, require_sandbox))
 
     def submit_render(
         self,
@@ -198,6 +204,7 @@ class Client(AccountCalls):
         priority: int = 0,
         on_inspect: Callable[[dict[str, Any]], None] | None = None,
         on_event: Callable[[str, Any], None] | None = None,
+        requirements: RequirementsLike = None,
     ) -> JobInfo:
         """Render the Blender project of the .blend ``scene`` on the workers (kind
         ``render``).
@@ -238,7 +245,8 @@ class Client(AccountCalls):
         params.update({k: v for k, v in overrides.items() if v is not None})
         if allow_missing_files:
             params["allow_missing_files"] = True
-        return self.submit("render", params, priority=priority, name=name or Path(scene).name)
+        return self.submit("render", params, priority=priority, name=name or Path(scene).name,
+                           requirements=requirements_from(requirements))
 
     # ------------------------------------------------------------ follow
 
@@ -498,6 +506,7 @@ class Client(AccountCalls):
         name: str | None = None,
         priority: int = 0,
         on_upload: Callable[[str, Path], None] | None = None,
+        requirements: RequirementsLike = None,
     ) -> JobInfo:
         """Train the model of the spec file ``spec`` with DiLoCo across ``workers`` workers
         (kind ``train``): each round every worker takes ``inner_steps`` AdamW steps on its
@@ -531,4 +540,11 @@ class Client(AccountCalls):
                  "seed": seed, "quorum": quorum, "round_deadline_seconds": round_deadline_seconds}
         params.update({k: v for k, v in given.items() if v is not None})
         params.update(options or {})
-        return self.submit("train", params, priority=priority, name=name or spec.name)
+        return self.submit("train", params, priority=priority, name=name or spec.name,
+                           requirements=requirements_from(requirements))
+
+
+def _with_sandbox(requirements: RequirementsLike, sandbox: bool) -> dict[str, Any]:
+    """``requirements`` plus a sandbox when ``require_sandbox`` asked for one."""
+    fields = requirements_from(requirements)
+    return {**fields, "sandbox": True} if sandbox else fields

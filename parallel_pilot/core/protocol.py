@@ -81,7 +81,7 @@ class Capabilities(Model):
 
     cpu_cores: int = Field(ge=1)
     ram_bytes: int = Field(ge=0)
-    gpus: list[Gpu] = Field(default_factory=list)
+    gpus: list[Gpu] = Field(default_factory=list, max_length=64)
     blender_version: str | None = None
     kinds: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
@@ -292,7 +292,8 @@ class JobSubmit(Model):
     params: dict[str, Any]
     requirements: dict[str, Any] = Field(
         default_factory=dict, description="what every task needs of a worker: min_blender, "
-        "min_ram_bytes, gpu, tags, sandbox (see core.requirements)")
+        "min_ram_bytes, min_cpu_cores, gpu, gpu_count, min_vram_bytes, gpu_vendor, "
+        "cycles_device, render_gpu, tags, sandbox (see core.requirements)")
     priority: int = Field(default=0, ge=-100, le=100)
     max_attempts: int | None = Field(default=None, ge=1, le=20)
     name: str | None = Field(default=None, max_length=200)
@@ -321,6 +322,9 @@ class JobInfo(Reply):
     failed_items: int | None = None
     # whether retrying the failed tasks could help (False when every failure was final)
     retryable: bool = True
+    # why a job with ready tasks and none running waits (no online worker fits, none
+    # online, ...): "waiting: no online worker has a GPU with >= 8 GiB; ..."; else None
+    waiting_reason: str | None = None
 
 
 class JobList(Reply):

@@ -129,6 +129,8 @@ class WorkerSettings(BaseSettings):
     cache_bytes: int = Field(default=DEFAULT_CACHE_BYTES, ge=0)
     work_dir: Path | None = None
     tags: list[str] = Field(default_factory=list)
+    # GPUs told by hand instead of detected: N[:MEM[:VENDOR]],... (core.requirements.parse_gpus)
+    gpus: str | None = None
     drain_seconds: float = Field(default=10.0, ge=0)  # grace for running tasks on SIGTERM
     sandbox: bool = False  # run sweep commands inside bwrap (kinds.sandbox)
     # run Blender inside bwrap for render tasks where bwrap works (kinds.render.sandbox)

@@ -144,6 +144,23 @@ requirement_sets = sa.Table(  # each distinct set of task requirements, once
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("digest", sa.String(64), nullable=False, unique=True),  # SHA-256 of canonical
     sa.Column("requirements", sa.JSON, nullable=False),  # canonical: no defaults, tags sorted
+    # the same requirements as columns the claim matches a worker against in SQL
+    # (store.queries.matching; migration 0012); 0 / NULL / false: no such requirement
+    sa.Column("gpu_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("min_vram_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("gpu_vendor", sa.String(20)),
+    sa.Column("min_ram_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("min_cpu_cores", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("min_blender_key", sa.BigInteger),  # core.requirements.version_key; 0: any
+    sa.Column("sandbox", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("render_gpu", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("cycles_device", sa.String(20)),
+)
+
+requirement_set_tags = sa.Table(  # the tags a requirement set asks for, one row each
+    "requirement_set_tags", metadata,
+    sa.Column("set_id", Id, sa.ForeignKey("requirement_sets.id"), primary_key=True),
+    sa.Column("tag", sa.String(200), primary_key=True),
 )
 
 task_deps = sa.Table(

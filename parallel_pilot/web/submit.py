@@ -25,6 +25,7 @@ from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.core.project import MAX_PROJECT_FILES
 from parallel_pilot.core.protocol import SHA256_RE, JobInfo, JobSubmit
+from parallel_pilot.core.requirements import RequirementsSyntaxError, parse_requires
 from parallel_pilot.errors import Forbidden, InvalidInput
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.render.kind import RenderParams
@@ -37,7 +38,7 @@ FILE_FIELD = "scene"  # a .blend, a .zip, or several files
 FOLDER_FIELD = "folder"  # a folder picked (webkitdirectory): files with relative names
 MAIN_FIELD = "main_blend"  # the .blend to render, as a project path
 INT_FIELDS = ("chunk", "samples", "resolution")
-TEXT_FIELDS = ("frames", "engine", "format", "name", MAIN_FIELD)
+TEXT_FIELDS = ("frames", "engine", "format", "name", "requires", MAIN_FIELD)
 BOOL_FIELDS = ("allow_missing_files",)  # checkboxes: sent as "1" when ticked
 ENGINES = [("", "as saved in the file"), ("CYCLES", "Cycles"), ("BLENDER_EEVEE", "EEVEE"),
            ("BLENDER_EEVEE_NEXT", "EEVEE Next"), ("BLENDER_WORKBENCH", "Workbench")]
@@ -183,6 +184,10 @@ def submit_render(svc: Services, user: Caller, form: StreamedForm) -> tuple[JobI
     if not state.scene_sha and state.project is None:
         state.errors.setdefault(FILE_FIELD, "choose a .blend file, a .zip of the project "
                                 "or the project's folder to render")
+    try:  # the same syntax and message as pilot render --requires
+        requirements = parse_requires(state.values.get("requires", ""))
+    except RequirementsSyntaxError as exc:
+        state.errors["requires"] = exc.message
     if state.errors:
         return None, state
     kind = get_kind("render")
@@ -200,7 +205,7 @@ def submit_render(svc: Services, user: Caller, form: StreamedForm) -> tuple[JobI
         return None, state
     name = state.values.get("name", "").strip() or state.main or state.scene_file
     body = JobSubmit(kind="render", params=checked.model_dump(mode="json", exclude_none=True),
-                     name=name[:200])
+                     name=name[:200], requirements=requirements)
     try:
         return jobs.submit(svc, user, body), state
     except InvalidInput as exc:  # e.g. more tasks than the coordinator allows

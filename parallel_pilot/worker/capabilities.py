@@ -1,8 +1,8 @@
 """What this machine offers, as reported when the worker registers: CPU cores, RAM, GPUs
-(through ``nvidia-smi``), the Cycles devices Blender sees, the Blender version (a
-``blender`` on PATH, or the ``bpy`` package), the kinds its owner allows, tags, platform
-and versions. Every probe is bounded
-in time and a missing tool simply means "none"."""
+(through ``nvidia-smi``, or as its owner told them: ``--gpus``), the Cycles devices
+Blender sees, the Blender version (a ``blender`` on PATH, or the ``bpy`` package), the
+kinds its owner allows, tags, platform and versions. Every probe is bounded in time and
+a missing tool simply means "none"."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import subprocess
 import psutil
 
 import parallel_pilot
-from parallel_pilot.core.protocol import Capabilities, Gpu
+from parallel_pilot.core.protocol import Capabilities, Gpu, RenderDevice
+from parallel_pilot.core.requirements import parse_gpus
 from parallel_pilot.core.settings import WorkerSettings
 from parallel_pilot.kinds.render.blender import installed_blender
 from parallel_pilot.kinds.render.devices import detect_render_devices_for_worker
@@ -32,7 +33,10 @@ def detect_capabilities(settings: WorkerSettings, *,
     """What this worker offers; ``render_sandbox``: whether Blender runs in bwrap here
     (decided by the agent's probe at start, ``kinds.render.sandbox``). The Cycles devices
     are asked of Blender only where the owner allows renders."""
-    gpus = detect_gpus()
+    gpus = parse_gpus(settings.gpus) if settings.gpus is not None else detect_gpus()
+    devices = detect_render_devices_for_worker(gpus) if "render" in settings.allow else []
+    if settings.gpus is None and not gpus:  # no nvidia-smi: the GPUs Cycles sees, if any
+        gpus = gpus_from_render_devices(devices)
     return Capabilities(
         cpu_cores=os.cpu_count() or 1,
         ram_bytes=psutil.virtual_memory().total,
@@ -46,8 +50,7 @@ def detect_capabilities(settings: WorkerSettings, *,
         slots=settings.slots,
         sandbox=settings.sandbox,
         render_sandbox=render_sandbox,
-        render_devices=detect_render_devices_for_worker(gpus)
-        if "render" in settings.allow else [],
+        render_devices=devices,
     )
 
 
@@ -68,6 +71,20 @@ def detect_gpus() -> list[Gpu]:
     if proc.returncode != 0:
         return []
     return parse_nvidia_smi(proc.stdout)
+
+
+def gpus_from_render_devices(devices: list[RenderDevice]) -> list[Gpu]:
+    """One GPU per distinct non-CPU Cycles device (CUDA and OptiX list the same card
+    twice: one entry per device id, else name), with its memory where Blender gave it."""
+    seen: dict[str, Gpu] = {}
+    for device in devices:
+        if device.type == "CPU":
+            continue
+        key = device.id.split("_OptiX")[0] if device.id else device.name
+        known = seen.get(key)
+        if known is None or (known.memory_bytes is None and device.memory_bytes):
+            seen[key] = Gpu(name=device.name[:200], memory_bytes=device.memory_bytes)
+    return list(seen.values())
 
 
 def parse_nvidia_smi(text: str) -> list[Gpu]:

@@ -17,6 +17,11 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from parallel_pilot.client.sdk import Client
+from parallel_pilot.core.requirements import (
+    ACCEPTED_TERMS,
+    RequirementsSyntaxError,
+    parse_requires,
+)
 from parallel_pilot.core.settings import ClientSettings
 from parallel_pilot.errors import InvalidInput, PilotError
 from parallel_pilot.http import normalize_server
@@ -143,9 +148,20 @@ def json_option(f: F) -> F:
                         help="Print only JSON on stdout.")(f)
 
 
+def parse_requires_option(ctx: click.Context, param: click.Parameter,
+                          value: tuple[str, ...]) -> dict[str, Any]:
+    """``--requires`` (repeatable, comma-separated terms) -> requirement fields; a bad
+    term is a usage error naming it and listing the accepted ones."""
+    try:
+        return parse_requires(",".join(value))
+    except RequirementsSyntaxError as exc:
+        raise click.BadParameter(exc.message, ctx=ctx, param=param) from None
+
+
 def submit_options(f: F) -> F:
-    """--priority, --no-wait, --wait-timeout and --json, shared by the submitting commands;
-    their ``get_client()`` checks that the coordinator answers before anything else."""
+    """--requires, --priority, --no-wait, --wait-timeout and --json, shared by the
+    submitting commands; their ``get_client()`` checks that the coordinator answers before
+    anything else."""
     command = f
 
     @functools.wraps(command)
@@ -158,6 +174,13 @@ def submit_options(f: F) -> F:
     f = click.option("--wait-timeout", type=click.FloatRange(min=0),
                      help="Stop waiting after this many seconds (the job keeps running).")(f)
     f = click.option("--no-wait", is_flag=True, help="Submit and return at once.")(f)
+    f = click.option("--requires", "requires", multiple=True, metavar="TERMS",
+                     callback=parse_requires_option,
+                     help="What a worker must have to run the tasks, e.g. "
+                          "gpu,vram>=8G,ram>=16G,cores>=4,tag=studio-a,blender>=4.2,sandbox "
+                          "(terms: " + ", ".join(ACCEPTED_TERMS) + "; sizes in binary "
+                          "units). Only workers that meet all of it get the tasks; pilot "
+                          "show says why a job waits.")(f)
     return click.option("--priority", type=click.IntRange(-100, 100), default=0,
                         show_default=True,
                         help="Your jobs with a higher priority run first (users share the "

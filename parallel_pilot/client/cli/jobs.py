@@ -93,15 +93,26 @@ def jobs_command(client: Client, state: str | None, limit: int | None, as_json: 
         console.print("no jobs")
         return
     table = Table(box=None, header_style="bold")
+    waits = any(j.waiting_reason for j in jobs)
     for column in ("ID", "NAME", "KIND", "STATE", "TASKS", "PROGRESS", "WORKERS", "OWNER",
-                   "CREATED"):
+                   "CREATED", *(("WAITING",) if waits else ())):
         table.add_column(column, justify="right" if column in ("ID", "TASKS") else "left")
     for job in jobs:
         table.add_row(str(job.id), job.name, job.kind, job_state(job),
                       f"{job.tasks_done}/{job.tasks_total}",
                       f"{job.progress:.0%}", str(job.active_workers), job.owner,
-                      ago(job.created_at))
+                      ago(job.created_at),
+                      *((f"[yellow]{escape(short_waiting(job.waiting_reason))}[/]",)
+                        if waits else ()))
     console.print(table)
+
+
+def short_waiting(reason: str | None) -> str:
+    """A waiting reason for a table cell: its first clause, without ``waiting:``
+    (``no online worker has tag studio-a``); ``pilot show`` prints it whole."""
+    if not reason:
+        return ""
+    return reason.removeprefix("waiting: ").split("; ", 1)[0]
 
 
 @click.command("show")
@@ -168,6 +179,8 @@ def _print_job(job: JobInfo) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+    if job.waiting_reason:
+        console.print(f"[yellow]{escape(job.waiting_reason)}[/]")
 
 
 @click.command("wait")

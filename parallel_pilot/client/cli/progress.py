@@ -44,6 +44,8 @@ def follow(client: Client, job_id: int, *, timeout: float | None = None, show: b
             eta = "ETA -" if info.eta_seconds is None else f"ETA {duration(info.eta_seconds)}"
             if info.state.finished:
                 eta = ""  # the description already says how it ended
+            elif info.waiting_reason:  # no online worker can take its tasks: say why
+                eta = info.waiting_reason
             progress.update(
                 bar, total=total, completed=min(info.progress, 1.0) * total,
                 description=f"job {job_id} {info.state}", done=info.tasks_done,

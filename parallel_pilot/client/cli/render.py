@@ -86,7 +86,7 @@ def render_command(scene: Path, frames: str | None, chunk: int | None, engine: s
                    scene_name: str | None, fps: float | None,
                    allow_missing_files: bool, out: Path | None, name: str | None,
                    priority: int, no_wait: bool, wait_timeout: float | None,
-                   as_json: bool) -> None:
+                   as_json: bool, requires: dict[str, Any]) -> None:
     """Render the Blender project of SCENE (a .blend) on the workers and download the
     video and frames.
 
@@ -113,7 +113,7 @@ def render_command(scene: Path, frames: str | None, chunk: int | None, engine: s
             format=image_format and image_format.upper(), color_depth=color_depth,
             device=device.lower(), camera=camera, scene_name=scene_name, fps=fps,
             allow_missing_files=allow_missing_files, name=name, priority=priority,
-            on_event=packing,
+            on_event=packing, requirements=requires,
         )
     except InvalidInput as exc:
         raise UsageFailure(exc.message) from None

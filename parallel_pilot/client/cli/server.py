@@ -90,6 +90,10 @@ def parse_allow(value: str) -> list[str]:
 @click.option("--sandbox", is_flag=True,
               help="Run sweep commands inside bubblewrap (bwrap): no network, read-only "
                    "system, only the task's working directory writable.")
+@click.option("--gpus", metavar="N[:MEM]",
+              help="The GPUs this worker offers, told by hand instead of asking nvidia-smi: "
+                   "2:8G is two GPUs of 8 GiB, 1:24G:nvidia,1:8G two kinds, 0 none. Jobs "
+                   "with --requires gpu,vram>=8G are matched against it.")
 @click.option("--render-sandbox/--no-render-sandbox", default=None,
               help="Render inside bubblewrap (bwrap): no network, read-only system and "
                    "project, none of this machine's home or cache visible, only the task "
@@ -99,7 +103,7 @@ def worker_command(server: str | None, join_token: str | None, name: str | None,
                    slots: int | None, allow: str | None, cache_dir: Path | None,
                    work_dir: Path | None, cache_bytes: int | None, tags: str | None,
                    blender: str | None, drain_seconds: float | None,
-                   sandbox: bool, render_sandbox: bool | None) -> None:
+                   sandbox: bool, render_sandbox: bool | None, gpus: str | None) -> None:
     """Run a worker that pulls tasks from a coordinator until Ctrl-C or SIGTERM."""
     overrides = _given(server=server, join_token=join_token, name=name, slots=slots,
                        cache_dir=cache_dir, work_dir=work_dir, cache_bytes=cache_bytes,
@@ -109,11 +113,20 @@ def worker_command(server: str | None, join_token: str | None, name: str | None,
         overrides["allow"] = parse_allow(allow)
     if tags is not None:
         overrides["tags"] = split_list(tags)
+    if gpus is not None:
+        overrides["gpus"] = gpus
     try:
         settings = WorkerSettings(**overrides)
     except ValidationError as exc:
         raise UsageFailure(describe_validation(exc)) from None
     parse_allow(",".join(settings.allow))
+    if settings.gpus is not None:
+        from parallel_pilot.core.requirements import parse_gpus
+
+        try:
+            parse_gpus(settings.gpus)
+        except InvalidInput as exc:
+            raise UsageFailure(exc.message) from None
     if settings.sandbox:
         from parallel_pilot.kinds.sandbox import sandbox_unavailable_reason
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -54,6 +55,7 @@ def sweep_command(items: str | None, items_file: Path | None, files: tuple[str, 
                   collect: tuple[str, ...], timeout_seconds: float | None, name: str | None,
                   priority: int, no_wait: bool, wait_timeout: float | None,
                   require_sandbox: bool, fail_on_nonzero: bool, as_json: bool,
+                  requires: dict[str, Any],
                   command: tuple[str, ...]) -> None:
     """Run COMMAND once per item; {item} in an argument is replaced by the item.
 
@@ -67,7 +69,7 @@ def sweep_command(items: str | None, items_file: Path | None, files: tuple[str, 
         list(command), item_spec, files=named, collect=collect,
         timeout_seconds=timeout_seconds, name=name or _default_name(command), priority=priority,
         on_upload=None if as_json else lambda n, p: err_console.print(f"uploading {n}"),
-        require_sandbox=require_sandbox,
+        require_sandbox=require_sandbox, requirements=requires,
     )
     if no_wait:
         if as_json:

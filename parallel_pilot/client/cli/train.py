@@ -61,7 +61,8 @@ def train_command(spec: Path, files: tuple[str, ...], workers: int, inner_steps:
                   inner_lr: float | None, outer_lr: float | None,
                   outer_momentum: float | None, seed: int | None, quorum: int | None,
                   round_deadline: float | None, name: str | None, priority: int,
-                  no_wait: bool, wait_timeout: float | None, as_json: bool) -> None:
+                  no_wait: bool, wait_timeout: float | None, as_json: bool,
+                  requires: dict[str, Any]) -> None:
     """Train the model defined in SPEC (a Python file) across the workers with DiLoCo.
 
     \b
@@ -80,7 +81,8 @@ def train_command(spec: Path, files: tuple[str, ...], workers: int, inner_steps:
         total_steps=total_steps, batch_size=batch_size, inner_lr=inner_lr, outer_lr=outer_lr,
         outer_momentum=outer_momentum, seed=seed, quorum=quorum,
         round_deadline_seconds=round_deadline, name=name, priority=priority,
-        on_upload=None if as_json else lambda n, p: err_console.print(f"uploading {n}"))
+        on_upload=None if as_json else lambda n, p: err_console.print(f"uploading {n}"),
+        requirements=requires)
     total_rounds = _rounds_of(job)
     if no_wait:
         if as_json:

@@ -15,6 +15,7 @@ import weakref
 import sqlalchemy as sa
 from pydantic import ValidationError
 
+from parallel_pilot.coordinator.services import waiting
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.payloads import task_payloads
 from parallel_pilot.core.protocol import JobInfo, JobSubmit, TaskInfo
@@ -190,15 +191,17 @@ FAILED_ITEMS = FailedItemsMemo()
 
 class JobFacts:
     """What a job read needs besides its row and task counts, gathered in one aggregate
-    per statement for a whole list of jobs: failed items (sweeps) and final failures."""
+    per statement for a whole list of jobs: failed items (sweeps), final failures, and
+    why a job waits on no worker (``services.waiting``)."""
 
     def __init__(self, conn: sa.Connection, rows: list[sa.Row],
-                 counts: dict[int, dict[str, int]]) -> None:
+                 counts: dict[int, dict[str, int]], svc: Services | None = None) -> None:
         done = {r.id: counts.get(r.id, {}).get(TaskState.DONE, 0) for r in rows
                 if r.kind in ITEM_KINDS}
         failed = [r.id for r in rows if r.state == JobState.FAILED]
         self.failed_items = FAILED_ITEMS.counts(conn, {j: n for j, n in done.items() if n})
         self.failures = q.final_failure_counts(conn, failed) if failed else {}
+        self.waiting = waiting.waiting_reasons(conn, svc, rows, counts) if svc else {}
 
     def items_failed(self, row: sa.Row) -> int | None:
         return self.failed_items.get(row.id, 0) if row.kind in ITEM_KINDS else None
@@ -219,7 +222,7 @@ def job_info(conn: sa.Connection, svc: Services, job_id: int,
     if row is None:
         raise JobNotFound(f"no job {job_id}")
     counts = counts if counts is not None else q.job_task_counts(row)
-    facts = facts or JobFacts(conn, [row], {job_id: counts})
+    facts = facts or JobFacts(conn, [row], {job_id: counts}, svc)
     running = q.running_stats(conn, job_id) if counts.get(TaskState.LEASED) else None
     total = max(row.tasks_total, 1)
     done = counts.get(TaskState.DONE, 0)
@@ -236,6 +239,7 @@ def job_info(conn: sa.Connection, svc: Services, job_id: int,
         progress=progress if row.state != JobState.COMPLETED else 1.0,
         active_workers=running.workers if running else 0, eta_seconds=eta,
         failed_items=facts.items_failed(row), retryable=facts.retryable(row),
+        waiting_reason=facts.waiting.get(row.id),
     )
 
 
@@ -251,7 +255,7 @@ def list_jobs(svc: Services, caller: Caller, state: JobState | None,
         rows = q.list_jobs(conn, owner_id=None if caller.is_admin else caller.user_id,
                            state=state, limit=min(limit, MAX_JOBS_LISTED))
         counts = {r.id: q.job_task_counts(r) for r in rows}
-        facts = JobFacts(conn, rows, counts)
+        facts = JobFacts(conn, rows, counts, svc)
         return [job_info(conn, svc, r.id, r, counts[r.id], facts) for r in rows]
 
 

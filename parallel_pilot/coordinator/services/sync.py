@@ -4,9 +4,10 @@ was leased, renews every lease it holds with one expiry, and grants new leases u
 slots plus the prefetch the coordinator allows. Reports are fenced by (task, attempt,
 worker, leased), so a resent sync applies nothing twice.
 
-Claims pick fitting tasks in SQL: each distinct requirement set is a row, the sets a
-worker satisfies are worked out once per worker and set (``FitCache``), and the claim
-reads one index range per (kind, set)."""
+Claims pick fitting tasks in SQL: each distinct requirement set is a row with its
+requirements as columns, the sets a worker meets are matched in SQL against its
+capabilities once per set (``FitCache``, ``store.queries.matching``), and the claim reads
+one index range per (kind, set)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ from parallel_pilot.core.protocol import (
     SyncResponse,
     TaskLease,
 )
-from parallel_pilot.core.requirements import satisfies
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import OutputNotUploaded, Unauthorized
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.database import is_deadlock
+from parallel_pilot.store.queries import matching as qm
 from parallel_pilot.store.queries import sync as qs
 from parallel_pilot.store.queries import workers as qw
 
@@ -48,7 +49,7 @@ log = logging.getLogger("pilot.sync")
 EXCHANGE_TRIES = 4  # times one sync runs when the database aborts it to break a deadlock
 CLAIM_SPARE = 8  # candidates read beyond those wanted, for affinity to choose among
 SETS_RECHECK_SECONDS = 2.0  # how stale this process's list of requirement sets may be
-FIT_CACHE_WORKERS = 10_000  # workers (id, token) whose fitting sets are remembered
+FIT_CACHE_WORKERS = 10_000  # distinct worker capabilities whose fitting sets are kept
 
 
 @dataclass
@@ -58,35 +59,34 @@ class _Fit:
 
 
 class FitCache:
-    """The requirement sets of one database (sets never change once written), and per
-    worker (id and token, which change with its capabilities, and whether an admin
-    trusts it) the ones it satisfies."""
+    """The sets a worker meets, per database and per what of a worker the match reads
+    (``matching.worker_terms``: workers alike share an entry; a worker whose capabilities
+    or trust change gets another). Sets never change once written, so only sets added
+    since are matched again, in SQL (``matching.fitting_set_ids``)."""
 
     def __init__(self) -> None:
-        self._sets: dict[int, dict[str, Any]] = {}
         self._max_set = 0
         self._checked = -1e9
         self._added = -1
-        self._fits: dict[tuple[int, str, bool], _Fit] = {}
+        self._fits: dict[tuple[Any, ...], _Fit] = {}
         self._lock = threading.Lock()
 
     def fitting_sets(self, conn: sa.Connection, worker: sa.Row, caps: Capabilities,
                      fresh: bool = False, trusted: bool = False) -> list[int]:
+        terms = qm.worker_terms(caps, trusted)
         with self._lock:
             added = qs.sets_added()
             if fresh or added != self._added or \
                     time.monotonic() - self._checked > SETS_RECHECK_SECONDS:
                 self._added = added
-                for row in qs.requirement_sets_after(conn, self._max_set):
-                    self._sets[row.id] = row.requirements
-                    self._max_set = max(self._max_set, row.id)
+                self._max_set = max(self._max_set, qm.max_set_id(conn))
                 self._checked = time.monotonic()
-            if len(self._fits) >= FIT_CACHE_WORKERS:  # old tokens of workers that came back
+            if len(self._fits) >= FIT_CACHE_WORKERS:
                 self._fits.clear()
-            fit = self._fits.setdefault((worker.id, worker.token_hash, trusted), _Fit())
+            fit = self._fits.setdefault(terms, _Fit())
             if fit.max_set < self._max_set:
-                fit.fitting.extend(i for i, r in sorted(self._sets.items())
-                                   if i > fit.max_set and satisfies(r, caps, trusted=trusted))
+                fit.fitting.extend(qm.fitting_set_ids(conn, terms, after=fit.max_set,
+                                                      upto=self._max_set))
                 fit.max_set = self._max_set
             return list(fit.fitting)
 

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from parallel_pilot.core.states import TaskState
+from parallel_pilot.store.queries import matching
 from parallel_pilot.store.queries._common import Row, _chunks
 from parallel_pilot.store.queries.fair import owner_queues
 from parallel_pilot.store.queries.moves import task_move
@@ -87,8 +88,7 @@ def requirement_set_ids(conn: sa.Connection,
         _sets_added += 1
         try:
             with conn.begin_nested():  # another coordinator may add the same set meanwhile
-                conn.execute(requirement_sets.insert().values(
-                    digest=digest, requirements=json.loads(wanted[digest])))
+                matching.insert_set(conn, digest, json.loads(wanted[digest]))
         except sa.exc.IntegrityError:
             pass
     missing = [d for d in wanted if d not in ids]

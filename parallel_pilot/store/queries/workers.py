@@ -174,3 +174,14 @@ def leased_tasks_of_worker(conn: sa.Connection, worker_id: int) -> list[Row]:
         sa.select(tasks.c.id, tasks.c.job_id, tasks.c.attempt)
         .where(tasks.c.worker_id == worker_id, tasks.c.state == TaskState.LEASED)
         .order_by(tasks.c.id)))
+
+
+_ONLINE = (sa.select(workers.c.id, workers.c.capabilities, workers.c.trusted, workers.c.pending)
+           .where(workers.c.left_at.is_(None), workers.c.revoked_at.is_(None),
+                  workers.c.last_seen >= sa.bindparam("since"))
+           .order_by(workers.c.id))
+
+
+def online_workers(conn: sa.Connection, since: float) -> list[Row]:
+    """Workers heard from at or after ``since`` that have not left nor been revoked."""
+    return list(conn.execute(_ONLINE, {"since": since}))
