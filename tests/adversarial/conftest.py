@@ -14,6 +14,7 @@ admin's job list, so an attack that leaves the server broken for others fails it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -120,15 +121,16 @@ class Coordinator:
         assert self.cluster.server is not None and self.cluster.server.poll() is None
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def coordinator(request: pytest.FixtureRequest, tmp_path: Path,
-                fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
-    url = fresh_database(request.param)
-    cluster = LocalCluster(tmp_path / "data", workers=0,
-                           server_args=["--database-url", url, "--lease-seconds", "30"],
-                           env={"PILOT_TOKEN": ""})
+@contextlib.contextmanager
+def running_coordinator(data_dir: Path, database: str, url: str,
+                        **settings: object) -> Iterator[Coordinator]:
+    """A `pilot server` on ``url`` with ``settings`` as its ``PILOT_*`` variables
+    (``max_body_bytes=1000`` -> ``PILOT_MAX_BODY_BYTES=1000``); checked healthy at the end."""
+    env = {"PILOT_TOKEN": "", **{f"PILOT_{k.upper()}": str(v) for k, v in settings.items()}}
+    cluster = LocalCluster(data_dir, workers=0, env=env,
+                           server_args=["--database-url", url, "--lease-seconds", "30"])
     cluster.start_server()
-    coord = Coordinator(cluster, request.param, Client(cluster.url, cluster.admin_token))
+    coord = Coordinator(cluster, database, Client(cluster.url, cluster.admin_token))
     try:
         yield coord
         coord.healthy()
@@ -136,3 +138,14 @@ def coordinator(request: pytest.FixtureRequest, tmp_path: Path,
         for client in [coord.admin, *coord.clients]:
             client.close()
         cluster.stop()
+
+
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=DATABASES)
+def coordinator(request: pytest.FixtureRequest, tmp_path: Path,
+                fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
+    with running_coordinator(tmp_path / "data", request.param,
+                             fresh_database(request.param)) as coord:
+        yield coord

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from parallel_pilot.client.local_cluster import LocalCluster
-from tests.adversarial.conftest import API, Client, Coordinator, HostileWorker
+from tests.adversarial.conftest import API, Client, Coordinator, HostileWorker, running_coordinator
 
 SWEEP = {"command": ["echo", "{item}"], "items": "1-3"}
 MB = 1024 * 1024
@@ -420,20 +420,10 @@ TIGHT_BODY_BYTES = 4 * MB  # max_body_bytes of tight_server
 def tight_server(request: pytest.FixtureRequest, tmp_path: Path,
                  fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
     """A coordinator with a short body stall time and a small body limit."""
-    cluster = LocalCluster(tmp_path / "tight", workers=0,
-                           server_args=["--database-url", fresh_database(request.param)],
-                           env={"PILOT_TOKEN": "", "PILOT_BODY_STALL_SECONDS":
-                                str(STALL_SECONDS), "PILOT_MAX_BODY_BYTES":
-                                str(TIGHT_BODY_BYTES)})
-    cluster.start_server()
-    coord = Coordinator(cluster, request.param, Client(cluster.url, cluster.admin_token))
-    try:
+    with running_coordinator(tmp_path / "tight", request.param, fresh_database(request.param),
+                             body_stall_seconds=STALL_SECONDS,
+                             max_body_bytes=TIGHT_BODY_BYTES) as coord:
         yield coord
-        coord.healthy()
-    finally:
-        for client in [coord.admin, *coord.clients]:
-            client.close()
-        cluster.stop()
 
 
 # ---------------------------------------------------------------- huge parameters

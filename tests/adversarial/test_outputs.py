@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from parallel_pilot.client.local_cluster import LocalCluster
-from tests.adversarial.conftest import Client, Coordinator, HostileWorker
+from tests.adversarial.conftest import Client, Coordinator, HostileWorker, running_coordinator
 
 SECRET = b"alice's secret: the launch codes are 0000\n"
 SMALL_OUTPUT_LIMIT = 1000  # PILOT_MAX_OUTPUT_BYTES of the ``small_outputs`` coordinator
@@ -235,20 +234,9 @@ def test_the_honest_path_still_works(coordinator: Coordinator) -> None:
 def small_outputs(request: pytest.FixtureRequest, tmp_path: Path,
                   fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
     """The ``coordinator`` fixture's server with outputs limited to 1,000 bytes."""
-    url = fresh_database(request.param)
-    cluster = LocalCluster(tmp_path / "data", workers=0,
-                           server_args=["--database-url", url, "--lease-seconds", "30"],
-                           env={"PILOT_TOKEN": "",
-                                "PILOT_MAX_OUTPUT_BYTES": str(SMALL_OUTPUT_LIMIT)})
-    cluster.start_server()
-    coord = Coordinator(cluster, request.param, Client(cluster.url, cluster.admin_token))
-    try:
+    with running_coordinator(tmp_path / "data", request.param, fresh_database(request.param),
+                             max_output_bytes=SMALL_OUTPUT_LIMIT) as coord:
         yield coord
-        coord.healthy()
-    finally:
-        for client in [coord.admin, *coord.clients]:
-            client.close()
-        cluster.stop()
 
 
 def test_an_oversized_output_is_refused_at_upload(small_outputs: Coordinator) -> None:

@@ -22,8 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from parallel_pilot.client.local_cluster import LocalCluster
-from tests.adversarial.conftest import API, Client, Coordinator, HostileWorker
+from tests.adversarial.conftest import API, Client, Coordinator, HostileWorker, running_coordinator
 
 MAX_PREFETCH = 64  # the server's default max_prefetch (the conftest server keeps defaults)
 BLOCK = 3  # the default worker_block_failures
@@ -326,21 +325,10 @@ LIMIT = 5  # registrations per join token and failure reports per worker, a minu
 def limited(request: pytest.FixtureRequest, tmp_path: Path,
             fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
     """A server with low per-minute limits (the conftest's keeps the defaults)."""
-    url = fresh_database(request.param)
-    cluster = LocalCluster(tmp_path / "data", workers=0,
-                           server_args=["--database-url", url, "--lease-seconds", "30"],
-                           env={"PILOT_TOKEN": "",
-                                "PILOT_JOIN_TOKEN_REGISTRATIONS_PER_MINUTE": str(LIMIT),
-                                "PILOT_WORKER_FAILURES_PER_MINUTE": str(LIMIT)})
-    cluster.start_server()
-    coord = Coordinator(cluster, request.param, Client(cluster.url, cluster.admin_token))
-    try:
+    with running_coordinator(tmp_path / "data", request.param, fresh_database(request.param),
+                             join_token_registrations_per_minute=LIMIT,
+                             worker_failures_per_minute=LIMIT) as coord:
         yield coord
-        coord.healthy()
-    finally:
-        for client in [coord.admin, *coord.clients]:
-            client.close()
-        cluster.stop()
 
 
 def within_one_window(attack: Callable[[], None], tries: int = 3) -> None:
