@@ -37,8 +37,8 @@ from typing import Any
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 
-from parallel_pilot.coordinator.services import leasing
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.held import held_running_task
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.core.protocol import (
     ATTEMPT_HEADER,
@@ -140,7 +140,7 @@ def _attempt_target(svc: Services, worker: sa.Row, attempt: str | None) -> _Targ
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     with svc.transaction() as conn:
-        task = leasing.held_running_task(conn, worker, task_id, number)
+        task = held_running_task(conn, worker, task_id, number)
     limit = min(svc.settings.max_upload_bytes,
                 output_limit(get_kind(task.kind), task.payload, svc.settings.max_output_bytes))
     return _Target(limit, f"an output of a {task.kind} task ({ATTEMPT_HEADER}: "

@@ -21,6 +21,7 @@ from parallel_pilot.coordinator.services import (
     trust,
 )
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.held import held_running_task, held_task
 from parallel_pilot.coordinator.tokens import WORKER_TOKEN_PREFIX, hash_token, new_token
 from parallel_pilot.core.protocol import (
     CompleteRequest,
@@ -32,7 +33,7 @@ from parallel_pilot.core.protocol import (
     RegisterResponse,
 )
 from parallel_pilot.core.states import TaskState
-from parallel_pilot.errors import RateLimited, StaleAttempt, TaskNotFound
+from parallel_pilot.errors import RateLimited, StaleAttempt
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
@@ -149,28 +150,6 @@ def prefer_affinity(conn: sa.Connection, worker_id: int, candidates: list[sa.Row
     return [next(preferred[owner(c)]) for c in candidates[:want]]
 
 
-def _held_task(conn: sa.Connection, worker: sa.Row, task_id: int, attempt: int) -> sa.Row:
-    task = q.get_task(conn, task_id)
-    if task is None:
-        raise TaskNotFound(f"no task {task_id}")
-    if task.worker_id != worker.id or task.attempt != attempt:
-        if task.attempt == attempt and task.state == TaskState.READY:
-            raise StaleAttempt(f"attempt {attempt} of task {task_id} lost its lease (no "
-                               "heartbeat in time); the task is queued again")
-        raise StaleAttempt(f"attempt {attempt} of task {task_id} is not held by this worker "
-                           f"(the task is {task.state}, attempt {task.attempt})")
-    return task
-
-
-def held_running_task(conn: sa.Connection, worker: sa.Row, task_id: int,
-                      attempt: int) -> sa.Row:
-    """``_held_task``, and still running (leased): what outputs may be added to."""
-    task = _held_task(conn, worker, task_id, attempt)
-    if task.state != TaskState.LEASED:
-        raise StaleAttempt(f"task {task_id} is {task.state}; outputs are not accepted")
-    return task
-
-
 def _clean_lines(lines: list[str]) -> list[str]:
     return [line[:MAX_LOG_LINE_CHARS] for line in lines]
 
@@ -202,7 +181,7 @@ def heartbeat(svc: Services, worker: sa.Row, task_id: int, attempt: int,
     now = svc.clock()
     expires = now + svc.settings.lease_seconds
     with svc.transaction() as conn:
-        task = _held_task(conn, worker, task_id, attempt)
+        task = held_task(conn, worker, task_id, attempt)
         q.touch_worker(conn, worker.id, now)
         _store_log(conn, svc, task, attempt, request.log_lines, now)
         if task.state != TaskState.LEASED:
@@ -231,7 +210,7 @@ def job_outputs(svc: Services, worker: sa.Row, task_id: int, attempt: int,
     """Outputs so far of the job of a task the worker holds (an assembly step reads the
     frames its job's other tasks produced)."""
     with svc.transaction() as conn:
-        task = _held_task(conn, worker, task_id, attempt)
+        task = held_task(conn, worker, task_id, attempt)
         return [r for r in q.job_outputs(conn, task.job_id) if r.path.startswith(prefix)]
 
 
@@ -239,7 +218,7 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
              request: CompleteRequest) -> None:
     now = svc.clock()
     with svc.transaction() as conn:
-        task = _held_task(conn, worker, task_id, attempt)
+        task = held_task(conn, worker, task_id, attempt)
         if request.outputs:  # all of them, with the result, or the report is refused whole
             granted = blobs.granted_outputs(conn, worker.id, task_id, attempt,
                                             request.outputs, inputs=task.inputs)
@@ -268,7 +247,7 @@ def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
          request: FailRequest) -> None:
     now = svc.clock()
     with svc.transaction() as conn:
-        task = _held_task(conn, worker, task_id, attempt)
+        task = held_task(conn, worker, task_id, attempt)
         _store_log(conn, svc, task, attempt, request.log_lines, now)
         if task.state != TaskState.LEASED:
             raise StaleAttempt(f"task {task_id} is {task.state}; the report is not accepted")
@@ -288,7 +267,7 @@ def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
 def release(svc: Services, worker: sa.Row, task_id: int, attempt: int) -> None:
     """The worker hands the task back (shutting down); no failure is counted."""
     with svc.transaction() as conn:
-        task = _held_task(conn, worker, task_id, attempt)
+        task = held_task(conn, worker, task_id, attempt)
         requeued = task.state == TaskState.LEASED and q.requeue_task(
             conn, task_id, attempt, count_failure=False, error=None)
         if requeued:
