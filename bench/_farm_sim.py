@@ -59,6 +59,7 @@ from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import PilotError
 from parallel_pilot.kinds.render.assemble import FRAMES_PREFIX, frame_output_path
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import copies as copy_queries
 from parallel_pilot.worker.state import Send, Start, Stop, WorkerState
 
 START_TIME = 1_800_000_000.0  # the simulated clock's reading at the submit
@@ -106,6 +107,8 @@ class RunResult:
     syncs: int
     reaps: int
     error: str | None
+    backups_made: int = 0  # backup copies of stragglers the coordinator leased
+    backups_won: int = 0  # of them, those whose result finished their task
     real_seconds: float = 0.0
     first_frames: list[int] = field(default_factory=list)  # the first 10 frames done
     rendered_at: list[tuple[float, int]] = field(default_factory=list)  # (seconds, frame)
@@ -507,6 +510,7 @@ class Simulation:
     def _result(self, submitted: float) -> RunResult:
         with self.svc.transaction() as conn:
             job = q.get_job(conn, self.job_id)
+            made, won = copy_queries.copy_counts(conn, self.job_id)
         assert job is not None
         tasks = jobs.tasks(self.svc, self.caller, self.job_id)
         outputs = jobs.outputs(self.svc, self.caller, self.job_id)
@@ -530,7 +534,7 @@ class Simulation:
             error=self.error or (None if state == JobState.COMPLETED else
                                  f"the job ended {state}: {job.error}" if state.finished
                                  else "the job did not finish in the simulated time"),
-            first_frames=self.first_frames,
+            first_frames=self.first_frames, backups_made=made, backups_won=won,
             rendered_at=[(t - submitted, f) for t, f in self.rendered_at])
 
 

@@ -241,6 +241,7 @@ def run_one(farm: Farm, scenario: str, strategy: Strategy, seed: int, startup: f
         "frames_wasted": result.frames_rendered - len(frames), "frames_once": once,
         "first_frames": result.first_frames,
         "preview_seconds": preview_seconds(result.rendered_at, frames), "syncs": result.syncs,
+        "backups_made": result.backups_made, "backups_won": result.backups_won,
         "workers": [{"name": w.name, "frame_seconds": w.frame_seconds, "joins_at": w.joins_at,
                      "vanishes_at": w.vanishes_at} for w in workers],
         "error": result.error, "real_seconds": result.real_seconds,
@@ -300,7 +301,7 @@ def print_table(r: dict[str, Any]) -> None:
           f"{r['default_chunk']}; simulated seconds")
     head = (f"{'scenario':<9}{'strategy':<13}{'tasks':>6}{'makespan':>10}{'bound':>8}"
             f"{'ratio':>7}{'target':>8}{'failed':>7}{'lost':>6}{'wasted':>8}{'once':>6}"
-            f"{'preview':>9}{'real s':>8}")
+            f"{'preview':>9}{'backups':>9}{'real s':>8}")
     print(head)
     for run in r["runs"]:
         target = r["targets"].get(run["scenario"])
@@ -311,12 +312,14 @@ def print_table(r: dict[str, Any]) -> None:
               f"{_figure(run['ratio'], '.3f'):>7}{met:>8}"
               f"{run['failed_tasks']:>7}{run['lost_leases']:>6}{run['frames_wasted']:>8}"
               f"{'yes' if run['frames_once'] else 'NO':>6}"
-              f"{_figure(run['preview_seconds'], '.0f'):>9}{run['real_seconds']:>8.1f}")
+              f"{_figure(run['preview_seconds'], '.0f'):>9}"
+              f"{run['backups_made']:>5}/{run['backups_won']:<3}{run['real_seconds']:>8.1f}")
         if run["error"]:
             print(f"  {run['error']}")
     print("failed: tasks failed; lost: leases the reaper found expired; wasted: frames "
           "rendered beyond the job's; once: every frame credited exactly once; preview: "
-          f"seconds until a frame is rendered in each 1/{PREVIEW_PARTS} of the range")
+          f"seconds until a frame is rendered in each 1/{PREVIEW_PARTS} of the range; "
+          "backups: copies of stragglers made/won (their result finished the task)")
 
 
 def _figure(value: float | None, spec: str) -> str:

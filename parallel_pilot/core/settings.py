@@ -41,6 +41,10 @@ DEFAULT_JOIN_TOKEN_BLOCK_FAILURES = 6  # failures of one job by one join token's
 DEFAULT_NONRETRYABLE_AGREEMENT = 2  # identities that must say "a retry cannot help" to end a task
 DEFAULT_JOIN_TOKEN_REGISTRATIONS_PER_MINUTE = 60  # new workers one join token may register a minute
 DEFAULT_WORKER_FAILURES_PER_MINUTE = 30  # failure reports a minute before a worker is paused
+# backup copies of stragglers (coordinator/services/stragglers.py)
+DEFAULT_BACKUP_FACTOR = 1.5  # how far behind (x the job's median task time) an attempt must be
+DEFAULT_BACKUP_AFTER_SECONDS = 600.0  # seconds an attempt runs before a backup, none finished yet
+DEFAULT_BACKUP_MIN_SECONDS = 60.0  # seconds an attempt runs before it may get a backup at all
 
 
 class CoordinatorSettings(BaseSettings):
@@ -77,6 +81,10 @@ class CoordinatorSettings(BaseSettings):
     join_token_registrations_per_minute: int = Field(
         default=DEFAULT_JOIN_TOKEN_REGISTRATIONS_PER_MINUTE, ge=1)
     worker_failures_per_minute: int = Field(default=DEFAULT_WORKER_FAILURES_PER_MINUTE, ge=1)
+    backup_copies: bool = True  # idle workers take backup copies of a job's stragglers
+    backup_factor: float = Field(default=DEFAULT_BACKUP_FACTOR, ge=1.0)
+    backup_after_seconds: float = Field(default=DEFAULT_BACKUP_AFTER_SECONDS, gt=0)
+    backup_min_seconds: float = Field(default=DEFAULT_BACKUP_MIN_SECONDS, ge=0)
     offline_seconds: float = Field(default=DEFAULT_OFFLINE_SECONDS, gt=0)
     max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, ge=1)

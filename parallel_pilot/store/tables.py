@@ -113,8 +113,9 @@ tasks = sa.Table(
     sa.Column("message", sa.String(1000)),
     sa.Column("error", sa.Text),
     sa.Column("result", sa.JSON),
-    sa.Column("started_at", Time),
+    sa.Column("started_at", Time),  # its first lease
     sa.Column("finished_at", Time),
+    sa.Column("leased_at", Time),  # when the current attempt was leased (migration 0013)
     # quorum: ready once this many deps are done and the deadline (deadline_seconds after
     # the first dep is done, set then in deadline_at) passed, or all deps settled
     sa.Column("quorum", sa.Integer),
@@ -168,6 +169,23 @@ task_deps = sa.Table(
     sa.Column("task_id", Id, sa.ForeignKey("tasks.id"), primary_key=True),
     sa.Column("depends_on_id", Id, sa.ForeignKey("tasks.id"), primary_key=True),
     sa.Index("ix_task_deps_depends_on", "depends_on_id"),
+)
+
+task_copies = sa.Table(  # backup copies of stragglers: services.stragglers (migration 0013)
+    "task_copies", metadata,
+    sa.Column("task_id", Id, primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),  # the copy's own attempt number
+    sa.Column("job_id", Id, nullable=False),
+    sa.Column("worker_id", Id, nullable=False),
+    # the task's attempt it backs up: the copy is live while the task is leased under it
+    sa.Column("backs_attempt", sa.Integer, nullable=False),
+    sa.Column("lease_expires_at", Time, nullable=False),
+    sa.Column("started_at", Time, nullable=False),
+    sa.Column("ended_at", Time),  # NULL: not known to have ended
+    sa.Column("outcome", sa.String(20)),  # won, promoted, failed, released, lost, expired ...
+    sa.Index("ix_task_copies_worker", "worker_id", "ended_at"),
+    sa.Index("ix_task_copies_job", "job_id"),
+    sa.Index("ix_task_copies_open", "ended_at", "lease_expires_at"),
 )
 
 task_outputs = sa.Table(

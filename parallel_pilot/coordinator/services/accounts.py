@@ -10,7 +10,7 @@ import logging
 import sqlalchemy as sa
 
 from parallel_pilot.coordinator.passwords import hash_password
-from parallel_pilot.coordinator.services import losses
+from parallel_pilot.coordinator.services import losses, stragglers
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.coordinator.sessions import SESSION_TOKEN_NAME
@@ -250,6 +250,7 @@ def revoke_worker(svc: Services, caller: Caller, worker_id: int) -> int:
         if not q.revoke_worker(conn, worker_id, now):
             raise Conflict(f"worker {worker_id} is revoked already")
         held = qs.held_attempts(conn, worker_id, lock=conn.dialect.name != "sqlite")
+        stragglers.drop_worker(conn, worker_id, f"worker {worker.name} was revoked", now)
         requeued = sum(losses.lose(conn, svc, held, [
             f"worker {worker.name} was revoked; task requeued (no attempt used)"] * len(held),
             now).values())

@@ -56,6 +56,7 @@ from parallel_pilot.errors import (
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import output_limit
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import copies as qc
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def may_read(conn: sa.Connection, caller: Caller | sa.Row, sha256: str) -> bool:
             q.blob_is_input_of_users_job))
     return any(check(conn, caller.id, sha256) for check in (
         q.blob_is_input_of_held_task, q.blob_is_output_of_held_tasks_job,
-        q.blob_uploaded_by_worker))
+        q.blob_uploaded_by_worker, qc.blob_is_input_of_copy,
+        qc.blob_is_output_of_copys_job))
 
 
 def readable_path(svc: Services, caller: Caller | sa.Row, sha256: str) -> Path:

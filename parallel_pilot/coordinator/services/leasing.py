@@ -18,6 +18,7 @@ from parallel_pilot.coordinator.services import (
     losses,
     quorum,
     rates,
+    stragglers,
     trust,
 )
 from parallel_pilot.coordinator.services.context import Services
@@ -38,6 +39,7 @@ from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import accounts as account_queries
+from parallel_pilot.store.queries import copies as qc
 from parallel_pilot.store.queries import quorum as qq
 from parallel_pilot.store.queries import sync as qs
 from parallel_pilot.store.queries import workers as qw
@@ -123,6 +125,7 @@ def _requeue_held(conn: sa.Connection, svc: Services, worker_id: int, name: str,
     back to the queue at once (a loss, no failure: ``services.losses``) rather than when
     their lease expires. Returns how many per kind."""
     held = qs.held_attempts(conn, worker_id, lock=conn.dialect.name != "sqlite")
+    stragglers.drop_worker(conn, worker_id, f"worker {name} restarted", now)
     return losses.lose(conn, svc, held, [f"worker {name} restarted; task requeued (no "
                                          "attempt used)"] * len(held), now)
 
@@ -181,7 +184,7 @@ def heartbeat(svc: Services, worker: sa.Row, task_id: int, attempt: int,
     now = svc.clock()
     expires = now + svc.settings.lease_seconds
     with svc.transaction() as conn:
-        task = held_task(conn, worker, task_id, attempt)
+        task = held_task(conn, worker, task_id, attempt, copies=False)
         q.touch_worker(conn, worker.id, now)
         _store_log(conn, svc, task, attempt, request.log_lines, now)
         if task.state != TaskState.LEASED:
@@ -218,7 +221,7 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
              request: CompleteRequest) -> None:
     now = svc.clock()
     with svc.transaction() as conn:
-        task = held_task(conn, worker, task_id, attempt)
+        task = held_task(conn, worker, task_id, attempt, copies=False)
         if request.outputs:  # all of them, with the result, or the report is refused whole
             granted = blobs.granted_outputs(conn, worker.id, task_id, attempt,
                                             request.outputs, inputs=task.inputs)
@@ -247,7 +250,7 @@ def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
          request: FailRequest) -> None:
     now = svc.clock()
     with svc.transaction() as conn:
-        task = held_task(conn, worker, task_id, attempt)
+        task = held_task(conn, worker, task_id, attempt, copies=False)
         _store_log(conn, svc, task, attempt, request.log_lines, now)
         if task.state != TaskState.LEASED:
             raise StaleAttempt(f"task {task_id} is {task.state}; the report is not accepted")
@@ -267,8 +270,10 @@ def fail(svc: Services, worker: sa.Row, task_id: int, attempt: int,
 def release(svc: Services, worker: sa.Row, task_id: int, attempt: int) -> None:
     """The worker hands the task back (shutting down); no failure is counted."""
     with svc.transaction() as conn:
-        task = held_task(conn, worker, task_id, attempt)
-        requeued = task.state == TaskState.LEASED and q.requeue_task(
+        task = held_task(conn, worker, task_id, attempt, copies=False)
+        carried = task.state == TaskState.LEASED and stragglers.carry_on(
+            conn, [(task, f"handed back by worker {worker.name}")], svc.clock())
+        requeued = task.state == TaskState.LEASED and not carried and q.requeue_task(
             conn, task_id, attempt, count_failure=False, error=None)
         if requeued:
             q.insert_log_lines(conn, job_id=task.job_id, task_id=task_id, attempt=attempt,
@@ -282,7 +287,11 @@ def _requeue_or_fail(conn: sa.Connection, svc: Services, task: sa.Row, reason: s
     """A failed attempt: requeued (True) while attempts remain and a retry can help, or
     the task fails for good (and with it the job, unless a quorum absorbs it); at once,
     saying ``fast``, when the same failure repeated on other workers
-    (``trust.weigh_failure``)."""
+    (``trust.weigh_failure``). A live backup copy of the task takes over from a failure
+    that could be retried (``stragglers.carry_on``), with or without attempts left."""
+    if retry and fast is None and stragglers.carry_on(conn, [(task, reason)], svc.clock(),
+                                                      failed=1):
+        return False
     if retry and fast is None and task.failures + 1 < task.max_attempts:
         return q.requeue_task(conn, task.id, task.attempt, count_failure=True, error=reason)
     if q.fail_task(conn, task.id, task.attempt, reason, svc.clock()):
@@ -302,10 +311,14 @@ def reap(svc: Services) -> int:
     nor a failure of the job by the worker."""
     now = svc.clock()
     with svc.transaction() as conn:
+        copies = stragglers.reap(conn, now)  # first: an expired copy cannot take over
         expired = q.expired_leases(conn, now, REAP_BATCH)
         ready = losses.lose(conn, svc, expired, [
             f"lease of attempt {t.attempt} expired (worker lost); task requeued (no "
             "attempt used)" for t in expired], now)
+    if copies:
+        log.info("dropped %d backup cop%s whose lease expired", copies,
+                 "y" if copies == 1 else "ies")
     if expired:
         log.info("requeued %d task(s) whose lease expired", len(expired))
         svc.notifier.tasks_ready(ready)
@@ -319,6 +332,7 @@ def grant_restart_grace(svc: Services) -> int:
     """At coordinator start, give every held lease a full lease period: workers kept
     working while the coordinator was down and need a chance to heartbeat again."""
     with svc.transaction() as conn:
+        qc.extend_all_copies(conn, svc.clock() + svc.settings.lease_seconds)
         return q.extend_all_leases(conn, svc.clock() + svc.settings.lease_seconds)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import jobs, quorum
+from parallel_pilot.coordinator.services import jobs, quorum, stragglers
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.store.queries import sync as qs
 
@@ -24,7 +24,13 @@ def lose(conn: sa.Connection, svc: Services, rows: Sequence[sa.Row], lines: Sequ
          now: float) -> Counter[str]:
     """Held attempts (rows with id, job_id, attempt, kind, idx, name, losses) whose lease
     is lost, each with its log line: requeued with one loss counted, or failed (and maybe
-    their job) at ``max_losses``. Returns the tasks made ready per kind."""
+    their job) at ``max_losses``; a task with a live backup copy goes on with the copy
+    instead (``stragglers.carry_on``). Returns the tasks made ready per kind."""
+    carried = stragglers.carry_on(conn, [(r, "lost with its worker") for r in rows], now,
+                                  lost=1)
+    if carried:
+        kept = [(r, line) for r, line in zip(rows, lines, strict=True) if r.id not in carried]
+        rows, lines = [r for r, _ in kept], [line for _, line in kept]
     cap = svc.settings.max_losses
     back = [r for r in rows if r.losses + 1 < cap]
     qs.requeue_lost(conn, [(r.id, r.attempt) for r in back])

@@ -7,7 +7,9 @@ worker, leased), so a resent sync applies nothing twice.
 Claims pick fitting tasks in SQL: each distinct requirement set is a row with its
 requirements as columns, the sets a worker meets are matched in SQL against its
 capabilities once per set (``FitCache``, ``store.queries.matching``), and the claim reads
-one index range per (kind, set)."""
+one index range per (kind, set). A worker whose claim finds nothing may get a backup copy
+of a straggler instead (``services.stragglers``, which also handles the reports, renewals
+and stops of copies)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import blobs, jobs, leasing, losses, quorum, trust
+from parallel_pilot.coordinator.services import (
+    blobs,
+    jobs,
+    leasing,
+    losses,
+    quorum,
+    stragglers,
+    trust,
+)
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.payloads import task_payloads
 from parallel_pilot.core.protocol import (
@@ -109,18 +119,21 @@ def capabilities(worker: sa.Row) -> Capabilities:
 
 def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilities,
              want: int, now: float, fresh_sets: bool = False, *, prefetch: int,
-             me: sa.Row | None = None, held: int | None = None) -> list[TaskLease]:
+             me: sa.Row | None = None, held: int | None = None,
+             backups: bool = False) -> list[TaskLease]:
     """Lease up to ``want`` fitting ready tasks to the worker inside ``conn``, never more
     than its allowed slots plus ``prefetch`` in all (``trust``). ``me`` is the worker's
     row locked by this transaction and ``held`` what it holds (read here when not given);
-    a pending or paused worker gets nothing."""
+    a pending or paused worker gets nothing. With ``backups``, a worker that finds no
+    task may get backup copies of stragglers on its free slots (``stragglers``)."""
     if me is None:
         me = qw.lock_worker(conn, worker.id)
     if me is None or me.pending or (me.paused_until is not None and me.paused_until > now):
         return []
     if held is None:
         held = qw.held_count(conn, worker.id)
-    want = min(want, trust.slots_now(svc, me, caps.slots) + prefetch - held)
+    slots = trust.slots_now(svc, me, caps.slots)
+    want = min(want, slots + prefetch - held)
     if want <= 0 or not caps.kinds:
         return []
     sets = fit_cache(svc).fitting_sets(conn, worker, caps, fresh=fresh_sets,
@@ -133,7 +146,8 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
     rows = trust.offer_elsewhere_first(conn, worker.id, rows)
     chosen = leasing.prefer_affinity(conn, worker.id, rows, want)
     if not chosen:
-        return []
+        return stragglers.backups(conn, svc, worker, me, caps, sets, min(want, slots - held),
+                                  now) if backups else []
     expires = now + svc.settings.lease_seconds
     changed = qs.lease_claimed(conn, [r.id for r in chosen], worker_id=worker.id, now=now,
                                expires_at=expires)
@@ -202,7 +216,13 @@ def _exchange_once(svc: Services, worker: sa.Row, request: SyncRequest) -> Excha
     with svc.transaction() as conn:
         me = qw.lock_worker(conn, worker.id)  # first: one sync of a worker at a time
         held = {r.id: r for r in qs.held_attempts(conn, worker.id, lock=svc.lock_claims)}
-        settled = _apply_reports(conn, svc, worker, request.reports, held, out, now)
+        copies = stragglers.held(conn, svc, worker.id, request, held)
+        theirs = stragglers.apply_reports(conn, svc, worker, request.reports, held, copies,
+                                          now)
+        _store_logs(conn, svc, theirs.logs, now)
+        settled = _apply_reports(conn, svc, worker, theirs.rest, held, out, now)
+        out.response.verdicts = stragglers.in_order(request.reports, theirs.rest,
+                                                    out.response.verdicts, theirs.verdicts)
         if any(r.outcome == "failed" for r in request.reports):
             me = qw.lock_worker(conn, worker.id)  # its failures may have paused it
         finished = sum(v.accepted for v, r in zip(out.response.verdicts, request.reports,
@@ -227,10 +247,14 @@ def _exchange_once(svc: Services, worker: sa.Row, request: SyncRequest) -> Excha
         out.changed_unknown |= bool(lost)  # a task lost too often may have failed its job
         for i in [r.id for r in lost]:
             del still[i]
-        out.response.stop = _stops(conn, listed, still, settled)
+        kept = stragglers.reconcile(conn, worker, copies, settled | theirs.settled, listed,
+                                    request.leaving, now)
+        out.response.stop = _stops(conn, listed, {**still, **kept}, settled | theirs.settled)
+        stragglers.stopped(conn, worker.id, out.response.stop, out.response.verdicts, now)
         if still:
             qs.renew_leases(conn, worker.id, expires)
-        out.held = len(still)
+        stragglers.renew(conn, worker.id, kept, expires)
+        out.held = len(still) + len(kept)
         if request.leaving:
             q.mark_worker_left(conn, worker.id, now)
             out.live = False
@@ -239,7 +263,8 @@ def _exchange_once(svc: Services, worker: sa.Row, request: SyncRequest) -> Excha
             want = request.free_slots + request.prefetch
             out.response.prefetch_granted = granted
             out.response.tasks = claim_in(conn, svc, worker, caps, want, now,
-                                          prefetch=granted, me=me, held=len(still))
+                                          prefetch=granted, me=me, held=out.held,
+                                          backups=True)
             out.held += len(out.response.tasks)
     if request.leaving:
         svc.worker_cache.forget(worker.id)
@@ -261,7 +286,7 @@ def poll(svc: Services, worker: sa.Row, request: SyncRequest,
             return [], False
         # what it holds is counted again under its lock: another sync may have run
         return claim_in(conn, svc, worker, caps, want, now, fresh_sets=True,
-                        prefetch=granted), True
+                        prefetch=granted, backups=True), True
 
 
 def _check_not_revoked(conn: sa.Connection, svc: Services, worker: sa.Row) -> None:
@@ -395,8 +420,9 @@ def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
 def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
           failed: list[tuple[AttemptReport, sa.Row]], out: Exchange) -> set[int]:
     """Failed attempts: requeued (counting a failure) in one statement while attempts
-    remain and a retry can help; else the task fails and with it, maybe, the job."""
-    again: list[tuple[int, int, str]] = []
+    remain and a retry can help (or handed to a live backup copy); else the task fails
+    and with it, maybe, the job."""
+    again: list[tuple[sa.Row, str]] = []
     final: list[tuple[sa.Row, str, bool, trust.Weighed]] = []
     now = svc.clock()
     for report, row in failed:
@@ -405,11 +431,13 @@ def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
         reason = (f"{report.reason or 'failed'} (attempt {report.attempt} on worker "
                   f"{worker.name}{trust.doubt_note(report.retryable, weighed.retry)})")
         if weighed.retry:
-            again.append((row.id, row.attempt, reason))
-            out.ready[row.kind] += 1
+            again.append((row, reason))
         else:
             final.append((row, reason, report.retryable, weighed))
-    qs.requeue_failed_attempts(conn, worker.id, again)
+    carried = stragglers.carry_on(conn, [(r, reason) for r, reason in again], now, failed=1)
+    qs.requeue_failed_attempts(conn, worker.id, [(r.id, r.attempt, reason)
+                                                 for r, reason in again if r.id not in carried])
+    out.ready.update(r.kind for r, _ in again if r.id not in carried)
     for row, reason, retryable, weighed in final:
         leasing._requeue_or_fail(conn, svc, row, reason, retry=retryable,
                                  fast=trust.repeat_note(weighed) if weighed.repeated
@@ -420,7 +448,11 @@ def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
 
 def _hand_back(conn: sa.Connection, worker: sa.Row, rows: Sequence[sa.Row], out: Exchange,
                line: str, now: float) -> None:
-    """Held attempts back to the queue, no failure counted, a log line each."""
+    """Held attempts back to the queue, no failure counted, a log line each (or to a live
+    backup copy of theirs)."""
+    carried = stragglers.carry_on(conn, [
+        (r, line.format(name=worker.name, attempt=r.attempt)) for r in rows], now)
+    rows = [r for r in rows if r.id not in carried]
     if not rows:
         return
     qs.hand_back(conn, worker.id, [r.id for r in rows])

@@ -12,6 +12,7 @@ from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.core.protocol import Capabilities, WorkerClaims, WorkerInfo, WorkerState
 from parallel_pilot.errors import Conflict, NotFound
 from parallel_pilot.store import queries as q
+from parallel_pilot.store.queries import copies as qc
 from parallel_pilot.store.queries import workers as qw
 
 log = logging.getLogger("pilot.workers")
@@ -22,6 +23,8 @@ def list_workers(svc: Services) -> list[WorkerInfo]:
     with svc.transaction() as conn:
         rows = q.list_workers(conn)
         leased = q.leased_task_ids_by_worker(conn)
+        for worker_id, copied in qc.open_copy_task_ids(conn).items():  # backup copies
+            leased[worker_id] = sorted([*leased.get(worker_id, []), *copied])
     out = []
     for w in rows:
         state: WorkerState

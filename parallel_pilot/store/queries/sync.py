@@ -25,6 +25,7 @@ from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.tables import (
     jobs,
     requirement_sets,
+    task_copies,
     task_deps,
     task_logs,
     tasks,
@@ -476,10 +477,23 @@ def _claim_batch(conn: sa.Connection, branches: int, owners: int, params: dict[s
     return [r for r in rows if locked.get(r.id) == r.attempt]
 
 
+# the highest attempt number any backup copy of the task used (NULL: none)
+_TOP_COPY = (sa.select(sa.func.max(task_copies.c.attempt))
+             .where(task_copies.c.task_id == tasks.c.id).scalar_subquery())
+
+
+def next_attempt() -> sa.ColumnElement[int]:
+    """The attempt number of a task's next lease, for an UPDATE of ``tasks``: one up from
+    every number it used, its backup copies' included (``queries.copies``: a copy that
+    ended while the attempt it backed up went on used a number above the task's)."""
+    return sa.case((_TOP_COPY > tasks.c.attempt, _TOP_COPY), else_=tasks.c.attempt) + 1
+
+
 _LEASE = (tasks.update().where(tasks.c.id.in_(_ids()), LEASE.where)
-          .values(**LEASE.values(attempt=tasks.c.attempt + 1, worker_id=_b("w"),
+          .values(**LEASE.values(attempt=next_attempt(), worker_id=_b("w"),
                                  lease_expires_at=_b("expires"), progress=None, message=None,
-                                 started_at=sa.func.coalesce(tasks.c.started_at, _b("now")))))
+                                 started_at=sa.func.coalesce(tasks.c.started_at, _b("now")),
+                                 leased_at=_b("now"))))
 
 
 def lease_claimed(conn: sa.Connection, task_ids: Sequence[int], *, worker_id: int, now: float,

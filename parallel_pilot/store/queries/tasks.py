@@ -13,7 +13,7 @@ from parallel_pilot.errors import InvalidTransition
 from parallel_pilot.store.queries._common import Row, _chunks
 from parallel_pilot.store.queries.jobs import adjust_job_counts
 from parallel_pilot.store.queries.moves import task_move
-from parallel_pilot.store.queries.sync import with_requirement_sets
+from parallel_pilot.store.queries.sync import next_attempt, with_requirement_sets
 from parallel_pilot.store.queries.verdicts import forget_failure_reasons, forget_nonretryable
 from parallel_pilot.store.tables import (
     jobs,
@@ -111,9 +111,10 @@ def lease_tasks(conn: sa.Connection, task_ids: Sequence[int], *, worker_id: int,
         return []
     conn.execute(
         tasks.update().where(tasks.c.id.in_(list(task_ids)), LEASE.where)
-        .values(**LEASE.values(attempt=tasks.c.attempt + 1, worker_id=worker_id,
+        .values(**LEASE.values(attempt=next_attempt(), worker_id=worker_id,
                                lease_expires_at=expires_at, progress=None, message=None,
-                               started_at=sa.func.coalesce(tasks.c.started_at, now)))
+                               started_at=sa.func.coalesce(tasks.c.started_at, now),
+                               leased_at=now))
     )
     return [r for r in get_tasks(conn, task_ids)
             if r.state == TaskState.LEASED and r.worker_id == worker_id]

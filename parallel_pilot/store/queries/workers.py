@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.store.queries._common import Row, _new_id
 from parallel_pilot.store.tables import (
+    task_copies,
     tasks,
     token_job_failures,
     worker_job_failures,
@@ -46,13 +47,18 @@ def lock_worker(conn: sa.Connection, worker_id: int) -> Row | None:
     return conn.execute(_LOCK, {"w": worker_id}).first()
 
 
-_HELD_COUNT = (sa.select(sa.func.count()).select_from(tasks)
-               .where(tasks.c.worker_id == sa.bindparam("w"),
-                      tasks.c.state == TaskState.LEASED))
+_HELD_COUNT = sa.select(
+    sa.select(sa.func.count()).select_from(tasks)
+    .where(tasks.c.worker_id == sa.bindparam("w"), tasks.c.state == TaskState.LEASED)
+    .scalar_subquery()
+    # its backup copies not known to have ended (services.stragglers) hold slots too
+    + sa.select(sa.func.count()).select_from(task_copies)
+    .where(task_copies.c.worker_id == sa.bindparam("w"), task_copies.c.ended_at.is_(None))
+    .scalar_subquery())
 
 
 def held_count(conn: sa.Connection, worker_id: int) -> int:
-    """Attempts leased to the worker now (running or prefetched)."""
+    """Attempts leased to the worker now (running or prefetched; backup copies too)."""
     return int(conn.execute(_HELD_COUNT, {"w": worker_id}).scalar() or 0)
 
 
