@@ -8,13 +8,14 @@ The rules (docs/architecture.md, "Stragglers: backup copies"):
   any job fits it), with a free slot (never as prefetch), for a task of a *running job
   with no ready task left* (its tail). The task must fit the worker as any claim does
   (kinds, requirement sets, jobs it or its join token is blocked from).
-* **Which.** An attempt that ran at least ``backup_min_seconds`` and is behind: it ran
-  ``backup_factor`` times the median time of the job's finished tasks (with none
-  finished yet: ``backup_after_seconds``), or its expected time left is
-  ``backup_factor`` times what a copy on this worker would take (its own median on the
-  job, else the job's). Time left is the larger of two estimates: from the pace the
-  coordinator measured for the original's worker on this job, and from the progress the
-  worker reports (a claim: it can only make a backup come sooner, never prevent one).
+* **Which.** An attempt that ran at least ``backup_min_seconds`` and is behind (``behind``):
+  *slow*, its expected time left is ``backup_factor`` times what a copy on this worker
+  would take (this worker's median time on the job's finished tasks, else the job's
+  median); or *late*, it ran ``backup_factor`` times what it should take (its worker's
+  median on the job, else the job's; with no task of the job finished yet,
+  ``backup_after_seconds``). Time left comes from the pace the coordinator measured for
+  the original's worker on the job, else from the progress the worker reports (a claim:
+  lying can only delay a backup until the attempt is late).
   Furthest behind first; among users, the one with the fewest tasks running first.
 * **How many.** At most one open copy per attempt, never on the worker running the
   original nor on one that had a copy of the task before.
@@ -91,25 +92,25 @@ class Pace:
 def behind(elapsed: float, progress: float | None, pace: Pace, original: int | None,
            copy_on: int, settings: CoordinatorSettings) -> float | None:
     """How far behind a running attempt is (its expected seconds left, or its running
-    time when nothing better is known), if a backup copy on worker ``copy_on`` is worth
-    it; None if not (see the module docstring). ``original``: the attempt's worker."""
+    time when that is not known or passed), if a backup copy on worker ``copy_on`` is
+    worth it; None if not (see the module docstring). ``original``: the attempt's
+    worker."""
     factor = settings.backup_factor
     if elapsed < settings.backup_min_seconds:
         return None
     if pace.median is None:  # nothing of the job finished yet: only a long run counts
         return elapsed if elapsed >= settings.backup_after_seconds else None
-    estimates = []
+    # what it should take: the pace measured here for its worker on this job; time left
+    # from that, else from the progress it reports (a claim: it decides only where
+    # nothing was measured, and lying can only delay a backup until the attempt is late)
     own = pace.by_worker.get(original) if original is not None else None
-    if own is not None:
-        estimates.append(own - elapsed)
-    if progress is not None and 0 < progress < 1:
-        estimates.append(elapsed * (1 - progress) / progress)
-    left = max(estimates) if estimates else None
-    copy_takes = pace.by_worker.get(copy_on, pace.median)
-    if left is not None and left >= factor * copy_takes:
-        return left
-    if elapsed >= factor * pace.median:
-        return left if left is not None and left > 0 else elapsed
+    left = own - elapsed if own is not None else \
+        elapsed * (1 - progress) / progress if progress is not None and 0 < progress < 1 \
+        else None
+    if left is not None and left > pace.by_worker.get(copy_on, pace.median):
+        return left  # slow: a copy here should finish before it
+    if elapsed >= factor * (own if own is not None else pace.median):
+        return elapsed  # late: it ran far longer than it should (stuck, or slowed down)
     return None
 
 
