@@ -116,6 +116,8 @@ tasks = sa.Table(
     sa.Column("started_at", Time),  # its first lease
     sa.Column("finished_at", Time),
     sa.Column("leased_at", Time),  # when the current attempt was leased (migration 0013)
+    # the highest attempt number a backup copy took: the next lease takes one above it
+    sa.Column("last_copy_attempt", sa.Integer),
     # quorum: ready once this many deps are done and the deadline (deadline_seconds after
     # the first dep is done, set then in deadline_at) passed, or all deps settled
     sa.Column("quorum", sa.Integer),

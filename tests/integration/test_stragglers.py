@@ -309,3 +309,25 @@ def test_cancelling_the_job_stops_both(coordinator: Coordinator) -> None:
         assert late["verdicts"][0]["accepted"] is False
     assert job(coord, job_id)["state"] == "cancelled"
     assert copies(coord) == [(straggler["task_id"], 2, "stopped")]
+
+
+def test_a_lease_after_a_dropped_copy_takes_a_new_number(coordinator: Coordinator) -> None:
+    coord = coordinator
+    job_id, slow, fast, straggler = the_tail(coord)
+    coord.clock.advance(50)
+    sync_(coord, slow, held=refs([straggler]))
+    [copy] = sync_(coord, fast, free_slots=1)["tasks"]
+    assert copy["attempt"] == 2
+    sync_(coord, fast, reports=[{**refs([copy])[0], "outcome": "released"}])
+    # the original is handed back with no copy alive: requeued, and its next lease is
+    # attempt 3, never the dropped copy's 2 again
+    sync_(coord, slow, reports=[{**refs([straggler])[0], "outcome": "released"}])
+    assert by_idx(coord, job_id)[0]["state"] == "ready"
+    [again] = sync_(coord, fast, free_slots=1)["tasks"]
+    assert (again["task_id"], again["attempt"]) == (straggler["task_id"], 3)
+    # the dropped copy's stale report, while the worker holds the new attempt
+    late = sync_(coord, fast, reports=[completed(copy)], held=refs([again]))
+    assert late["verdicts"][0]["accepted"] is False
+    assert sync_(coord, fast, reports=[completed(again)])["verdicts"][0]["accepted"]
+    assert job(coord, job_id)["state"] == "completed"
+    assert copies(coord) == [(straggler["task_id"], 2, "released")]

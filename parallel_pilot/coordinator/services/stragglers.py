@@ -151,11 +151,14 @@ def backups(conn: sa.Connection, svc: Services, worker: Row, me: Row, caps: Capa
     chosen = scored[:free]
     expires = now + settings.lease_seconds
     lines: list[tuple[int, int, int, str]] = []
+    leased: list[tuple[float, Row]] = []
     for how_far, row in chosen:
-        number = max(row.attempt, qc.top_copy_attempt(conn, row.id)) + 1
-        qc.insert_copy(conn, task_id=row.id, attempt=number, job_id=row.job_id,
-                       worker_id=me.id, backs_attempt=row.attempt, expires_at=expires,
-                       now=now)
+        number = qs.next_attempt_of(row)
+        if not qc.insert_copy(conn, task_id=row.id, attempt=number, job_id=row.job_id,
+                              worker_id=me.id, backs_attempt=row.attempt,
+                              expires_at=expires, now=now):
+            continue  # cannot happen under the candidates' locks; never lease blind
+        leased.append((how_far, row))
         pace = paces[row.job_id]
         took = (f"the job's tasks take {pace.median:.0f} s (median)"
                 if pace.median is not None else "no task of the job has finished yet")
@@ -164,15 +167,17 @@ def backups(conn: sa.Connection, svc: Services, worker: Row, me: Row, caps: Capa
                       f"{row.attempt} on worker {_name(conn, row.worker_id)} has run "
                       f"{now - (row.leased_at or now):.0f} s ({took}; about "
                       f"{how_far:.0f} s behind)"))
+    if not leased:
+        return []
     qs.insert_logs(conn, lines, now)
-    log.info("worker %s (%d) took %d backup cop%s", worker.name, me.id, len(chosen),
-             "y" if len(chosen) == 1 else "ies")
-    payloads = task_payloads(conn, [row for _, row in chosen])
+    log.info("worker %s (%d) took %d backup cop%s", worker.name, me.id, len(leased),
+             "y" if len(leased) == 1 else "ies")
+    payloads = task_payloads(conn, [row for _, row in leased])
     beat = settings.heartbeat_seconds
     return [TaskLease(task_id=row.id, attempt=line[2], job_id=row.job_id, kind=row.kind,
                       name=row.name, payload=payload, inputs=row.inputs,
                       lease_expires_at=expires, heartbeat_seconds=beat)
-            for (_, row), payload, line in zip(chosen, payloads, lines, strict=True)]
+            for (_, row), payload, line in zip(leased, payloads, lines, strict=True)]
 
 
 def _name(conn: sa.Connection, worker_id: int | None) -> str:
@@ -328,11 +333,13 @@ def reconcile(conn: sa.Connection, worker: Row, copies: dict[int, Row], settled:
 
 
 def stopped(conn: sa.Connection, worker_id: int, stops: Sequence[AttemptStop],
-            verdicts: Sequence[ReportVerdict], now: float) -> None:
+            verdicts: Sequence[ReportVerdict], kept: dict[int, Row], now: float) -> None:
     """Copies the worker was told to stop, or whose report was refused, are ended (the
-    task finished, was cancelled or moved on without them)."""
+    task finished, was cancelled or moved on without them); not those it keeps (a report
+    refused for being sent twice in one sync)."""
     keys = [(s.task_id, s.attempt) for s in stops]
     keys += [(v.task_id, v.attempt) for v in verdicts if not v.accepted]
+    keys = [(t, a) for t, a in keys if t not in kept or kept[t].attempt != a]
     if keys:
         qc.end_copies(conn, worker_id, keys, "stopped", now)
 

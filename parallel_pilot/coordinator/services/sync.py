@@ -156,7 +156,7 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
     q.mark_job_running(conn, (r.job_id for r in chosen if r.job_state == JobState.QUEUED), now)
     beat = svc.settings.heartbeat_seconds
     payloads = task_payloads(conn, chosen)  # the task's item under what its job shares
-    return [TaskLease(task_id=r.id, attempt=r.attempt + 1, job_id=r.job_id, kind=r.kind,
+    return [TaskLease(task_id=r.id, attempt=qs.next_attempt_of(r), job_id=r.job_id, kind=r.kind,
                       name=r.name, payload=payload, inputs=r.inputs,
                       lease_expires_at=expires, heartbeat_seconds=beat)
             for r, payload in zip(chosen, payloads, strict=True)]
@@ -250,7 +250,8 @@ def _exchange_once(svc: Services, worker: sa.Row, request: SyncRequest) -> Excha
         kept = stragglers.reconcile(conn, worker, copies, settled | theirs.settled, listed,
                                     request.leaving, now)
         out.response.stop = _stops(conn, listed, {**still, **kept}, settled | theirs.settled)
-        stragglers.stopped(conn, worker.id, out.response.stop, out.response.verdicts, now)
+        stragglers.stopped(conn, worker.id, out.response.stop, out.response.verdicts, kept,
+                           now)
         if still:
             qs.renew_leases(conn, worker.id, expires)
         stragglers.renew(conn, worker.id, kept, expires)

@@ -196,19 +196,22 @@ def extend_all_copies(conn: sa.Connection, expires_at: float) -> int:
         .values(lease_expires_at=expires_at)).rowcount
 
 
+_NOTE_COPY = (tasks.update().where(tasks.c.id == _b("t"), tasks.c.attempt == _b("a"),
+                                   tasks.c.state == TaskState.LEASED)
+              .values(last_copy_attempt=_b("c")))
+
+
 def insert_copy(conn: sa.Connection, *, task_id: int, attempt: int, job_id: int,
-                worker_id: int, backs_attempt: int, expires_at: float, now: float) -> None:
+                worker_id: int, backs_attempt: int, expires_at: float, now: float) -> bool:
+    """A copy of the task's attempt ``backs_attempt`` under the new number ``attempt``
+    (``sync.next_attempt_of`` the task), noted on the task so that no later lease takes
+    the number again; False (nothing written) if the task moved on meanwhile."""
+    if not conn.execute(_NOTE_COPY, {"t": task_id, "a": backs_attempt, "c": attempt}).rowcount:
+        return False
     conn.execute(task_copies.insert().values(
         task_id=task_id, attempt=attempt, job_id=job_id, worker_id=worker_id,
         backs_attempt=backs_attempt, lease_expires_at=expires_at, started_at=now))
-
-
-_TOP_OF = sa.select(sa.func.max(task_copies.c.attempt)).where(task_copies.c.task_id == _b("t"))
-
-
-def top_copy_attempt(conn: sa.Connection, task_id: int) -> int:
-    """The highest attempt number a copy of the task used (0: none)."""
-    return int(conn.execute(_TOP_OF, {"t": task_id}).scalar() or 0)
+    return True
 
 
 # ---------------------------------------------------------------- choosing a straggler
@@ -226,7 +229,8 @@ def jobs_in_their_tail(conn: sa.Connection) -> list[int]:
 
 
 _CANDIDATE_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.kind, tasks.c.name,
-                      tasks.c.payload, tasks.c.inputs, tasks.c.attempt, tasks.c.worker_id,
+                      tasks.c.payload, tasks.c.inputs, tasks.c.attempt,
+                      tasks.c.last_copy_attempt, tasks.c.worker_id,
                       tasks.c.leased_at, tasks.c.progress, tasks.c.owner_id,
                       tasks.c.priority)
 

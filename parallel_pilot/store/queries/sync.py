@@ -25,7 +25,6 @@ from parallel_pilot.store.queries.moves import task_move
 from parallel_pilot.store.tables import (
     jobs,
     requirement_sets,
-    task_copies,
     task_deps,
     task_logs,
     tasks,
@@ -359,8 +358,8 @@ def renew_leases(conn: sa.Connection, worker_id: int, expires_at: float) -> int:
 
 
 _CLAIM_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.kind, tasks.c.name, tasks.c.payload,
-                  tasks.c.inputs, tasks.c.attempt, tasks.c.priority, tasks.c.affinity,
-                  tasks.c.failures,
+                  tasks.c.inputs, tasks.c.attempt, tasks.c.last_copy_attempt,
+                  tasks.c.priority, tasks.c.affinity, tasks.c.failures,
                   # read per row returned (not a join the plan could start from): a claim
                   # marks the job running only when it is not yet
                   sa.select(jobs.c.state).where(jobs.c.id == tasks.c.job_id)
@@ -477,16 +476,17 @@ def _claim_batch(conn: sa.Connection, branches: int, owners: int, params: dict[s
     return [r for r in rows if locked.get(r.id) == r.attempt]
 
 
-# the highest attempt number any backup copy of the task used (NULL: none)
-_TOP_COPY = (sa.select(sa.func.max(task_copies.c.attempt))
-             .where(task_copies.c.task_id == tasks.c.id).scalar_subquery())
-
-
 def next_attempt() -> sa.ColumnElement[int]:
     """The attempt number of a task's next lease, for an UPDATE of ``tasks``: one up from
     every number it used, its backup copies' included (``queries.copies``: a copy that
     ended while the attempt it backed up went on used a number above the task's)."""
-    return sa.case((_TOP_COPY > tasks.c.attempt, _TOP_COPY), else_=tasks.c.attempt) + 1
+    return sa.case((tasks.c.last_copy_attempt > tasks.c.attempt, tasks.c.last_copy_attempt),
+                   else_=tasks.c.attempt) + 1
+
+
+def next_attempt_of(row: Row) -> int:
+    """``next_attempt`` for a row read with ``attempt`` and ``last_copy_attempt``."""
+    return max(row.attempt, row.last_copy_attempt or 0) + 1
 
 
 _LEASE = (tasks.update().where(tasks.c.id.in_(_ids()), LEASE.where)

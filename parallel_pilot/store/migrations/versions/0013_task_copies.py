@@ -4,10 +4,11 @@
   second worker (``services.stragglers``): its own attempt number (the fencing token, one
   up from every number the task used), its worker, its lease expiry, when it started, the
   attempt of the task it backs up (``backs_attempt``: the copy is live while the task is
-  leased under that attempt), and once it ended, when and how (``outcome``). Ended rows
-  stay: the next lease of the task takes a number above every copy's.
+  leased under that attempt), and once it ended, when and how (``outcome``).
 * ``tasks.leased_at``: when the current attempt was leased (``started_at`` is the first
   lease ever): how long the attempt has run, and how long a finished task took.
+* ``tasks.last_copy_attempt``: the highest attempt number a copy of the task took (NULL:
+  none), so that the next lease of the task takes a number above it.
 
 Only a column and a table are added (no table rebuilt), so 0006's triggers stay.
 
@@ -29,6 +30,7 @@ Time = sa.Double
 
 def upgrade() -> None:
     op.add_column("tasks", sa.Column("leased_at", Time))
+    op.add_column("tasks", sa.Column("last_copy_attempt", sa.Integer))
     op.create_table(
         "task_copies",
         sa.Column("task_id", Id, primary_key=True),
@@ -51,3 +53,4 @@ def downgrade() -> None:
     # not batch_alter_table: on SQLite that rebuilds tasks and drops 0006's triggers
     # (SQLite >= 3.35 drops a plain column in place)
     op.execute("ALTER TABLE tasks DROP COLUMN leased_at")
+    op.execute("ALTER TABLE tasks DROP COLUMN last_copy_attempt")
