@@ -88,6 +88,9 @@ def test_a_backup_copy_finishes_the_hung_item_and_the_straggler_is_stopped(
         text = "\n".join(line["line"] for line in lines)
         assert "backup copy: attempt 2 on worker fast; attempt 1 on worker hung" in text
         assert "backup copy attempt 2 on worker fast finished first" in text
+        # the winning copy's log lines are stored once
+        assert [line["line"] for line in lines if line["attempt"] == 2].count(
+            f"$ python sim.py {hung_item}") == 1, text
         assert "the coordinator said stop" in farm.log("worker-hung")
         # the stopped worker was not blamed: it is idle, ready for the next job
         wait_for(lambda: {w["name"]: w["state"] for w in farm.api("GET", "/workers")[

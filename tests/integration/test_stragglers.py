@@ -106,7 +106,8 @@ def test_a_backup_copy_finishes_a_stragglers_task_and_the_straggler_is_stopped(
     winner = upload(coord, fast, b"the copy's output", backup)
     coord.clock.advance(5)
     answer = sync_(coord, fast, reports=[completed(backup, result={"by": "fast"}, outputs=[
-        {"path": "out/a.txt", "sha256": winner, "size": 17}])], free_slots=1)
+        {"path": "out/a.txt", "sha256": winner, "size": 17}], log_lines=["copy ran"])],
+        free_slots=1)
     assert answer["verdicts"][0]["accepted"] is True and answer["tasks"] == []
     info = job(coord, job_id)
     assert info["state"] == "completed" and info["tasks_done"] == 3
@@ -135,6 +136,7 @@ def test_a_backup_copy_finishes_a_stragglers_task_and_the_straggler_is_stopped(
     assert "backup copy: attempt 2 on worker fast; attempt 1 on worker slow has run 70 s" \
         in text
     assert "backup copy attempt 2 on worker fast finished first" in text
+    assert text.count("copy ran") == 1
     # the slow worker was not blamed: it takes the next job's task
     submit(coord, tasks=1)
     assert len(sync_(coord, slow, free_slots=1)["tasks"]) == 1

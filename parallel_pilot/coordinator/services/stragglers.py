@@ -160,13 +160,13 @@ def backups(conn: sa.Connection, svc: Services, worker: Row, me: Row, caps: Capa
             continue  # cannot happen under the candidates' locks; never lease blind
         leased.append((how_far, row))
         pace = paces[row.job_id]
-        took = (f"the job's tasks take {pace.median:.0f} s (median)"
+        took = (f"the job's tasks take {_seconds(pace.median)} (median)"
                 if pace.median is not None else "no task of the job has finished yet")
         lines.append((row.job_id, row.id, number,
                       f"backup copy: attempt {number} on worker {worker.name}; attempt "
                       f"{row.attempt} on worker {_name(conn, row.worker_id)} has run "
-                      f"{now - (row.leased_at or now):.0f} s ({took}; about "
-                      f"{how_far:.0f} s behind)"))
+                      f"{_seconds(now - (row.leased_at or now))} ({took}; about "
+                      f"{_seconds(how_far)} behind)"))
     if not leased:
         return []
     qs.insert_logs(conn, lines, now)
@@ -178,6 +178,10 @@ def backups(conn: sa.Connection, svc: Services, worker: Row, me: Row, caps: Capa
                       name=row.name, payload=payload, inputs=row.inputs,
                       lease_expires_at=expires, heartbeat_seconds=beat)
             for (_, row), payload, line in zip(leased, payloads, lines, strict=True)]
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
 
 
 def _name(conn: sa.Connection, worker_id: int | None) -> str:
@@ -231,11 +235,13 @@ def apply_reports(conn: sa.Connection, svc: Services, worker: Row,
             continue
         seen.add(key)
         verdict = _apply_one(conn, svc, worker, report, copy, out, now)
-        if verdict is None:
+        if verdict is None:  # the exchange completes it, its log lines with it
             won.append(copy.id)
             out.rest.append(report)
         else:
             out.verdicts[id(report)] = verdict
+            if report.log_lines:
+                out.logs.append((copy, copy.attempt, report.log_lines))
     if won:
         originals.update(qc.held_rows(conn, won))
     return out
@@ -245,8 +251,6 @@ def _apply_one(conn: sa.Connection, svc: Services, worker: Row, report: AttemptR
                copy: Row, out: CopyReports, now: float) -> ReportVerdict | None:
     """One report on a live copy: its verdict, or None when the copy won the task."""
     accepted = ReportVerdict(task_id=copy.id, attempt=copy.attempt, accepted=True)
-    if report.log_lines:
-        out.logs.append((copy, copy.attempt, report.log_lines))
     if report.outcome == "running":
         return accepted
     line = f"backup copy attempt {copy.attempt} on worker {worker.name}"
