@@ -252,6 +252,7 @@ def _candidates_statement(lock: bool) -> sa.Select:
                     tasks.c.kind.in_(_b("kinds", expanding=True)),
                     tasks.c.requirement_set_id.in_(_b("sets", expanding=True)),
                     tasks.c.worker_id != _b("w"), tasks.c.leased_at <= _b("before"),
+                    tasks.c.skipped.is_(False),  # its quorum went on without it: not waited for
                     _not_blocked(), _no_copy_for())
              .order_by(tasks.c.leased_at, tasks.c.id).limit(_b("limit")))
     return query.with_for_update(skip_locked=True) if lock else query
