@@ -197,7 +197,8 @@ class Worker(SyncLoop):
     def _loop(self) -> None:
         try:
             if self._register():
-                self._runners = Runners(self.settings.slots)
+                # a thread per CPU slot and per GPU slot
+                self._runners = Runners(self.settings.slots + self.state.gpus)
                 self._sender = Sender(self.sync_link, self._events, "worker-sync")
                 # a poll whose turn comes after a stop is not sent: it could only bring
                 # tasks that go straight back
