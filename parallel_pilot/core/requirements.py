@@ -333,7 +333,8 @@ def parse_gpus(text: str) -> list[Gpu]:
                 f"commas, e.g. 2:8G or 1:24G:nvidia,1:8G (at most {MAX_GPU_COUNT} GPUs; "
                 f"vendors: {', '.join(GPU_VENDORS)})")
         label = f"{vendor.upper() if vendor != 'apple' else 'Apple'} GPU" if vendor else "GPU"
-        gpus.extend(Gpu(name=f"{label} {len(gpus) + i} (told by --gpus)", memory_bytes=size)
+        first = len(gpus)  # the GPUs' numbers run on across groups: GPU 0, GPU 1, ...
+        gpus.extend(Gpu(name=f"{label} {first + i} (told by --gpus)", memory_bytes=size)
                     for i in range(n))
     return gpus
 
