@@ -2,12 +2,13 @@
 GPUs (never one GPU to two running attempts), frees them when the attempt's child ends,
 lets a GPU task wait for a GPU while CPU tasks start, hands back what cannot fit; and what
 a child is shown (``kinds.gpu_env``) and which Cycles devices a render gets
-(``restrict_to_gpus``)."""
+(``restrict_to_gpus``), and that a reused child serves only attempts given its GPUs."""
 
 from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 
 from parallel_pilot.core.protocol import (
     AttemptReport,
@@ -17,7 +18,9 @@ from parallel_pilot.core.protocol import (
     TaskLease,
 )
 from parallel_pilot.kinds.gpu_env import gpu_env, with_gpus
+from parallel_pilot.kinds.python.warm import RunnerPool
 from parallel_pilot.kinds.render.devices import render_device, restrict_to_gpus
+from parallel_pilot.kinds.warm import WarmRunner
 from parallel_pilot.worker.state import Instruction, Send, Start, WorkerState
 
 _sync_ids = itertools.count(1)
@@ -176,3 +179,23 @@ def test_a_render_gets_the_cycles_ids_of_its_cards() -> None:
 def test_a_render_given_no_gpu_renders_on_the_cpu() -> None:
     assert render_device("any", ()) == {"type": "CPU"}
     assert render_device("cpu", (0,)) == {"type": "CPU"}
+
+
+def test_a_reused_child_serves_only_attempts_given_the_same_gpus(tmp_path: Path) -> None:
+    def child_env(runner: WarmRunner) -> dict[str, str]:
+        raw = Path(f"/proc/{runner.proc.pid}/environ").read_bytes().split(b"\0")
+        return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+    pool = RunnerPool()
+    try:
+        on_one = pool.take("job-7", False, tmp_path, (1,))
+        assert child_env(on_one)["CUDA_VISIBLE_DEVICES"] == "1"
+        pool.give_back(on_one)
+        on_zero = pool.take("job-7", False, tmp_path, (0,))  # same job, other GPU: new child
+        assert on_zero is not on_one and child_env(on_zero)["CUDA_VISIBLE_DEVICES"] == "0"
+        pool.give_back(on_zero)
+        assert pool.take("job-7", False, tmp_path, (1,)) is on_one
+        cpu = pool.take("job-7", False, tmp_path, ())
+        assert child_env(cpu)["CUDA_VISIBLE_DEVICES"] == ""
+    finally:
+        pool.close()
