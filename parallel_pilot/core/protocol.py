@@ -111,6 +111,7 @@ class RegisterResponse(Reply):
     lease_seconds: float
     heartbeat_seconds: float
     slots: int | None = None  # the slots the coordinator allows (its claim, capped)
+    gpu_slots: int | None = None  # the GPUs it may run tasks on (its GPUs, capped)
     pending: bool = False  # waiting for an admin's approval: no tasks until then
 
 
@@ -131,6 +132,8 @@ class TaskLease(Reply):
     inputs: dict[str, str] = Field(description="file name -> SHA-256 of the blob to fetch")
     lease_expires_at: float
     heartbeat_seconds: float
+    gpus: int = Field(default=0, ge=0, description="GPUs the task's job needs: the worker "
+                      "runs it on that many of its GPUs, none of them shared")
 
 
 class LeaseResponse(Reply):
@@ -238,15 +241,20 @@ class SyncRequest(Model):
     previous answer (running or prefetched, not the ones reported finished here): a task
     leased to the worker that it does not list was lost on the way (an answer that never
     arrived) and is requeued at once. ``free_slots`` + ``prefetch`` is how many tasks it
-    would take now; the coordinator grants at most the worker's registered slots plus the
-    prefetch it allows, whatever is asked. ``wait_seconds`` > 0 lets an answer with nothing
-    in it wait (long poll) for new work; ``leaving`` hands back everything held and marks
-    the worker gone."""
+    would take now of tasks that need no GPU; the coordinator grants at most the worker's
+    registered slots plus the prefetch it allows, whatever is asked. Tasks that need GPUs
+    come on top, only as many GPUs' worth as are free (never prefetched: the GPUs its
+    registration claimed, capped, less those its held attempts need). ``wait_seconds`` > 0
+    lets an answer with nothing in it wait (long poll) for new work; ``leaving`` hands back
+    everything held and marks the worker gone."""
 
     reports: list[AttemptReport] = Field(default_factory=list, max_length=MAX_SYNC_REPORTS)
     held: list[AttemptRef] = Field(default_factory=list, max_length=MAX_SYNC_HELD)
     free_slots: int = Field(default=0, ge=0, le=64)
     prefetch: int = Field(default=0, ge=0, le=MAX_PREFETCH)
+    # GPUs with no attempt on them (None: a worker that assigns no GPUs); it can only
+    # lower what the coordinator grants, which counts the GPUs of held attempts itself
+    free_gpus: int | None = Field(default=None, ge=0, le=64)
     wait_seconds: float = Field(default=0.0, ge=0, le=120)
     leaving: bool = False
 
@@ -415,6 +423,7 @@ class WorkerInfo(Reply):
     claimed: WorkerClaims | None = None
     trusted: bool = False  # an admin vouched for this worker (pilot workers trust ID)
     slots: int | None = None  # the slots the coordinator allows it (claimed slots capped)
+    gpu_slots: int | None = None  # the GPUs it may run GPU tasks on (claimed GPUs capped)
     join_token_id: int | None = None  # the join token it joined with: its identity
     # no new tasks until then: it reported failures faster than the farm allows
     paused_until: float | None = None

@@ -57,6 +57,18 @@ class Requirements(BaseModel):
         any_gpu = self.gpu or bool(self.min_vram_bytes) or self.gpu_vendor is not None
         return max(self.gpu_count, 1 if any_gpu else 0)
 
+    @property
+    def gpus_held(self) -> int:
+        """GPUs a task holds while it runs (its GPU slots, ``gpus_held_by``)."""
+        return gpus_held_by(self.gpus_needed, self.render_gpu, self.cycles_device)
+
+
+def gpus_held_by(gpus_needed: int, render_gpu: bool, cycles_device: str | None) -> int:
+    """GPUs a task with these terms holds on a worker while it runs: those it asks for,
+    or one for a render on a Cycles GPU device (``device=gpu``, ``device=cuda``), which
+    renders on the card it is given. The rest run on CPU slots and see no GPU."""
+    return max(gpus_needed, 1 if render_gpu or cycles_device is not None else 0)
+
 
 def version_tuple(text: str | None) -> tuple[int, int, int] | None:
     """``"5.0.1"`` -> (5, 0, 1); ``"Blender 4.2 LTS"`` -> (4, 2, 0); None if no version."""
@@ -321,7 +333,8 @@ def parse_gpus(text: str) -> list[Gpu]:
                 f"commas, e.g. 2:8G or 1:24G:nvidia,1:8G (at most {MAX_GPU_COUNT} GPUs; "
                 f"vendors: {', '.join(GPU_VENDORS)})")
         label = f"{vendor.upper() if vendor != 'apple' else 'Apple'} GPU" if vendor else "GPU"
-        gpus.extend(Gpu(name=f"{label} {len(gpus) + i} (told by --gpus)", memory_bytes=size)
+        first = len(gpus)  # the GPUs' numbers run on across groups: GPU 0, GPU 1, ...
+        gpus.extend(Gpu(name=f"{label} {first + i} (told by --gpus)", memory_bytes=size)
                     for i in range(n))
     return gpus
 

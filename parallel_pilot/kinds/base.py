@@ -73,6 +73,9 @@ class RunContext(Protocol):
     # Blender runs in the render sandbox (kinds.render.sandbox); it hides private_paths
     render_sandbox: bool
     private_paths: tuple[Path, ...]  # the worker's folders a sandboxed task must not see
+    # the worker's GPUs this attempt may use (): none, a CPU task; None: no worker assigns
+    # GPUs here); children get them through ``kinds.gpu_env.with_gpus``
+    gpus: tuple[int, ...] | None
 
     def input_path(self, name: str) -> Path:
         """A read-only path to an input file (in the worker's blob cache)."""

@@ -23,6 +23,7 @@ from parallel_pilot.core.protocol import TaskLease, check_sha256
 from parallel_pilot.core.ranges import parse_items
 from parallel_pilot.errors import InvalidRange
 from parallel_pilot.kinds.base import MAX_TASK_SECONDS, FinishedTask, RunContext, TaskSpec
+from parallel_pilot.kinds.gpu_env import with_gpus
 from parallel_pilot.kinds.process import run_process
 from parallel_pilot.kinds.sandbox import bwrap_argv
 
@@ -147,7 +148,7 @@ class SweepKind:
         for name in task.inputs:
             ctx.copy_input(name, ctx.workdir / name)
         argv = [arg.replace(ITEM_PLACEHOLDER, item) for arg in payload["command"]]
-        env = dict(os.environ)
+        env = with_gpus(os.environ, ctx.gpus)  # only the GPUs given to this attempt
         env.update({"PILOT_ITEM": item, "PILOT_JOB": str(task.job_id),
                     "PILOT_TASK": str(task.task_id)})
         ctx.log(f"$ {' '.join(argv)}")

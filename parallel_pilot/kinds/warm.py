@@ -9,7 +9,9 @@ job; code of different users never shares a child. A child serves ``COMMAND --se
 ``<done marker> <name> <status>`` line on stdout. It lives in a directory of its own,
 bound once by bwrap when the worker sandboxes; each task gets a folder under it.
 A child that was stopped, timed out or died is killed and never reused; idle ones are
-killed after ``idle_seconds`` or when more than ``max_idle`` wait.
+killed after ``idle_seconds`` or when more than ``max_idle`` wait. A child sees only the
+GPUs of the attempt it was started for (``kinds.gpu_env``), so it is reused only for
+attempts given the same GPUs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from parallel_pilot.kinds.gpu_env import with_gpus
 from parallel_pilot.kinds.process import end_group, kill_group, spawn_child
 from parallel_pilot.kinds.sandbox import bwrap_argv
 
@@ -56,10 +59,13 @@ class ChildCommand:
     env: Mapping[str, str] = field(default_factory=dict)  # defaults the worker's env overrides
 
 
+PoolKey = tuple[str, bool, tuple[int, ...] | None]  # (reuse key, sandboxed, GPUs)
+
+
 class WarmRunner:
     """One serving child with its directory."""
 
-    def __init__(self, command: ChildCommand, key: tuple[str, bool], parent: Path | None,
+    def __init__(self, command: ChildCommand, key: PoolKey, parent: Path | None,
                  sandbox: bool, env: Mapping[str, str]) -> None:
         self.key = key
         self.command = command
@@ -197,10 +203,12 @@ class RunnerPool:
         # task's thread may end with the task
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix=f"{command.prefix}spawn")
 
-    def take(self, reuse_key: str, sandbox: bool, parent: Path | None) -> WarmRunner:
+    def take(self, reuse_key: str, sandbox: bool, parent: Path | None,
+             gpus: tuple[int, ...] | None = None) -> WarmRunner:
         """An idle child started for the same ``reuse_key`` (a job, or the client's
-        session), else a new one."""
-        key = (reuse_key, sandbox)
+        session) and the same ``gpus`` (the attempt's: the child sees only those), else a
+        new one."""
+        key: PoolKey = (reuse_key, sandbox, gpus)
         with self._lock:
             self._expire()
             for runner in self._idle:
@@ -208,7 +216,7 @@ class RunnerPool:
                     self._idle.remove(runner)
                     return runner
         return self._spawner.submit(WarmRunner, self.command, key, parent, sandbox,
-                                    dict(os.environ)).result()
+                                    with_gpus(os.environ, gpus)).result()
 
     def give_back(self, runner: WarmRunner) -> None:
         if not runner.alive():

@@ -60,6 +60,7 @@ workers = sa.Table(
     sa.Column("tasks_done", sa.Integer, nullable=False, default=0),
     sa.Column("join_token_id", Id),  # its identity beyond this row (migration 0008)
     sa.Column("slots", sa.Integer),  # slots the coordinator allows it (None: older rows)
+    sa.Column("gpu_slots", sa.Integer),  # GPUs it may run tasks on (None: older rows)
     sa.Column("trusted", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("pending", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.Column("paused_until", Time),  # no new tasks until then (failure reports too fast)

@@ -197,7 +197,8 @@ class Worker(SyncLoop):
     def _loop(self) -> None:
         try:
             if self._register():
-                self._runners = Runners(self.settings.slots)
+                # a thread per CPU slot and per GPU slot
+                self._runners = Runners(self.settings.slots + self.state.gpus)
                 self._sender = Sender(self.sync_link, self._events, "worker-sync")
                 # a poll whose turn comes after a stop is not sent: it could only bring
                 # tasks that go straight back
@@ -264,12 +265,21 @@ class Worker(SyncLoop):
             self.state.sync_seconds = answer.heartbeat_seconds
             self.registered.set()
             again = before is not None and before.worker_id == answer.worker_id
-            log.info("registered with %s as worker %d%s (%d slot(s), kinds: %s)",
+            gpus = len(capabilities.gpus)
+            # one GPU slot per GPU (0..N-1), as many as the coordinator allows
+            self.state.gpus = gpus if answer.gpu_slots is None else min(gpus, answer.gpu_slots)
+            log.info("registered with %s as worker %d%s (slots: %d CPU + %d GPU, kinds: %s)",
                      self.link.server, answer.worker_id, " again" if again else "",
-                     self.settings.slots, ", ".join(self.settings.allow))
+                     self.settings.slots, self.state.gpus, ", ".join(self.settings.allow))
+            for index, gpu in enumerate(capabilities.gpus[:self.state.gpus]):
+                log.info("GPU %d: %s%s", index, gpu.name, f", {gpu.memory_bytes // 2**20} MiB"
+                         if gpu.memory_bytes else "")
             if answer.slots is not None and answer.slots < self.settings.slots:
                 log.warning("the coordinator allows this worker %d slot(s) (plus prefetch)",
                             answer.slots)
+            if self.state.gpus < gpus:
+                log.warning("the coordinator lets this worker run tasks on %d of its %d "
+                            "GPUs", self.state.gpus, gpus)
             if answer.pending:
                 log.info("waiting for an admin to approve worker %d (pilot workers approve "
                          "%d); no tasks until then", answer.worker_id, answer.worker_id)

@@ -3,7 +3,8 @@
 It owns the task's fresh working directory (made when a kind first asks for it, so a
 task that needs none costs no file system calls; removed afterwards), its inputs (through
 the blob cache, pinned while the task runs), its progress and buffered log lines (carried
-away by the worker's syncs), its output uploads, and its stop event with the reason.
+away by the worker's syncs), its output uploads, its stop event with the reason, and the
+GPUs the attempt was given.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ class TaskContext:
 
     def __init__(self, task: TaskLease, link: CoordinatorLink, cache: BlobCache,
                  work_root: Path | None = None, logs: LogBuffer | None = None,
-                 sandbox: bool = False, render_sandbox: bool = False,
+                 gpus: tuple[int, ...] = (), sandbox: bool = False, render_sandbox: bool = False,
                  private_paths: tuple[Path, ...] = ()) -> None:
         self.task = task
+        # the worker's GPUs this attempt runs on (its children see only these; none: a
+        # CPU task, whose children see no GPU)
+        self.gpus: tuple[int, ...] | None = gpus
         self.sandbox = sandbox  # commands run inside bwrap (kinds.sandbox)
         self.render_sandbox = render_sandbox  # Blender runs in bwrap (kinds.render.sandbox)
         # folders of the worker a sandboxed task must not see (home, blob cache, work root)

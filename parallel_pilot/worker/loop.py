@@ -131,13 +131,16 @@ class SyncLoop:
     def _carry_out(self, instruction: Start | Stop | Send) -> None:
         if isinstance(instruction, Start):
             lease = instruction.lease
-            run = TaskRun(lease, link=self.link, cache=self.cache, allowed=self.settings.allow,
+            run = TaskRun(lease, gpus=instruction.gpus, link=self.link, cache=self.cache,
+                          allowed=self.settings.allow,
                           work_root=self.work_folder.path, on_finished=self._finished,
                           sandbox=self.settings.sandbox,
                           render_sandbox=self.render_sandbox.enabled,
                           private_paths=self.private_paths, clock=self.clock)
             self._runs[run.key] = run
-            log.debug("%s started (attempt %d)", run.label, lease.attempt)
+            log.debug("%s started (attempt %d%s)", run.label, lease.attempt,
+                      f", GPU {','.join(map(str, instruction.gpus))}" if instruction.gpus
+                      else "")
             assert self._runners is not None
             self._runners.submit(run)
         elif isinstance(instruction, Stop):

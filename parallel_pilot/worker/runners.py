@@ -1,4 +1,5 @@
-"""The worker's slots as threads: one thread per slot, reused from task to task.
+"""The worker's slots as threads: one thread per slot (CPU slots and GPU slots), reused from
+task to task.
 
 A millisecond task then costs a queue hand-off, not a thread start. The worker's state
 machine never starts more attempts than there are slots, so a started attempt finds a

@@ -8,11 +8,20 @@ no clock: every event carries ``now`` (seconds on one monotonic clock). The agen
 ``progress``, ``stop_requested``, ``tick``) and carries out what ``decide(now)`` returns:
 ``Start`` a task on a free slot, ``Stop`` an attempt, ``Send`` a sync, ``Leave``.
 
+Slots come in two pools: ``slots`` CPU slots for tasks that need no GPU, and one GPU slot
+per GPU (``gpus``: the worker's GPUs, numbered 0..gpus-1 as ``nvidia-smi`` lists them or
+as ``--gpus`` told them). A task whose job needs n GPUs (``TaskLease.gpus``) starts only
+when n GPUs are free and gets them (``Start.gpus``); a GPU is never given to two attempts
+that run, and a stopped attempt keeps its GPUs until its child has ended (``finished``).
+A leased task waits in the queue for its pool (a GPU task for a GPU) while later tasks
+of the other pool start.
+
 Rules it keeps:
 - a finished report stays pending until a verdict for it comes back: a sync that fails
   (a dropped connection) sends it again; exactly-once is the coordinator's fencing;
-- never more running attempts than slots; never more held than slots plus the prefetch the
-  coordinator granted (leases beyond that are handed back at once);
+- never more running CPU attempts than CPU slots, nor GPUs in use than GPUs; never more
+  CPU attempts held than CPU slots plus the prefetch the coordinator granted, nor GPU
+  attempts than GPUs (leases beyond that are handed back at once);
 - prefetch adapts to what attempts of each kind took here (``worker/prefetch.py``): deep
   for millisecond tasks, none for tasks of a second or more (renders);
 - a prefetched attempt that is stopped is dropped without running;
@@ -67,6 +76,7 @@ class StopReason(enum.StrEnum):
 @dataclass(frozen=True)
 class Start:
     lease: TaskLease
+    gpus: tuple[int, ...] = ()  # the GPUs the attempt runs on (none: a CPU task)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,11 @@ class _Held:
     message: str | None = None
     changed: bool = False  # progress or message not sent yet
     lines: list[str] = field(default_factory=list)  # log lines not sent yet
+    gpus: tuple[int, ...] = ()  # GPUs given to it when it started, kept until it ends
+
+    @property
+    def needs_gpus(self) -> int:
+        return self.lease.gpus
 
 
 @dataclass
@@ -113,15 +128,18 @@ class _Flight:
     leaving: bool
     finished: list[Key]  # finished reports it carries
     lines: dict[Key, list[str]]  # log lines of running attempts it carries
-    asked: tuple[int, int, int] | None  # (free slots, prefetch, held) if it asked for tasks
+    # (free CPU slots, prefetch, CPU attempts held, free GPUs) if it asked for tasks
+    asked: tuple[int, int, int, int] | None
 
 
 class WorkerState:
     """What one worker holds and must say; see the module docstring."""
 
-    def __init__(self, slots: int, *, sync_seconds: float = DEFAULT_SYNC_SECONDS,
+    def __init__(self, slots: int, *, gpus: int = 0,
+                 sync_seconds: float = DEFAULT_SYNC_SECONDS,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, now: float = 0.0) -> None:
-        self.slots = slots
+        self.slots = slots  # CPU slots
+        self.gpus = gpus  # GPU slots: GPUs 0..gpus-1
         self.sync_seconds = sync_seconds
         self.lease_seconds = lease_seconds
         self.granted = 0  # prefetch the coordinator granted in its last answer
@@ -137,6 +155,8 @@ class WorkerState:
         self.left = False
         self.notes: list[str] = []  # lines for the log, taken by the agent
         self._running = 0  # attempts started and not yet finished or handed back
+        self._cpu_running = 0  # of those, the ones on CPU slots
+        self._gpu_holder: dict[int, Key] = {}  # GPU index -> the attempt running on it
         self._flight: _Flight | None = None
         self._abandoned: set[int] = set()  # long polls given up on (shutdown)
         self._next_id = 0
@@ -154,6 +174,15 @@ class WorkerState:
     @property
     def running(self) -> list[Key]:
         return [k for k, h in self.held.items() if h.running]
+
+    def free_gpus(self) -> list[int]:
+        """GPUs no running attempt holds, lowest first."""
+        return [g for g in range(self.gpus) if g not in self._gpu_holder]
+
+    def gpus_of(self, key: Key) -> tuple[int, ...]:
+        """The GPUs the attempt ``key`` runs on (none if it is not running or needs none)."""
+        held = self.held.get(key)
+        return held.gpus if held is not None else ()
 
     def wants_progress(self, now: float) -> bool:
         """Whether a heartbeat sync is due, which carries running attempts' progress."""
@@ -236,10 +265,10 @@ class WorkerState:
             return
         if flight.asked is not None:
             # fewer tasks than the coordinator would have given: it has no more now
-            free, prefetch, held_count = flight.asked
+            free, prefetch, held_cpu, free_gpus = flight.asked
             want = min(free + prefetch,
-                       self.slots + min(prefetch, response.prefetch_granted) - held_count)
-            self._dry = len(response.tasks) < want
+                       self.slots + min(prefetch, response.prefetch_granted) - held_cpu)
+            self._dry = len(response.tasks) < max(0, want) + free_gpus
         if flight.long_poll and not response.tasks and now - flight.sent_at < IDLE_PAUSE_SECONDS:
             self._retry_at = now + IDLE_PAUSE_SECONDS  # no long poll there: do not spin
         for lease in response.tasks:
@@ -279,7 +308,7 @@ class WorkerState:
         held = self.held.pop(key, None)
         if held is None:
             return  # already handed back or dropped
-        self._running -= held.running
+        self._not_running(key, held)
         self.prefetch.finished(held.lease.kind, seconds)
         if held.stop is StopReason.SHUTDOWN:
             report = AttemptReport(task_id=key[0], attempt=key[1], outcome="released",
@@ -355,11 +384,23 @@ class WorkerState:
 
     def decide(self, now: float) -> list[Instruction]:
         """What to do now: the stops events asked for, starts on free slots, a sync."""
-        while self._running < self.slots and self.queue:
-            held = self.held[self.queue.popleft()]
+        for key in list(self.queue):
+            held = self.held[key]
+            need = held.needs_gpus
+            if need:
+                free = self.free_gpus()
+                if len(free) < need:
+                    continue  # it waits for a GPU; CPU tasks behind it may start
+                held.gpus = tuple(free[:need])
+                self._gpu_holder.update((g, key) for g in held.gpus)
+            elif self._cpu_running >= self.slots:
+                continue
+            else:
+                self._cpu_running += 1
+            self.queue.remove(key)
             held.running = True
             self._running += 1
-            self._out.append(Start(held.lease))
+            self._out.append(Start(held.lease, held.gpus))
         send = self._sync_now(now)
         if send is not None:
             self._out.append(send)
@@ -384,8 +425,9 @@ class WorkerState:
         if now >= self._last_sent + self.sync_seconds:
             return self._send(now)
         depth = self.prefetch_depth()
-        free = self.slots - self._running - len(self.queue)
-        low = depth > 0 and len(self.queue) <= depth // 2
+        cpu_queued = sum(1 for k in self.queue if not self.held[k].needs_gpus)
+        free = self.slots - self._cpu_running - cpu_queued + self._unclaimed_gpus()
+        low = depth > 0 and cpu_queued <= depth // 2
         if self.reports and (free > 0 or low or not self.queue):
             # while prefetched work keeps every slot busy, results wait for the queue to
             # run low (or the heartbeat), so that one sync carries many
@@ -410,13 +452,17 @@ class WorkerState:
                     progress=held.progress, message=held.message, log_lines=held.lines))
                 lines[key], held.lines, held.changed = held.lines, [], False
         asking = not self.stopping
-        free = max(0, self.slots - self._running) if asking else 0
+        free = max(0, self.slots - self._cpu_running) if asking else 0
         prefetch = self.prefetch_depth() if asking else 0
+        free_gpus = self._unclaimed_gpus() if asking else 0
         request = SyncRequest(reports=reports, held=held_refs, free_slots=free,
-                              prefetch=prefetch, wait_seconds=wait, leaving=leaving)
+                              prefetch=prefetch, free_gpus=free_gpus if self.gpus else None,
+                              wait_seconds=wait, leaving=leaving)
         self._next_id += 1
+        held_cpu = sum(1 for ref in held_refs
+                       if not self.held[(ref.task_id, ref.attempt)].needs_gpus)
         self._flight = _Flight(self._next_id, now, wait > 0, leaving, finished, lines,
-                               asked=(free, prefetch, len(held_refs)) if asking else None)
+                               asked=(free, prefetch, held_cpu, free_gpus) if asking else None)
         self._last_sent = now
         return Send(self._next_id, request)
 
@@ -427,7 +473,10 @@ class WorkerState:
         if key in self.held or key in self.reports:
             return
         self.prefetch.leased(lease.kind)
-        if self.stopping or len(self.held) >= self.slots + self.granted:
+        if lease.gpus > self.gpus:
+            self.notes.append(f"task {key[0]} needs {lease.gpus} GPU(s), this worker has "
+                              f"{self.gpus}: handed back")
+        if self.stopping or lease.gpus > self.gpus or not self._room_for(lease):
             # more than this worker may hold (or it is leaving): straight back
             self._report(AttemptReport(task_id=key[0], attempt=key[1], outcome="released"))
             return
@@ -452,12 +501,37 @@ class WorkerState:
         held = self.held.pop(key, None)
         if held is None:
             return
-        self._running -= held.running
+        self._not_running(key, held)
         if key in self.queue:
             self.queue.remove(key)
         if held.stop in (None, StopReason.SHUTDOWN):
             self._report(AttemptReport(task_id=key[0], attempt=key[1], outcome="released",
                                        log_lines=_capped(held.lines)))
+
+    def _room_for(self, lease: TaskLease) -> bool:
+        """Whether a new lease fits what this worker may hold: CPU tasks up to the CPU
+        slots plus the granted prefetch; GPU tasks up to the GPUs, counting what its held
+        GPU tasks need (stopped ones aside: the coordinator took them back, and a new task
+        waits in the queue until their children end and free the GPUs)."""
+        if lease.gpus:
+            own = sum(h.needs_gpus for h in self.held.values() if h.stop is None)
+            return own + lease.gpus <= self.gpus
+        cpu_held = sum(1 for h in self.held.values() if not h.needs_gpus)
+        return cpu_held < self.slots + self.granted
+
+    def _unclaimed_gpus(self) -> int:
+        """GPUs free now that no queued GPU task is waiting for."""
+        waiting = sum(self.held[k].needs_gpus for k in self.queue)
+        return max(0, len(self.free_gpus()) - waiting)
+
+    def _not_running(self, key: Key, held: _Held) -> None:
+        """``held`` left the worker: its slot and GPUs are free again."""
+        if held.running:
+            self._running -= 1
+            self._cpu_running -= not held.needs_gpus
+        for gpu in held.gpus:
+            if self._gpu_holder.get(gpu) == key:
+                del self._gpu_holder[gpu]
 
     def _report(self, report: AttemptReport) -> None:
         self.reports[(report.task_id, report.attempt)] = report

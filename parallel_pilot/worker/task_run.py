@@ -34,6 +34,7 @@ class TaskRun:
     """One attempt of one task; ``execute()`` runs it on the calling (slot) thread."""
 
     def __init__(self, lease: TaskLease, *, link: CoordinatorLink, cache: BlobCache,
+                 gpus: tuple[int, ...] = (),
                  allowed: Collection[str], work_root: Path | None,
                  on_finished: Callable[[TaskRun], None], sandbox: bool = False,
                  render_sandbox: bool = False, private_paths: tuple[Path, ...] = (),
@@ -44,7 +45,7 @@ class TaskRun:
         self.clock = clock
         self.label = f"task {lease.task_id} (job {lease.job_id}, {lease.name})"
         # cheap: the work folder is made only if the kind asks for it
-        self.ctx = TaskContext(lease, link, cache, work_root, sandbox=sandbox,
+        self.ctx = TaskContext(lease, link, cache, work_root, gpus=gpus, sandbox=sandbox,
                                render_sandbox=render_sandbox, private_paths=private_paths)
         self.report: AttemptReport | None = None  # set once, when the attempt ends
         self.seconds = 0.0  # how long it ran

@@ -178,8 +178,9 @@ def test_concurrent_claims_lease_each_task_once(coordinator: Coordinator) -> Non
 
 def test_fairness_is_among_the_tasks_a_worker_can_run(coordinator: Coordinator) -> None:
     """a's GPU tasks do not count for a CPU worker: it splits its slots between a's CPU job
-    and b's; a GPU worker then splits between a's GPU job and b's (b holds 2, a 2: the tie
-    to a, whose oldest waiting job is older), so a's GPU tasks are not held up."""
+    and b's; a GPU worker then gives its GPU slot to a's GPU job, so a's GPU tasks are not
+    held up, and splits its two CPU slots between a's CPU job and b's (fair share within
+    each pool)."""
     coord = coordinator
     a, b = add_user(coord, "a"), add_user(coord, "b")
     a_gpu = submit_as(coord, a, requirements={"gpu": True})
@@ -190,4 +191,5 @@ def test_fairness_is_among_the_tasks_a_worker_can_run(coordinator: Coordinator) 
     assert Counter(t["job_id"] for t in got) == Counter({a_cpu: 2, b_cpu: 2})
     gpu = register(coord, "gpu", slots=2, gpus=[{"name": "RTX", "memory_bytes": 2**33}])
     got = sync_(coord, gpu, free_slots=2)["tasks"]
-    assert Counter(t["job_id"] for t in got) == Counter({a_gpu: 1, b_cpu: 1})
+    assert Counter(t["job_id"] for t in got) == Counter({a_gpu: 1, a_cpu: 1, b_cpu: 1})
+    assert [t["gpus"] for t in got if t["job_id"] == a_gpu] == [1]

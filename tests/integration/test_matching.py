@@ -99,7 +99,8 @@ def test_the_set_match_in_sql_agrees_with_the_rule(coordinator: Coordinator) -> 
 
 def test_the_claim_agrees_with_the_rule(database_url: str, tmp_path: Path) -> None:
     """One ready task per random requirement set; each random worker's claim (rolled back)
-    takes exactly the tasks whose requirements it meets."""
+    takes only tasks whose requirements it meets: all of those that need no GPU, and of
+    those that hold GPUs as many as its GPUs take (none left out that would fit)."""
     coord = make_coordinator(database_url, tmp_path, max_worker_slots=64)
     with coord.client:
         _claims_agree(coord)
@@ -127,7 +128,13 @@ def _claims_agree(coord: Coordinator) -> None:
         claimed = {t.job_id for t in leases}
         meets = {j for j, r in needs.items()
                  if not shortfalls(Requirements.model_validate(r), caps, trusted=trusted)}
-        assert claimed == meets, (caps, trusted)
+        # GPU slots: tasks that hold GPUs fill the worker's GPUs, the rest all come
+        holds = {j: Requirements.model_validate(r).gpus_held for j, r in needs.items()}
+        assert claimed <= meets, (caps, trusted)
+        assert {j for j in meets if not holds[j]} <= claimed, (caps, trusted)
+        assert {t.job_id: t.gpus for t in leases} == {j: holds[j] for j in claimed}
+        left = len(caps.gpus) - sum(holds[j] for j in claimed)
+        assert left >= 0 and all(holds[j] > left for j in meets - claimed), (caps, trusted)
 
 
 def _lease_all(coord: Coordinator, workers: dict[str, dict[str, str]],

@@ -201,6 +201,7 @@ class FakeContext:
         self.workdir = worker.work_root / f"task-{task.task_id}-{task.attempt}"
         self.workdir.mkdir(parents=True)
         self.render_sandbox = sandbox
+        self.gpus: tuple[int, ...] | None = None  # no worker gives GPUs here
         self.private_paths = (worker.cache, worker.work_root)
         self.stop_event = threading.Event()
         self.lines: list[str] = []

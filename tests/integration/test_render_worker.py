@@ -98,6 +98,7 @@ class FakeContext:
         self.workdir.mkdir(parents=True)
         self.stop_event = threading.Event()
         self.sandbox = self.render_sandbox = False
+        self.gpus: tuple[int, ...] | None = None  # no worker gives GPUs here
         self.private_paths: tuple[Path, ...] = ()
         self.progress_messages: list[tuple[float | None, str | None]] = []
         self.lines: list[str] = []

@@ -24,6 +24,7 @@ class FakeContext:
     def __init__(self, workdir: Path, sandbox: bool = True) -> None:
         self.workdir = workdir
         self.sandbox = sandbox
+        self.gpus: tuple[int, ...] | None = None  # no worker gives GPUs here
         self.stop_event = threading.Event()
         self.lines: list[str] = []
 

@@ -207,7 +207,7 @@ def test_tasks_go_only_to_workers_that_fit(coordinator: Coordinator) -> None:
     tagged = submit(coord, tasks=2, requirements={"tags": ["big", "fast"]})
     blender = submit(coord, tasks=2, requirements={"min_blender": "4.2"})
     plain = submit(coord, tasks=2)
-    gpus = [{"name": "RTX", "memory_bytes": 2**33}]
+    gpus = [{"name": "RTX", "memory_bytes": 2**33}] * 2  # a GPU slot per GPU task
     sandboxed, sandboxed_id = register_with_id(coord, "sandbox", slots=8, sandbox=True)
     r = coord.client.post(f"{API}/workers/{sandboxed_id}/trust", headers=coord.user())
     assert r.status_code == 200, r.text

@@ -98,6 +98,9 @@ def test_gpus_told_by_hand() -> None:
     assert parse_gpus("0") == []
     two = parse_gpus("2:8G")
     assert [g.memory_bytes for g in two] == [8 * GIB] * 2
+    # numbered as the worker's GPU slots are (GPU 0, GPU 1), across groups too
+    assert [g.name for g in parse_gpus("2:8G,1")] == [
+        f"GPU {i} (told by --gpus)" for i in range(3)]
     mixed = parse_gpus("1:24G:nvidia, 1")
     assert [g.memory_bytes for g in mixed] == [24 * GIB, None]
     assert "NVIDIA" in mixed[0].name and len({g.name for g in mixed}) == 2

@@ -53,6 +53,7 @@ class FakeContext:
         self.workdir = workdir
         self.stop_event = threading.Event()
         self.sandbox = False
+        self.gpus: tuple[int, ...] | None = None  # no worker gives GPUs here
         self.inputs = inputs
         self.lines: list[str] = []
         self.uploaded: dict[str, bytes] = {}

@@ -66,6 +66,7 @@ class FakeContext:
         self.workdir.mkdir()
         self.stop_event = threading.Event()
         self.sandbox = False
+        self.gpus: tuple[int, ...] | None = None  # no worker gives GPUs here
         self.cache = FakeCache(root / "cache")
         self.blobs, self.outputs, self.task = blobs, outputs, task
         self.lines: list[str] = []

@@ -317,6 +317,14 @@ def render_gpus(caps: Capabilities) -> str:
     return ",".join(f"{kind}:{n}" for kind, n in counts.items()) or "-"
 
 
+def slots_text(cpu: int, gpu: int, *, short: bool = False) -> str:
+    """A worker's slots: ``2 CPU + 2 GPU`` (``short``: ``2+2 GPU``, or ``2`` without
+    GPUs)."""
+    if short:
+        return f"{cpu}+{gpu} GPU" if gpu else str(cpu)
+    return f"{cpu} CPU + {gpu} GPU"
+
+
 @click.command("workers")
 @json_option
 @connection_options
@@ -344,7 +352,8 @@ def workers_command(client: Client, as_json: bool) -> None:
             str(w.id), w.name, f"[{style}]{w.state}[/]" if style else w.state,
             str(caps.cpu_cores), human_bytes(caps.ram_bytes),
             *((render_gpus(caps),) if gpus else ()),
-            str(w.slots if w.slots is not None else caps.slots),
+            slots_text(w.slots if w.slots is not None else caps.slots, w.gpu_slots or 0,
+                       short=True),
             ",".join(caps.kinds) or "-", sandboxed(caps) + (" ✓" if w.trusted else ""),
             ",".join(str(t) for t in w.current_tasks) or "-", str(w.tasks_done),
             ago(w.last_seen),

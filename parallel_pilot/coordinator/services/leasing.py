@@ -33,6 +33,7 @@ from parallel_pilot.core.protocol import (
     RegisterRequest,
     RegisterResponse,
 )
+from parallel_pilot.core.requirements import MAX_GPU_COUNT
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.errors import RateLimited, StaleAttempt
 from parallel_pilot.kinds import get_kind
@@ -61,6 +62,7 @@ def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
     token = new_token(WORKER_TOKEN_PREFIX)
     capabilities = request.capabilities.model_dump(mode="json")
     claimed = request.capabilities.slots
+    claimed_gpus = min(len(request.capabilities.gpus), MAX_GPU_COUNT)
     requeued: Counter[str] = Counter()
     with svc.transaction() as conn:
         taken_back = _take_back(conn, request, hash_token(token), capabilities, now)
@@ -70,8 +72,10 @@ def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
             row = q.get_worker(conn, worker_id)
             joined = None if row is None or row.join_token_id is None else \
                 account_queries.join_token_by_id(conn, row.join_token_id)
-            slots = trust.allowed_slots(svc, claimed, joined.max_slots if joined else None)
-            qw.set_worker_slots(conn, worker_id, slots)
+            token_max = joined.max_slots if joined else None
+            slots = trust.allowed_slots(svc, claimed, token_max)
+            gpu_slots = trust.allowed_gpu_slots(svc, claimed_gpus, token_max)
+            qw.set_worker_slots(conn, worker_id, slots, gpu_slots)
             pending = bool(row is not None and row.pending)
         else:
             joined = accounts.use_join_token(conn, request.join_token, now)  # or Unauthorized
@@ -83,10 +87,11 @@ def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
                     f"{svc.settings.join_token_registrations_per_minute} workers in a "
                     f"minute; try again in {math.ceil(wait)} s", retry_after=math.ceil(wait))
             slots = trust.allowed_slots(svc, claimed, joined.max_slots)
+            gpu_slots = trust.allowed_gpu_slots(svc, claimed_gpus, joined.max_slots)
             pending = bool(joined.approval_required)
             worker_id = q.insert_worker(conn, request.name, hash_token(token), capabilities,
                                         now, join_token_id=joined.id, slots=slots,
-                                        pending=pending)
+                                        gpu_slots=gpu_slots, pending=pending)
     if taken_back is not None:
         svc.worker_cache.forget(worker_id)  # the old token stopped working
         log.info("worker %s (%d) is back%s", request.name, worker_id,
@@ -98,7 +103,7 @@ def register(svc: Services, request: RegisterRequest) -> RegisterResponse:
     return RegisterResponse(worker_id=worker_id, worker_token=token,
                             lease_seconds=svc.settings.lease_seconds,
                             heartbeat_seconds=svc.settings.heartbeat_seconds,
-                            slots=slots, pending=pending)
+                            slots=slots, gpu_slots=gpu_slots, pending=pending)
 
 
 def _take_back(conn: sa.Connection, request: RegisterRequest, new_token_hash: str,

@@ -1,8 +1,16 @@
 """The worker exchange (``POST /workers/sync``): one transaction applies a worker's reports
 (results, failures, hand-backs, progress), reconciles what it says it holds with what it
 was leased, renews every lease it holds with one expiry, and grants new leases up to its
-slots plus the prefetch the coordinator allows. Reports are fenced by (task, attempt,
-worker, leased), so a resent sync applies nothing twice.
+slots plus the prefetch the coordinator allows, and tasks that need GPUs up to its free
+GPUs. Reports are fenced by (task, attempt, worker, leased), so a resent sync applies
+nothing twice.
+
+GPU slots: a task holds ``gpus_held`` GPUs of its worker while it runs (its requirement
+set's, ``core.requirements.gpus_held_by``). The coordinator counts what a worker's held
+attempts hold itself, from their sets, and leases GPU tasks only into GPUs no held
+attempt holds (of its GPU slots: the GPUs it claimed, capped); never as prefetch, so a
+worker never holds a GPU task it could not start at once. CPU slots and the prefetch are
+for the tasks that need no GPU. A worker's own ``free_gpus`` can only lower this.
 
 Claims pick fitting tasks in SQL: each distinct requirement set is a row with its
 requirements as columns, the sets a worker meets are matched in SQL against its
@@ -44,12 +52,14 @@ from parallel_pilot.core.protocol import (
     SyncResponse,
     TaskLease,
 )
+from parallel_pilot.core.requirements import MAX_GPU_COUNT
 from parallel_pilot.core.states import JobState, TaskState
 from parallel_pilot.errors import OutputNotUploaded, Unauthorized
 from parallel_pilot.kinds import get_kind
 from parallel_pilot.kinds.base import clean_result
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.database import is_deadlock
+from parallel_pilot.store.queries import copies as qc
 from parallel_pilot.store.queries import matching as qm
 from parallel_pilot.store.queries import sync as qs
 from parallel_pilot.store.queries import workers as qw
@@ -60,6 +70,7 @@ EXCHANGE_TRIES = 4  # times one sync runs when the database aborts it to break a
 CLAIM_SPARE = 8  # candidates read beyond those wanted, for affinity to choose among
 SETS_RECHECK_SECONDS = 2.0  # how stale this process's list of requirement sets may be
 FIT_CACHE_WORKERS = 10_000  # distinct worker capabilities whose fitting sets are kept
+GPU_NEEDS_KEPT = 100_000  # requirement sets whose GPU need this process remembers
 
 
 @dataclass
@@ -79,7 +90,20 @@ class FitCache:
         self._checked = -1e9
         self._added = -1
         self._fits: dict[tuple[Any, ...], _Fit] = {}
+        self._gpus: dict[int, int] = {}  # set id -> GPUs its tasks hold (sets never change)
         self._lock = threading.Lock()
+
+    def gpus_held(self, conn: sa.Connection, set_ids: Sequence[int]) -> dict[int, int]:
+        """set id -> the GPUs a task of it holds while it runs, for ``set_ids``."""
+        wanted = {s for s in set_ids if s != qs.NO_REQUIREMENTS}
+        with self._lock:
+            missing = [s for s in wanted if s not in self._gpus]
+            if missing:
+                if len(self._gpus) >= GPU_NEEDS_KEPT:
+                    self._gpus.clear()
+                found = qm.set_gpus_held(conn, missing)
+                self._gpus.update((s, found.get(s, 0)) for s in missing)
+            return {s: self._gpus.get(s, 0) for s in wanted}
 
     def fitting_sets(self, conn: sa.Connection, worker: sa.Row, caps: Capabilities,
                      fresh: bool = False, trusted: bool = False) -> list[int]:
@@ -119,35 +143,54 @@ def capabilities(worker: sa.Row) -> Capabilities:
 
 def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilities,
              want: int, now: float, fresh_sets: bool = False, *, prefetch: int,
-             me: sa.Row | None = None, held: int | None = None,
-             backups: bool = False) -> list[TaskLease]:
-    """Lease up to ``want`` fitting ready tasks to the worker inside ``conn``, never more
-    than its allowed slots plus ``prefetch`` in all (``trust``). ``me`` is the worker's
-    row locked by this transaction and ``held`` what it holds (read here when not given);
-    a pending or paused worker gets nothing. With ``backups``, a worker that finds no
-    task may get backup copies of stragglers on its free slots (``stragglers``)."""
+             me: sa.Row | None = None, held: Sequence[sa.Row] | None = None,
+             free_gpus: int | None = None, backups: bool = False) -> list[TaskLease]:
+    """Lease to the worker inside ``conn`` up to ``want`` fitting ready tasks that need no
+    GPU, never more such than its allowed slots plus ``prefetch`` held in all, and tasks
+    that need GPUs as long as their GPUs fit in its GPU slots that no held attempt holds
+    (``trust``; ``free_gpus``, the worker's word, can only lower that). ``me`` is the
+    worker's row locked by this transaction and ``held`` the attempts it holds (read here
+    when not given); a pending or paused worker gets nothing."""
     if me is None:
         me = qw.lock_worker(conn, worker.id)
     if me is None or me.pending or (me.paused_until is not None and me.paused_until > now):
         return []
+    cache = fit_cache(svc)
     if held is None:
-        held = qw.held_count(conn, worker.id)
+        held = [*qs.held_attempts(conn, worker.id, lock=False),
+                *qc.held_copies(conn, worker.id, lock=False)]
+    holds = cache.gpus_held(conn, [r.requirement_set_id for r in held])
+    held_gpus = sum(holds.get(r.requirement_set_id, 0) for r in held)
+    held_cpu = sum(1 for r in held if not holds.get(r.requirement_set_id, 0))
     slots = trust.slots_now(svc, me, caps.slots)
-    want = min(want, slots + prefetch - held)
-    if want <= 0 or not caps.kinds:
+    want = min(want, slots + prefetch - held_cpu)
+    gpu_room = trust.gpu_slots_now(svc, me, min(len(caps.gpus), MAX_GPU_COUNT)) - held_gpus
+    if free_gpus is not None:
+        gpu_room = min(gpu_room, free_gpus)
+    if (want <= 0 and gpu_room <= 0) or not caps.kinds:
         return []
-    sets = fit_cache(svc).fitting_sets(conn, worker, caps, fresh=fresh_sets,
-                                       trusted=bool(me.trusted))
-    rows = qs.claim_candidates(conn, worker_id=worker.id, kinds=caps.kinds, sets=sets,
-                               block_threshold=svc.settings.worker_block_failures,
-                               limit=want + CLAIM_SPARE, lock=svc.lock_claims,
-                               join_token_id=trust.token_of(me),
-                               token_threshold=svc.settings.join_token_block_failures)
-    rows = trust.offer_elsewhere_first(conn, worker.id, rows)
-    chosen = leasing.prefer_affinity(conn, worker.id, rows, want)
+    sets = cache.fitting_sets(conn, worker, caps, fresh=fresh_sets, trusted=bool(me.trusted))
+    gpus_of = cache.gpus_held(conn, sets)
+    chosen: list[sa.Row] = []
+    cpu_sets = [s for s in sets if not gpus_of.get(s, 0)]
+    if want > 0 and cpu_sets:
+        rows = _candidates(conn, svc, worker, me, caps, cpu_sets, want + CLAIM_SPARE)
+        chosen += leasing.prefer_affinity(conn, worker.id, rows, want)
+    gpu_sets = [s for s in sets if 0 < gpus_of.get(s, 0) <= gpu_room]
+    if gpu_sets:
+        rows = _candidates(conn, svc, worker, me, caps, gpu_sets, gpu_room + CLAIM_SPARE)
+        for row in leasing.prefer_affinity(conn, worker.id, rows, len(rows)):
+            if gpus_of[row.requirement_set_id] <= gpu_room:  # the first that fit, in order
+                chosen.append(row)
+                gpu_room -= gpus_of[row.requirement_set_id]
     if not chosen:
-        return stragglers.backups(conn, svc, worker, me, caps, sets, min(want, slots - held),
-                                  now) if backups else []
+        if not backups:
+            return []
+        # copies of CPU tasks on free CPU slots; of a GPU task, one at a time on free GPUs
+        return [*stragglers.backups(conn, svc, worker, me, caps, cpu_sets,
+                                    min(want, slots - held_cpu), now),
+                *stragglers.backups(conn, svc, worker, me, caps, gpu_sets,
+                                    1 if gpu_room > 0 else 0, now)]
     expires = now + svc.settings.lease_seconds
     changed = qs.lease_claimed(conn, [r.id for r in chosen], worker_id=worker.id, now=now,
                                expires_at=expires)
@@ -158,8 +201,21 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
     payloads = task_payloads(conn, chosen)  # the task's item under what its job shares
     return [TaskLease(task_id=r.id, attempt=qs.next_attempt_of(r), job_id=r.job_id, kind=r.kind,
                       name=r.name, payload=payload, inputs=r.inputs,
-                      lease_expires_at=expires, heartbeat_seconds=beat)
+                      lease_expires_at=expires, heartbeat_seconds=beat,
+                      gpus=gpus_of.get(r.requirement_set_id, 0))
             for r, payload in zip(chosen, payloads, strict=True)]
+
+
+def _candidates(conn: sa.Connection, svc: Services, worker: sa.Row, me: sa.Row,
+                caps: Capabilities, sets: Sequence[int], limit: int) -> list[sa.Row]:
+    """Ready tasks of these sets the worker may take, in claim order, those it failed
+    before last (``trust.offer_elsewhere_first``)."""
+    rows = qs.claim_candidates(conn, worker_id=worker.id, kinds=caps.kinds, sets=sets,
+                               block_threshold=svc.settings.worker_block_failures,
+                               limit=limit, lock=svc.lock_claims,
+                               join_token_id=trust.token_of(me),
+                               token_threshold=svc.settings.join_token_block_failures)
+    return trust.offer_elsewhere_first(conn, worker.id, rows)
 
 
 def claim(svc: Services, worker: sa.Row, slots: int) -> list[TaskLease]:
@@ -264,8 +320,9 @@ def _exchange_once(svc: Services, worker: sa.Row, request: SyncRequest) -> Excha
             want = request.free_slots + request.prefetch
             out.response.prefetch_granted = granted
             out.response.tasks = claim_in(conn, svc, worker, caps, want, now,
-                                          prefetch=granted, me=me, held=out.held,
-                                          backups=True)
+                                          prefetch=granted, me=me,
+                                          held=[*still.values(), *kept.values()],
+                                          free_gpus=request.free_gpus, backups=True)
             out.held += len(out.response.tasks)
     if request.leaving:
         svc.worker_cache.forget(worker.id)
@@ -287,7 +344,7 @@ def poll(svc: Services, worker: sa.Row, request: SyncRequest,
             return [], False
         # what it holds is counted again under its lock: another sync may have run
         return claim_in(conn, svc, worker, caps, want, now, fresh_sets=True,
-                        prefetch=granted, backups=True), True
+                        prefetch=granted, free_gpus=request.free_gpus, backups=True), True
 
 
 def _check_not_revoked(conn: sa.Connection, svc: Services, worker: sa.Row) -> None:

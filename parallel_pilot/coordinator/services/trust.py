@@ -10,6 +10,10 @@ are evidence. The rules (docs/security.md, "What a worker may do"):
 * **Slots.** The coordinator allows ``min(claimed slots, max_worker_slots, the join
   token's max_slots)``; a worker holds at most its allowed slots plus the prefetch the
   coordinator allows (``max_prefetch``), across the exchange and ``/workers/lease``.
+  Its GPU slots are capped the same way, apart: ``min(claimed GPUs, max_worker_slots,
+  the join token's max_slots)``; tasks that need GPUs are held at most that many GPUs'
+  worth at once, counted from the requirement sets of the attempts it holds (never from
+  its word), with no prefetch.
 * **Failures and blocks.** Every failed attempt counts against the worker's row and,
   for an untrusted worker, against its join token, per job: a worker is kept off a job
   after ``worker_block_failures`` of its own, and every untrusted worker of a join token
@@ -52,6 +56,19 @@ from parallel_pilot.store.queries import workers as qw
 def allowed_slots(svc: Services, claimed: int, token_max: int | None) -> int:
     """The slots a worker is given: its claim, capped by the farm and its join token."""
     return max(1, min(claimed, svc.settings.max_worker_slots, token_max or claimed))
+
+
+def allowed_gpu_slots(svc: Services, claimed: int, token_max: int | None) -> int:
+    """The GPU slots a worker is given: the GPUs it claims, capped like its slots (none
+    when it claims none)."""
+    return max(0, min(claimed, svc.settings.max_worker_slots, token_max or claimed))
+
+
+def gpu_slots_now(svc: Services, worker: sa.Row, claimed: int) -> int:
+    """The GPUs a worker holds GPU tasks for now (``slots_now``'s rule; rows from before
+    GPU slots have no ``gpu_slots``: the GPUs claimed, capped by the farm)."""
+    given = worker.gpu_slots if worker.gpu_slots is not None else claimed
+    return max(0, min(given, claimed, svc.settings.max_worker_slots))
 
 
 def slots_now(svc: Services, worker: sa.Row, claimed: int) -> int:

@@ -185,7 +185,7 @@ class PythonKind:
         payload = task.payload
         check_interpreter(payload)
         reuse = str(payload.get("session") or f"job-{task.job_id}")
-        runner = POOL.take(reuse, bool(ctx.sandbox), ctx.workdir.parent)
+        runner = POOL.take(reuse, bool(ctx.sandbox), ctx.workdir.parent, ctx.gpus)
         try:
             return self._run_in(runner, task, ctx)
         finally:

@@ -23,6 +23,7 @@ from parallel_pilot.core.project import check_project_path
 from parallel_pilot.core.protocol import TaskLease
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds.base import RunContext
+from parallel_pilot.kinds.gpu_env import with_gpus
 from parallel_pilot.kinds.process import run_process
 from parallel_pilot.kinds.render.assemble import VIDEO_FRAMES_PREFIX, frame_output_path
 from parallel_pilot.kinds.render.blend_file import read_header
@@ -122,7 +123,7 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     job.update({"mode": "render", "blend": str(blend), "out_dir": str(out_dir),
                 "project_dir": str(project), "preview": True,
                 "file_output_dir": str(ctx.workdir / FILE_OUTPUT_DIR),
-                "device": render_device(str(payload.get("device") or "any"))})
+                "device": render_device(str(payload.get("device") or "any"), ctx.gpus)})
     job_file = ctx.workdir / JOB_FILE
     job_file.write_text(json.dumps(job))
 
@@ -146,7 +147,9 @@ def run_chunk(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
     relay.start()
     ctx.log(f"rendering frames {frames[0]}..{frames[-1]} ({len(frames)}) with "
             f"{install.describe()}")
-    command, env = install.command(RENDER_SCRIPT, job_file), child_env(ctx.workdir)
+    # the child sees only the GPUs this attempt was given (none for a CPU task)
+    command = install.command(RENDER_SCRIPT, job_file)
+    env = with_gpus(child_env(ctx.workdir), ctx.gpus)
     if ctx.render_sandbox:  # bwrap: read-only system and project, no network
         command = render_argv(install, job_file, ctx.workdir, read_only=[project],
                               hide=ctx.private_paths)

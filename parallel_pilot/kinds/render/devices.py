@@ -8,6 +8,16 @@ or ``{"type": BACKEND, "ids": [...]}`` with the ids of that backend's devices. C
 one backend at a time, and the same card has a different id under each (OptiX lists every
 CUDA card again, as ``..._OptiX``), so the ids always come from the chosen backend's own
 entries.
+
+On a worker that gives its GPUs to attempts (``RunContext.gpus``), a render renders only
+on the GPUs its attempt was given (``restrict_to_gpus``): the child's environment shows
+it only those cards (``kinds.gpu_env``: CUDA and OptiX, HIP), and the ids are narrowed
+to them too. GPU i of the worker is the i-th device of the backend's card list as the
+probe saw it with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (the order of ``nvidia-smi``); for
+OptiX, the OptiX entry of that CUDA card (its id with ``_OptiX``). Where the list has
+fewer cards than that (GPUs told by hand) the environment alone narrows it, and
+``script.py`` then uses every card of the backend the child sees. A render given no GPU
+(a CPU task) renders on the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from pydantic import ValidationError
 
 from parallel_pilot.core.protocol import Gpu, RenderDevice
 from parallel_pilot.errors import InvalidInput
+from parallel_pilot.kinds.gpu_env import DEVICE_ORDER
 from parallel_pilot.kinds.process import run_process
 from parallel_pilot.kinds.render.blender import (
     BlenderFailed,
@@ -40,6 +51,8 @@ MAX_RENDER_DEVICES = 64  # devices reported (Capabilities.render_devices holds a
 # GPU backends, best first: OptiX uses the RT cores of the cards CUDA also drives
 BACKEND_PREFERENCE = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")
 NVIDIA_BACKENDS = frozenset({"CUDA", "OPTIX"})  # the cards nvidia-smi lists
+# backends whose cards a child's environment narrows (kinds.gpu_env)
+ENV_NARROWED_BACKENDS = frozenset({"CUDA", "OPTIX", "HIP"})
 WISHES = ("cpu", "gpu", "any")
 CPU_DEVICE: dict[str, Any] = {"type": "CPU"}
 
@@ -71,6 +84,24 @@ def choose_device(wish: str, devices: Sequence[RenderDevice]) -> dict[str, Any]:
     return {"type": backend, "ids": [d.id for d in devices if d.type == backend]}
 
 
+def restrict_to_gpus(device: dict[str, Any], devices: Sequence[RenderDevice],
+                     gpus: Sequence[int]) -> dict[str, Any]:
+    """``device`` (``choose_device``'s GPU choice) narrowed to the worker's GPUs ``gpus``
+    (the module docstring says the rule). ``env_narrowed``: the child sees only its cards,
+    so ``script.py`` may use every card of the backend it sees when no id matches."""
+    backend = device["type"]
+    narrowed = backend in ENV_NARROWED_BACKENDS
+    cards = [d for d in devices if d.type == ("CUDA" if backend == "OPTIX" else backend)]
+    out = {**device, "env_narrowed": narrowed}
+    if not gpus or any(g >= len(cards) for g in gpus):
+        return out
+    ids = [cards[g].id for g in gpus]
+    if backend == "OPTIX":  # OptiX lists the CUDA cards again, each id with _OptiX
+        optix = {d.id for d in devices if d.type == "OPTIX"}
+        ids = [f"{i}_OptiX" for i in ids if f"{i}_OptiX" in optix]
+    return {**out, "ids": ids} if ids else out
+
+
 def best_backend(devices: Iterable[RenderDevice]) -> str | None:
     """The first of ``BACKEND_PREFERENCE`` that has a device, or None."""
     present = {d.type for d in devices}
@@ -86,14 +117,23 @@ def describe_choice(device: dict[str, Any], devices: Sequence[RenderDevice]) -> 
     return f"{device.get('type')}: {', '.join(names)}"
 
 
-def render_device(wish: str) -> dict[str, Any]:
-    """What ``script.py`` sets up for a task of this worker with ``wish``
-    (``chunk.py`` calls it; the detection behind it runs once per process)."""
+def render_device(wish: str, gpus: Sequence[int] | None = None) -> dict[str, Any]:
+    """What ``script.py`` sets up for a task of this worker with ``wish``, on the GPUs
+    ``gpus`` the attempt was given (() none: the CPU; None: every GPU, outside a worker
+    that gives GPUs) (``chunk.py`` calls it; the detection behind it runs once per
+    process)."""
     if wish == "cpu":  # no need to start Blender to know this
         return dict(CPU_DEVICE)
+    if gpus is not None and not gpus:
+        if wish == "gpu":
+            raise BlenderFailed("the task asked for a GPU (device gpu) but this worker gave "
+                                "its attempt none")
+        return dict(CPU_DEVICE)  # a CPU task: its child sees no GPU
     install = installed_blender()
     devices = probe_devices(install) if install is not None else ()
     device = choose_device(wish, devices)
+    if gpus is not None and device.get("type") != "CPU":
+        device = restrict_to_gpus(device, devices, gpus)
     log.info("device %s renders on %s", wish, describe_choice(device, devices))
     return device
 
@@ -130,7 +170,8 @@ def probe_devices(install: BlenderInstall) -> tuple[RenderDevice, ...]:
         job_file = Path(tmp) / "probe.json"  # Blender scripts are started with a job file
         job_file.write_text("{}")
         proc = run_process(install.command(PROBE_SCRIPT, job_file), cwd=Path(tmp),
-                           env=child_env(Path(tmp)), stop_event=threading.Event(),
+                           env={**child_env(Path(tmp)), **DEVICE_ORDER},
+                           stop_event=threading.Event(),
                            timeout_seconds=PROBE_TIMEOUT_SECONDS, on_stdout=on_stdout)
     if not lines:
         why = (f"took more than {PROBE_TIMEOUT_SECONDS:.0f} s" if proc.timed_out else

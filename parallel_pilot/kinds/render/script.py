@@ -370,6 +370,10 @@ def setup_device(scene, device: dict) -> None:
                       "backend for Cycles", EXIT_RENDER) from None
     prefs.get_devices()
     wanted = set(device.get("ids") or [])
+    if device.get("env_narrowed") and not any(
+            dev.type == backend and dev.id in wanted for dev in prefs.devices):
+        # this child's environment shows it only the cards its task was given
+        wanted = set()
     used = []
     for dev in prefs.devices:
         dev.use = dev.type == backend and (not wanted or dev.id in wanted)

@@ -71,8 +71,7 @@ def run_task(task: TaskLease, ctx: RunContext) -> dict[str, Any]:
         # after a few such failures)
         raise TrainStepFailed("this worker allows train tasks but lacks torch or safetensors; "
                               "install the [train] extra (torch==2.13.0, safetensors)")
-    runner = POOL.take(f"job-{task.job_id}", ctx.sandbox,
-                       ctx.workdir.parent)
+    runner = POOL.take(f"job-{task.job_id}", ctx.sandbox, ctx.workdir.parent, ctx.gpus)
     try:
         return _run_in(runner, task, ctx)
     finally:

@@ -35,7 +35,7 @@ def _live() -> sa.ColumnElement[bool]:
 _HELD = (sa.select(tasks.c.id, tasks.c.job_id, task_copies.c.attempt, tasks.c.kind,
                    tasks.c.idx, tasks.c.name, tasks.c.failures, tasks.c.max_attempts,
                    tasks.c.state, tasks.c.losses, task_copies.c.worker_id, tasks.c.inputs,
-                   tasks.c.attempt.label("backs_attempt"),
+                   tasks.c.requirement_set_id, tasks.c.attempt.label("backs_attempt"),
                    tasks.c.worker_id.label("original_worker"),
                    task_copies.c.started_at.label("copy_started_at"),
                    task_copies.c.lease_expires_at.label("copy_expires_at"))

@@ -18,6 +18,7 @@ from parallel_pilot.core.requirements import (
     MAX_GPU_COUNT,
     Requirements,
     gpu_vendor,
+    gpus_held_by,
     version_key,
 )
 from parallel_pilot.core.states import TaskState
@@ -116,6 +117,20 @@ _MAX_SET = sa.select(sa.func.coalesce(sa.func.max(rs.c.id), 0))
 
 def max_set_id(conn: sa.Connection) -> int:
     return int(conn.execute(_MAX_SET).scalar_one())
+
+
+_GPUS_HELD = (sa.select(rs.c.id, rs.c.gpu_count, rs.c.render_gpu, rs.c.cycles_device)
+              .where(rs.c.id.in_(sa.bindparam("ids", expanding=True))))
+
+
+def set_gpus_held(conn: sa.Connection, set_ids: Sequence[int]) -> dict[int, int]:
+    """id -> the GPUs a task of the set holds while it runs (``gpus_held_by``); sets
+    absent from the result (no requirements) hold none."""
+    out: dict[int, int] = {}
+    for part in _chunks(sorted(set(set_ids))):
+        out.update((i, gpus_held_by(n, bool(render), device))
+                   for i, n, render, device in conn.execute(_GPUS_HELD, {"ids": list(part)}))
+    return out
 
 
 def set_requirements(conn: sa.Connection, set_ids: Sequence[int]) -> dict[int, dict[str, Any]]:

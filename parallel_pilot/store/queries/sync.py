@@ -150,7 +150,7 @@ def add_worker_done(conn: sa.Connection, worker_id: int, n: int) -> None:
 
 _HELD_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.attempt, tasks.c.kind, tasks.c.idx,
                  tasks.c.name, tasks.c.failures, tasks.c.max_attempts, tasks.c.state,
-                 tasks.c.losses, tasks.c.worker_id)
+                 tasks.c.losses, tasks.c.worker_id, tasks.c.requirement_set_id)
 _HELD = (sa.select(*_HELD_COLUMNS)
          .where(tasks.c.worker_id == _b("w"), tasks.c.state == TaskState.LEASED)
          .order_by(tasks.c.id))
@@ -360,6 +360,7 @@ def renew_leases(conn: sa.Connection, worker_id: int, expires_at: float) -> int:
 _CLAIM_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.kind, tasks.c.name, tasks.c.payload,
                   tasks.c.inputs, tasks.c.attempt, tasks.c.last_copy_attempt,
                   tasks.c.priority, tasks.c.affinity, tasks.c.failures,
+                  tasks.c.requirement_set_id,
                   # read per row returned (not a join the plan could start from): a claim
                   # marks the job running only when it is not yet
                   sa.select(jobs.c.state).where(jobs.c.id == tasks.c.job_id)

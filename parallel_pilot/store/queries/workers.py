@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.store.queries._common import Row, _new_id
 from parallel_pilot.store.tables import (
-    task_copies,
     tasks,
     token_job_failures,
     worker_job_failures,
@@ -21,21 +20,23 @@ from parallel_pilot.store.tables import (
 def insert_worker(conn: sa.Connection, name: str, token_hash: str,
                   capabilities: dict[str, Any], now: float, *,
                   join_token_id: int | None = None, slots: int | None = None,
-                  pending: bool = False) -> int:
+                  gpu_slots: int | None = None, pending: bool = False) -> int:
     result = conn.execute(workers.insert().values(
         name=name, token_hash=token_hash, capabilities=capabilities, created_at=now,
         last_seen=now, tasks_done=0, join_token_id=join_token_id, slots=slots,
-        pending=pending,
+        gpu_slots=gpu_slots, pending=pending,
     ))
     return _new_id(result)
 
 
-def set_worker_slots(conn: sa.Connection, worker_id: int, slots: int) -> None:
-    conn.execute(workers.update().where(workers.c.id == worker_id).values(slots=slots))
+def set_worker_slots(conn: sa.Connection, worker_id: int, slots: int,
+                     gpu_slots: int | None = None) -> None:
+    conn.execute(workers.update().where(workers.c.id == worker_id)
+                 .values(slots=slots, gpu_slots=gpu_slots))
 
 
-_LOCK_COLUMNS = (workers.c.id, workers.c.slots, workers.c.trusted, workers.c.pending,
-                 workers.c.paused_until, workers.c.join_token_id)
+_LOCK_COLUMNS = (workers.c.id, workers.c.slots, workers.c.gpu_slots, workers.c.trusted,
+                 workers.c.pending, workers.c.paused_until, workers.c.join_token_id)
 _LOCK: sa.Select[Any] = (sa.select(*_LOCK_COLUMNS).where(workers.c.id == sa.bindparam("w"))
                          .with_for_update())
 
@@ -45,21 +46,6 @@ def lock_worker(conn: sa.Connection, worker_id: int) -> Row | None:
     this transaction on server databases: every claim for one worker takes this lock
     first, so two requests of one worker cannot both fill the same room."""
     return conn.execute(_LOCK, {"w": worker_id}).first()
-
-
-_HELD_COUNT = sa.select(
-    sa.select(sa.func.count()).select_from(tasks)
-    .where(tasks.c.worker_id == sa.bindparam("w"), tasks.c.state == TaskState.LEASED)
-    .scalar_subquery()
-    # its backup copies not known to have ended (services.stragglers) hold slots too
-    + sa.select(sa.func.count()).select_from(task_copies)
-    .where(task_copies.c.worker_id == sa.bindparam("w"), task_copies.c.ended_at.is_(None))
-    .scalar_subquery())
-
-
-def held_count(conn: sa.Connection, worker_id: int) -> int:
-    """Attempts leased to the worker now (running or prefetched; backup copies too)."""
-    return int(conn.execute(_HELD_COUNT, {"w": worker_id}).scalar() or 0)
 
 
 def pause_worker(conn: sa.Connection, worker_id: int, until: float) -> None:
