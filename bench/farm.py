@@ -116,8 +116,14 @@ STRATEGIES: dict[str, Strategy] = {
     "static": Strategy("static", "one chunk per worker at the submit (the first prototype)",
                        _static),
     "coordinator": Strategy("coordinator", "the job says nothing: the coordinator's default "
-                            "(today: fixed chunks of the render kind's default size)",
+                            "(adaptive chunks of chunk_seconds, spread frames first)",
                             lambda frames, workers: {}),
+    "adaptive-120": Strategy("adaptive-120", "the coordinator's adaptive chunks with "
+                             "chunk_seconds 120 (the issue's example) instead of its default",
+                             lambda frames, workers: {}, {"chunk_seconds": 120.0}),
+    "old-default": Strategy("old-default", "fixed chunks of the render kind's default_chunk "
+                            "(what the coordinator did before adaptive chunks)",
+                            lambda frames, workers: {"chunk": default_chunk(frames)}),
 }
 
 

@@ -113,8 +113,9 @@ tasks = sa.Table(
     sa.Column("message", sa.String(1000)),
     sa.Column("error", sa.Text),
     sa.Column("result", sa.JSON),
-    sa.Column("started_at", Time),
+    sa.Column("started_at", Time),  # its first lease
     sa.Column("finished_at", Time),
+    sa.Column("leased_at", Time),  # its current attempt's lease (migration 0014)
     # quorum: ready once this many deps are done and the deadline (deadline_seconds after
     # the first dep is done, set then in deadline_at) passed, or all deps settled
     sa.Column("quorum", sa.Integer),

@@ -22,7 +22,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import blobs, jobs, leasing, losses, quorum, trust
+from parallel_pilot.coordinator.services import (
+    blobs,
+    chunking,
+    jobs,
+    leasing,
+    losses,
+    quorum,
+    trust,
+)
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.payloads import task_payloads
 from parallel_pilot.core.protocol import (
@@ -131,7 +139,7 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
                                join_token_id=trust.token_of(me),
                                token_threshold=svc.settings.join_token_block_failures)
     rows = trust.offer_elsewhere_first(conn, worker.id, rows)
-    chosen = leasing.prefer_affinity(conn, worker.id, rows, want)
+    chosen = chunking.choose(conn, svc, worker.id, rows, want)  # affinity, adaptive chunks
     if not chosen:
         return []
     expires = now + svc.settings.lease_seconds
@@ -358,7 +366,8 @@ def _granted_outputs(conn: sa.Connection, worker: sa.Row,
         try:
             if report.outputs:
                 granted[id(report)] = blobs.granted_outputs(conn, worker.id, row.id,
-                                                            report.attempt, report.outputs)
+                                                            report.attempt, report.outputs,
+                                                            kind=row.kind)
         except OutputNotUploaded as exc:
             untrue.append((report, row, exc.message))
         else:

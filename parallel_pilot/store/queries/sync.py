@@ -479,6 +479,7 @@ def _claim_batch(conn: sa.Connection, branches: int, owners: int, params: dict[s
 _LEASE = (tasks.update().where(tasks.c.id.in_(_ids()), LEASE.where)
           .values(**LEASE.values(attempt=tasks.c.attempt + 1, worker_id=_b("w"),
                                  lease_expires_at=_b("expires"), progress=None, message=None,
+                                 leased_at=_b("now"),
                                  started_at=sa.func.coalesce(tasks.c.started_at, _b("now")))))
 
 

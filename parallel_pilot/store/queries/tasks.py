@@ -113,6 +113,7 @@ def lease_tasks(conn: sa.Connection, task_ids: Sequence[int], *, worker_id: int,
         tasks.update().where(tasks.c.id.in_(list(task_ids)), LEASE.where)
         .values(**LEASE.values(attempt=tasks.c.attempt + 1, worker_id=worker_id,
                                lease_expires_at=expires_at, progress=None, message=None,
+                               leased_at=now,
                                started_at=sa.func.coalesce(tasks.c.started_at, now)))
     )
     return [r for r in get_tasks(conn, task_ids)
