@@ -14,9 +14,12 @@ its first frame (Blender starting, the scene loading). Scenarios:
 Strategies (``STRATEGIES``; one row each, every scenario):
   * ``static``: one chunk per worker there at the submit (what the first prototype did);
   * ``coordinator``: the job says nothing about chunks: whatever the coordinator does by
-    default (today the render kind's fixed chunks, handed out in id order);
-  * ``fixed N``: chunks of N frames in id order, one row per N in ``--chunk`` (today the
-    ``coordinator`` row is the same with N the render kind's default size).
+    default (adaptive chunks: spread frames first, then ranges cut at lease time to take
+    ``chunk_seconds`` on their worker, shrinking toward the end; docs/architecture.md);
+  * ``adaptive-120``: the same with ``chunk_seconds`` 120 (the issue's example);
+  * ``old-default``: fixed chunks of the render kind's ``default_chunk`` (what the
+    coordinator did before adaptive chunks);
+  * ``fixed N``: chunks of N frames in id order, one row per N in ``--chunk``.
 The makespan runs from the submit to the last chunk done (every frame rendered; the
 assembly into a video comes after and is not counted). The bound is the fluid lower bound:
 the time by which the farm's speed, summed over the workers present at each moment, covers
@@ -70,7 +73,7 @@ ASSEMBLE_SECONDS = 30.0  # seconds the assembly task takes (after the makespan)
 CHURN_FRACTION = 0.10  # of the workers vanish mid-job, and as many others join late
 VANISH_WINDOW = (0.2, 0.7)  # vanish between these fractions of the steady bound
 JOIN_WINDOW = (0.1, 0.5)  # late workers join between these fractions of the steady bound
-CHUNKS = (4, 25)  # the fixed chunk sizes compared besides the coordinator's default
+CHUNKS = (4, 25)  # the fixed chunk sizes compared besides the old default
 PREVIEW_PARTS = 24  # the preview: a frame rendered in each 1/24th of the range (see below)
 LIMIT_FACTOR = 20.0  # a run is given up after this many times its bound (simulated)
 TARGETS = {"steady": 1.05, "churn": 1.10}  # the makespan / bound targets
@@ -80,7 +83,7 @@ QUICK = {"frames": 240, "workers": 10, "chunks": ()}  # --quick: seconds, for th
 # HEARTBEAT_SECONDS while they hold work rather than every 3 s, a seventh of the exchanges
 # to simulate. What it changes: a dead worker's lease, renewed up to that long before it
 # died, expires up to 17 s sooner after its death than with 3 s, and what follows shifts
-# with it (seed 1, churn, coordinator: 2,203 s here, 2,246 s with --heartbeat 3; steady
+# with it (seed 1, churn, old-default: 2,203 s here, 2,246 s with --heartbeat 3; steady
 # runs come out the same).
 HEARTBEAT_SECONDS = 20.0
 
@@ -116,8 +119,14 @@ STRATEGIES: dict[str, Strategy] = {
     "static": Strategy("static", "one chunk per worker at the submit (the first prototype)",
                        _static),
     "coordinator": Strategy("coordinator", "the job says nothing: the coordinator's default "
-                            "(today: fixed chunks of the render kind's default size)",
+                            "(adaptive chunks of chunk_seconds, spread frames first)",
                             lambda frames, workers: {}),
+    "adaptive-120": Strategy("adaptive-120", "the coordinator's adaptive chunks with "
+                             "chunk_seconds 120 (the issue's example) instead of its default",
+                             lambda frames, workers: {}, {"chunk_seconds": 120.0}),
+    "old-default": Strategy("old-default", "fixed chunks of the render kind's default_chunk "
+                            "(what the coordinator did before adaptive chunks)",
+                            lambda frames, workers: {"chunk": default_chunk(frames)}),
 }
 
 

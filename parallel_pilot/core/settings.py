@@ -30,6 +30,9 @@ DEFAULT_MAX_OUTPUT_BYTES = 20 * 1024**3
 # uploads have max_upload_bytes instead
 DEFAULT_MAX_BODY_BYTES = 128 * 1024**2
 DEFAULT_BODY_STALL_SECONDS = 30.0  # seconds a request body may stop arriving before a 408
+# seconds a task of a job the coordinator cuts (a render without a chunk size) should
+# take on its worker, start-up included (coordinator/services/chunking.py)
+DEFAULT_CHUNK_SECONDS = 600.0
 DEFAULT_MAX_TASKS_PER_JOB = 100_000  # tasks one job may plan
 DEFAULT_MAX_LOG_BYTES_PER_TASK = 10 * 1024**2  # log characters kept per task (all attempts)
 DEFAULT_SESSION_SECONDS = 12 * 3600.0  # seconds a web session (login cookie) lasts
@@ -91,6 +94,7 @@ class CoordinatorSettings(BaseSettings):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
     body_stall_seconds: float = Field(default=DEFAULT_BODY_STALL_SECONDS, gt=0)
     max_tasks_per_job: int = Field(default=DEFAULT_MAX_TASKS_PER_JOB, ge=1)
+    chunk_seconds: float = Field(default=DEFAULT_CHUNK_SECONDS, gt=0)
     max_log_bytes_per_task: int = Field(default=DEFAULT_MAX_LOG_BYTES_PER_TASK, ge=0)
     session_seconds: float = Field(default=DEFAULT_SESSION_SECONDS, gt=0)
     # Secure flag of the session cookies; None (auto): set unless the request is plain

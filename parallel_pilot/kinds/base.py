@@ -15,6 +15,16 @@ their own part defines ``shared_payload(params) -> dict`` (params as stored, JSO
 the payload a worker leases is ``task_payload(kind, params, own)``: the shared part with
 the task's own over it. Kinds without the hook keep their whole payload in each task.
 
+A kind whose tasks are runs of equal units of work (a render chunk's frames) may let the
+coordinator cut a task as it is leased (``coordinator/services/chunking.py``): it defines
+``work_units(payload) -> int`` (the units of a task the coordinator may cut; 0 for one it
+may not) and ``split(payload, units) -> (head, rest)``, two ``TaskPart``s: the first
+``units`` units, which the leased attempt keeps, and the rest, a new task of the job with
+the same inputs. ``work_units`` and ``split_task`` below call them; kinds without them
+keep their tasks whole. The same kind may say which outputs a task may report
+(``allows_output(payload, path) -> bool``, see ``allows_output``): a cut attempt reports
+only its own units.
+
 A result is what a worker says, and workers are strangers: a kind whose results the
 coordinator reads in SQL (a sweep's exit code) defines ``clean_result(result) -> dict``,
 which ``clean_result(kind, result)`` applies before a result is stored, so a value of the
@@ -51,6 +61,14 @@ class TaskSpec:
     quorum: int | None = None
     deadline_seconds: float | None = None
     affinity: str | None = None  # a worker prefers tasks whose key matches ones it did
+
+
+@dataclass(frozen=True)
+class TaskPart:
+    """One side of a cut task (``split``): the name users see and the payload."""
+
+    name: str
+    payload: dict[str, Any]
 
 
 @dataclass
@@ -178,3 +196,28 @@ def describe_validation(exc: ValidationError) -> str:
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)  # a check of the whole model
     return "; ".join(parts)
+
+
+def work_units(kind: Kind, payload: dict[str, Any]) -> int:
+    """Units of work of a task the coordinator may cut (the kind's ``work_units``); 0 for
+    a task or a kind it may not."""
+    hook: Callable[[dict[str, Any]], int] | None = getattr(kind, "work_units", None)
+    return int(hook(payload)) if hook is not None else 0
+
+
+def split_task(kind: Kind, payload: dict[str, Any],
+               units: int) -> tuple[TaskPart, TaskPart] | None:
+    """The task cut after its first ``units`` units (the kind's ``split``), or None when
+    it has no more than that, or cannot be cut."""
+    hook: Callable[[dict[str, Any], int], tuple[TaskPart, TaskPart]] | None = \
+        getattr(kind, "split", None)
+    if hook is None or not 0 < units < work_units(kind, payload):
+        return None
+    return hook(payload, units)
+
+
+def allows_output(kind: Kind, payload: dict[str, Any], path: str) -> bool:
+    """Whether an attempt of a task with ``payload`` may report an output at ``path`` (the
+    kind's ``allows_output``; every path for kinds without one)."""
+    hook: Callable[[dict[str, Any], str], bool] | None = getattr(kind, "allows_output", None)
+    return True if hook is None else bool(hook(payload, path))

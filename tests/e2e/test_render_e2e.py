@@ -86,6 +86,23 @@ def test_two_workers_render_a_stepped_range_in_uneven_chunks(farm: Farm, scene: 
     assert all(w["tasks_done"] >= 1 for w in workers), "one worker did all the work"
 
 
+def test_without_a_chunk_size_spread_frames_go_first_and_ranges_are_cut(
+        farm: Farm, scene: Path) -> None:
+    start(farm, "w1", "w2")
+    out = farm.root / "out"
+    done = farm.pilot("render", str(scene), "--frames", "1-8", "--engine", "CYCLES",
+                      "--samples", "2", "--out", str(out), timeout=300)
+    assert "completed" in done.stdout
+    check_render(out, list(range(1, 9)))
+    (job,) = farm.api("GET", "/jobs")["jobs"]
+    tasks = farm.tasks(job["id"])
+    # frames 1 and 5 first (one in each half), then the ranges between, cut as leased
+    assert [t["name"] for t in tasks][:2] == ["frames 1", "frames 5"]
+    chunks = [t for t in tasks if t["name"] != "assemble video"]
+    rendered = sorted(int(f) for t in chunks for f in t["result"]["frames"])
+    assert rendered == list(range(1, 9)) and len(chunks) >= 4
+
+
 def test_a_worker_killed_mid_chunk_loses_no_frame(farm: Farm, scene: Path) -> None:
     start(farm, "w1")
     submitted = farm.pilot("render", str(scene), "--frames", "1-12", "--chunk", "6",

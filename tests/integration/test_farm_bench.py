@@ -65,8 +65,8 @@ def test_quick_run_never_beats_the_bound_and_renders_each_frame_once() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     runs = {(r["scenario"], r["strategy"]): r for r in result["runs"]}
-    assert set(runs) == {(s, st) for s in ("steady", "churn") for st in ("static",
-                                                                           "coordinator")}
+    assert set(runs) == {(s, st) for s in ("steady", "churn")
+                         for st in ("static", "coordinator", "adaptive-120", "old-default")}
     for run in runs.values():
         check_run(run, result["frames"])
     workers, frames = result["workers"], result["frames"]
@@ -74,11 +74,20 @@ def test_quick_run_never_beats_the_bound_and_renders_each_frame_once() -> None:
     assert runs["steady", "static"]["tasks"] == workers
     at_submit = sum(1 for w in runs["churn", "static"]["workers"] if w["joins_at"] == 0)
     assert runs["churn", "static"]["tasks"] == at_submit < workers
-    # the tail of the coordinator's run gets backup copies of its stragglers, and some win
-    assert runs["steady", "coordinator"]["backups_won"] >= 1
-    # the coordinator's own default chunks, as the render kind plans them today
-    assert runs["steady", "coordinator"]["tasks"] == math.ceil(
+    # the tail of a fixed-chunk run gets backup copies of its stragglers, and some win
+    assert runs["steady", "old-default"]["backups_won"] >= 1
+    # the fixed chunks the coordinator gave before adaptive chunks
+    assert runs["steady", "old-default"]["tasks"] == math.ceil(
         frames / result["default_chunk"])
+    # adaptive by default: 24 spread frames first (a preview of the whole range within
+    # the first frames), then ranges cut as they are leased (more tasks than planned)
+    coordinator = runs["steady", "coordinator"]
+    assert coordinator["tasks"] > 49
+    part = math.ceil(frames / 24)
+    assert len({(f - 1) // part for f in coordinator["first_frames"]}) == 10
+    assert coordinator["preview_seconds"] < runs["steady", "old-default"]["preview_seconds"]
+    for scenario in ("steady", "churn"):  # better than the old fixed chunks
+        assert runs[scenario, "coordinator"]["ratio"] < runs[scenario, "old-default"]["ratio"]
 
 
 @pytest.mark.parametrize("kind", [pytest.param("postgres", marks=pytest.mark.postgres),

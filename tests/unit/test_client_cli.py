@@ -237,10 +237,12 @@ def test_server_flags_override_settings(monkeypatch: pytest.MonkeyPatch, run,
     monkeypatch.setitem(sys.modules, "parallel_pilot.coordinator.server", module)
     monkeypatch.setenv("PILOT_PORT", "9000")
     monkeypatch.setenv("PILOT_LEASE_SECONDS", "7")
-    result = run("server", "--port", "9100", "--data-dir", str(tmp_path / "d"))
+    result = run("server", "--port", "9100", "--data-dir", str(tmp_path / "d"),
+                 "--chunk-seconds", "120")
     assert result.exit_code == 0, result.output
     (settings,) = seen
     assert settings.port == 9100 and settings.lease_seconds == 7
+    assert settings.chunk_seconds == 120
     assert settings.data_dir == tmp_path / "d" and settings.host == "127.0.0.1"
 
 

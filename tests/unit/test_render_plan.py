@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds import get_kind
-from parallel_pilot.kinds.base import parse_params
+from parallel_pilot.kinds.base import allows_output, parse_params, split_task, work_units
 from parallel_pilot.kinds.render.kind import (
     DEFAULT_MAX_CHUNK,
     MIN_BLENDER,
@@ -211,3 +211,64 @@ def test_gpu_jobs_need_a_worker_whose_blender_sees_a_gpu() -> None:
     specs = get_kind("render").plan(params(frames="1-2", device="gpu"))
     assert specs[0].requirements["render_gpu"] is True
     assert "render_gpu" not in get_kind("render").plan(params(frames="1"))[0].requirements
+
+
+def test_without_a_chunk_size_spread_frames_come_first_then_ranges_to_cut() -> None:
+    specs = get_kind("render").plan(params(frames="1-1200"))
+    chunks = [s.payload["frames"] for s in specs[:-1]]
+    probes, ranges = chunks[:24], chunks[24:]
+    # one frame at the start of each 1/24th of the range, in queue (plan) order
+    assert probes == [[1 + 50 * i] for i in range(24)]
+    assert ranges == [list(range(2 + 50 * i, 51 + 50 * i)) for i in range(24)]
+    assert sorted(f for c in chunks for f in c) == list(range(1, 1201))  # each once
+    assert all(s.payload["adaptive"] for s in specs[:-1])
+    assert [s.name for s in specs[:2]] == ["frames 1", "frames 51"]
+    assert specs[24].name == "frames 2-50"
+    assert specs[-1].depends_on == list(range(48))
+    # a job that gives its chunk size gets fixed chunks the coordinator never cuts
+    fixed = get_kind("render").plan(params(frames="1-1200", chunk=10))
+    assert all("adaptive" not in s.payload for s in fixed[:-1]) and len(fixed) == 121
+
+
+@pytest.mark.parametrize("frames, probes, ranges", [
+    ("1", 0, 1), ("1-7", 0, 1), ("1-8", 2, 2), ("1-48", 12, 12), ("1-100", 20, 20),
+    ("1-240x2", 24, 24),
+])
+def test_a_short_range_gets_fewer_spread_frames(frames: str, probes: int, ranges: int) -> None:
+    specs = get_kind("render").plan(params(frames=frames))
+    chunks = [s.payload["frames"] for s in specs[:-1]]
+    assert sum(1 for c in chunks if len(c) == 1) >= probes
+    assert len(chunks) == probes + ranges
+    assert sorted(f for c in chunks for f in c) == params(frames=frames).frame_list()
+
+
+def test_the_render_kind_cuts_an_adaptive_chunk_and_only_that() -> None:
+    kind = get_kind("render")
+    specs = kind.plan(params(frames="1-1200"))
+    payload = specs[24].payload  # frames 2-50
+    assert work_units(kind, payload) == 49
+    parts = split_task(kind, payload, 10)
+    assert parts is not None
+    head, rest = parts
+    assert (head.name, head.payload["frames"]) == ("frames 2-11", list(range(2, 12)))
+    assert (rest.name, rest.payload["frames"]) == ("frames 12-50", list(range(12, 51)))
+    for part in parts:  # the rest of the payload travels unchanged, still adaptive
+        assert {k: v for k, v in part.payload.items() if k != "frames"} == \
+            {k: v for k, v in payload.items() if k != "frames"}
+    assert split_task(kind, payload, 49) is None and split_task(kind, payload, 0) is None
+    fixed = kind.plan(params(frames="1-100", chunk=10))[0].payload
+    assert work_units(kind, fixed) == 0 and split_task(kind, fixed, 3) is None
+    assert work_units(kind, specs[-1].payload) == 0  # the assembly
+
+
+def test_a_cut_chunk_may_report_only_its_own_frames() -> None:
+    kind = get_kind("render")
+    head = {"role": "chunk", "frames": [2, 3, 4], "adaptive": True}
+    assert allows_output(kind, head, "frames/0003.png")
+    assert allows_output(kind, head, "video-frames/0004.png")
+    assert not allows_output(kind, head, "frames/0005.png")  # the rest's frame
+    assert not allows_output(kind, head, "frames/abc.png")
+    assert not allows_output(kind, head, "video-frames/0001.png")
+    assert allows_output(kind, head, "preview/latest.jpg")
+    assert allows_output(kind, head, "meta/scene.json")
+    assert allows_output(kind, {"role": "assemble", "frames": [1]}, "video.mp4")

@@ -128,8 +128,10 @@ def render_command(scene: Path, frames: str | None, chunk: int | None, engine: s
                           f"pilot wait {job.id}")
         return
     if not as_json:
-        err_console.print(f"submitted job {job.id}: {_frame_count(job)} frames in "
-                          f"{job.tasks_total - 1} chunk(s), then assembly")
+        cut = (f"{job.tasks_total - 1} chunk(s)" if job.params.get("chunk") else
+               "chunks sized to each worker (spread frames first)")
+        err_console.print(f"submitted job {job.id}: {_frame_count(job)} frames in {cut}, "
+                          "then assembly")
     job = follow_render(client, job, timeout=wait_timeout, show=not as_json)
     files: list[Path] = []
     if job.state == JobState.COMPLETED:

@@ -31,6 +31,9 @@ def _given(**values: Any) -> dict[str, Any]:
               help="SQLAlchemy URL of PostgreSQL or MariaDB (default: SQLite in the data dir).")
 @click.option("--lease-seconds", type=float, help="Seconds a lease lasts without a heartbeat.")
 @click.option("--heartbeat-seconds", type=float, help="Seconds between worker heartbeats.")
+@click.option("--chunk-seconds", type=float,
+              help="Seconds a render chunk should take on its worker when the job gives no "
+                   "chunk size (default 600).")
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
               help="A reverse proxy (address or network) whose X-Forwarded-For is believed; "
                    "repeatable (default: none, the peer's address counts).")

@@ -54,7 +54,7 @@ from parallel_pilot.errors import (
     PayloadTooLarge,
 )
 from parallel_pilot.kinds import get_kind
-from parallel_pilot.kinds.base import output_limit
+from parallel_pilot.kinds.base import allows_output, output_limit
 from parallel_pilot.store import queries as q
 from parallel_pilot.store.queries import copies as qc
 
@@ -176,13 +176,19 @@ def record_user_blobs(conn: sa.Connection, user_id: int, sizes: dict[str, int],
 
 def granted_outputs(conn: sa.Connection, worker_id: int, task_id: int, attempt: int,
                     outputs: Sequence[OutputRequest],
-                    inputs: dict[str, Any] | None = None) -> list[GrantedOutput]:
+                    inputs: dict[str, Any] | None = None, task: Any = None,
+                    kind: str | None = None) -> list[GrantedOutput]:
     """The outputs of a report, each with its stored size, if every one was uploaded by
     this worker for this attempt or is one of the attempt's inputs (``inputs``: the task's,
     read here when needed and not given); else ``OutputNotUploaded`` for the first that is
-    not, worded the same whether its blob exists or not."""
+    not, worded the same whether its blob exists or not. A kind that says which paths a
+    task may report (``Kind.allows_output``: a cut render chunk, only its own frames) is
+    asked about each, from the task's row (``task``, read when not given; ``kind`` names
+    the task's kind so that a kind without the hook costs no read)."""
     if not outputs:
         return []
+    if kind is None or hasattr(get_kind(kind), "allows_output"):
+        _check_paths(conn, task_id, attempt, outputs, task)
     sizes = q.attempt_upload_sizes(conn, worker_id, task_id, attempt,
                                    (o.sha256 for o in outputs))
     rest = {o.sha256 for o in outputs} - sizes.keys()
@@ -199,6 +205,19 @@ def granted_outputs(conn: sa.Connection, worker_id: int, task_id: int, attempt: 
                 f"{attempt} of task {task_id} (upload it with {ATTEMPT_HEADER}: "
                 f"{attempt_header(task_id, attempt)} first); nothing of the report was applied")
     return [GrantedOutput(o.path, o.sha256, sizes[o.sha256]) for o in outputs]
+
+
+def _check_paths(conn: sa.Connection, task_id: int, attempt: int,
+                 outputs: Sequence[OutputRequest], task: Any) -> None:
+    task = task if task is not None else q.get_task(conn, task_id)
+    if task is None:
+        return  # the fence refuses the report
+    kind = get_kind(task.kind)
+    for output in outputs:
+        if not allows_output(kind, task.payload, output.path):
+            raise OutputNotUploaded(
+                f"output {output.path!r} is not one of attempt {attempt} of task {task_id}'s "
+                f"({task.name}); nothing of the report was applied")
 
 
 def add_outputs(conn: sa.Connection, job_id: int, task_id: int, attempt: int,

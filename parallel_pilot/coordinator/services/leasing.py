@@ -209,7 +209,7 @@ def add_output(svc: Services, worker: sa.Row, task_id: int, attempt: int,
     with svc.transaction() as conn:
         task = held_running_task(conn, worker, task_id, attempt)
         granted = blobs.granted_outputs(conn, worker.id, task_id, attempt, [request],
-                                        inputs=task.inputs)
+                                        inputs=task.inputs, task=task)
         blobs.add_outputs(conn, task.job_id, task_id, attempt, granted, now)
 
 
@@ -229,7 +229,7 @@ def complete(svc: Services, worker: sa.Row, task_id: int, attempt: int,
         task = held_task(conn, worker, task_id, attempt, copies=False)
         if request.outputs:  # all of them, with the result, or the report is refused whole
             granted = blobs.granted_outputs(conn, worker.id, task_id, attempt,
-                                            request.outputs, inputs=task.inputs)
+                                            request.outputs, inputs=task.inputs, task=task)
             if task.state != TaskState.LEASED:
                 raise StaleAttempt(f"task {task_id} is {task.state}; the result is not "
                                    "accepted")

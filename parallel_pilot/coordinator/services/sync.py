@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from parallel_pilot.coordinator.services import (
     blobs,
+    chunking,
     jobs,
     leasing,
     losses,
@@ -175,14 +176,16 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
     cpu_sets = [s for s in sets if not gpus_of.get(s, 0)]
     if want > 0 and cpu_sets:
         rows = _candidates(conn, svc, worker, me, caps, cpu_sets, want + CLAIM_SPARE)
-        chosen += leasing.prefer_affinity(conn, worker.id, rows, want)
+        chosen += chunking.choose(conn, svc, worker.id, rows, want)  # adaptive chunks cut
     gpu_sets = [s for s in sets if 0 < gpus_of.get(s, 0) <= gpu_room]
     if gpu_sets:
         rows = _candidates(conn, svc, worker, me, caps, gpu_sets, gpu_room + CLAIM_SPARE)
+        fit = []
         for row in leasing.prefer_affinity(conn, worker.id, rows, len(rows)):
             if gpus_of[row.requirement_set_id] <= gpu_room:  # the first that fit, in order
-                chosen.append(row)
+                fit.append(row)
                 gpu_room -= gpus_of[row.requirement_set_id]
+        chosen += chunking.cut(conn, svc, worker.id, fit)
     if not chosen:
         if not backups:
             return []
@@ -441,7 +444,8 @@ def _granted_outputs(conn: sa.Connection, worker: sa.Row,
         try:
             if report.outputs:
                 granted[id(report)] = blobs.granted_outputs(conn, worker.id, row.id,
-                                                            report.attempt, report.outputs)
+                                                            report.attempt, report.outputs,
+                                                            kind=row.kind)
         except OutputNotUploaded as exc:
             untrue.append((report, row, exc.message))
         else:

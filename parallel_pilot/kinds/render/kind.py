@@ -10,10 +10,12 @@ frame finishes; the assembly task reads the job's frame outputs through
 ``ctx.job_outputs("frames/")`` and ``ctx.fetch_blob``, since its inputs cannot be known
 when the job is planned.
 
-Default chunk size: ``ceil(frames / DEFAULT_TARGET_TASKS)`` clamped to 1..10. The planner
-does not know how many workers there will be; 24 tasks keep up to 8 workers busy with 3
-tasks each (so a fast worker takes more), and no default chunk is over 10 frames, so a lost
-chunk costs little. A 48-frame demo gets chunks of 2, 240 frames get chunks of 10.
+Without a chunk size the job is planned adaptive (``spread.py``): one frame in each 1/24th
+of the range first, then the ranges between them, which the coordinator cuts as workers
+take them, so each task takes about the coordinator's ``chunk_seconds`` on its worker
+(``coordinator/services/chunking.py``). A job that gives ``chunk`` gets fixed chunks of
+that size. ``default_chunk`` (``ceil(frames / 24)`` clamped to 1..10) is the fixed size
+the coordinator used before, kept for the farm bench's comparison.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from parallel_pilot.core.ranges import parse_int_range
 from parallel_pilot.core.requirements import version_tuple
 from parallel_pilot.core.units import human_bytes
 from parallel_pilot.errors import InvalidInput, InvalidRange
-from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskSpec
+from parallel_pilot.kinds.base import FinishedTask, RunContext, TaskPart, TaskSpec
+from parallel_pilot.kinds.render import spread
 from parallel_pilot.kinds.render.assemble import (
     FRAMES_PREFIX,
     VIDEO_FRAMES_PREFIX,
@@ -56,8 +59,8 @@ from parallel_pilot.kinds.render.chunk import SCENE_META_PATH, run_chunk
 
 MAX_RENDER_FRAMES = 100_000  # frames one render job may ask for
 MAX_CHUNK = 1000  # frames one task may be given
-DEFAULT_TARGET_TASKS = 24  # chunks a job is cut into when no chunk size is given
-DEFAULT_MAX_CHUNK = 10  # frames in a default chunk at most
+DEFAULT_TARGET_TASKS = 24  # chunks of default_chunk (the fixed size compared in the bench)
+DEFAULT_MAX_CHUNK = 10  # frames in a default_chunk at most
 DEFAULT_FPS = 24.0  # frames per second of the video when neither job nor scene says
 MIN_BLENDER = "2.80"  # the oldest Blender the render script works with
 VIDEO_OUTPUT = "video.mp4"
@@ -238,7 +241,8 @@ def expand_frames(text: str) -> list[int]:
 
 
 def default_chunk(frame_count: int) -> int:
-    """Frames per task when the job does not say (see the module docstring)."""
+    """The fixed chunk size the coordinator gave a job that did not say, before chunks
+    became adaptive (see the module docstring)."""
     return max(1, min(DEFAULT_MAX_CHUNK, math.ceil(frame_count / DEFAULT_TARGET_TASKS)))
 
 
@@ -269,7 +273,6 @@ class RenderKind:
     def plan(self, params: BaseModel) -> list[TaskSpec]:
         assert isinstance(params, RenderParams)
         frames = params.frame_list()
-        size = params.chunk or default_chunk(len(frames))
         project = params.manifest()
         overrides = {
             "engine": params.engine, "samples": params.samples,
@@ -286,10 +289,17 @@ class RenderKind:
             "min_blender": f"{saved_by[0]}.{saved_by[1]}" if saved_by else MIN_BLENDER}
         if params.device == "gpu":
             requirements["render_gpu"] = True
+        if params.chunk is not None:
+            chunks = [(chunk, False) for chunk in chunks_of(frames, params.chunk)]
+        else:  # spread frames first, then ranges the coordinator cuts as they are leased
+            probes, ranges = spread.spread_chunks(frames)
+            chunks = [(c, True) for c in probes + ranges]
         specs = [
-            TaskSpec(name=f"frames {format_frames(chunk)}", payload={**common, "frames": chunk},
+            TaskSpec(name=spread.chunk_name(chunk),
+                     payload={**common, "frames": chunk, **({spread.ADAPTIVE: True}
+                                                            if adaptive else {})},
                      inputs=dict(project.files), requirements=dict(requirements))
-            for chunk in chunks_of(frames, size)
+            for chunk, adaptive in chunks
         ]
         specs.append(TaskSpec(
             name="assemble video",
@@ -298,6 +308,15 @@ class RenderKind:
             depends_on=list(range(len(specs))),
         ))
         return specs
+
+    def work_units(self, payload: dict[str, Any]) -> int:
+        return spread.work_units(payload)
+
+    def split(self, payload: dict[str, Any], units: int) -> tuple[TaskPart, TaskPart]:
+        return spread.split(payload, units)
+
+    def allows_output(self, payload: dict[str, Any], path: str) -> bool:
+        return spread.allows_output(payload, path)
 
     def max_output_bytes(self, payload: dict[str, Any], default: int) -> int:
         """A chunk's outputs are single frames; the assembly's are the whole job's."""
