@@ -22,13 +22,14 @@ and stops of copies)."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -67,7 +68,8 @@ from parallel_pilot.store.queries import workers as qw
 
 log = logging.getLogger("pilot.sync")
 
-EXCHANGE_TRIES = 4  # times one sync runs when the database aborts it to break a deadlock
+EXCHANGE_TRIES = 8  # times one sync runs when the database aborts it to break a deadlock
+DEADLOCK_PAUSE_SECONDS = 0.02  # at most this times the try before the next (random: apart)
 CLAIM_SPARE = 8  # candidates read beyond those wanted, for affinity to choose among
 SETS_RECHECK_SECONDS = 2.0  # how stale this process's list of requirement sets may be
 FIT_CACHE_WORKERS = 10_000  # distinct worker capabilities whose fitting sets are kept
@@ -254,14 +256,24 @@ def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
     from the start when the database broke a deadlock by aborting it: two syncs that
     finish and claim tasks of several jobs each lock those jobs' rows (their task counts)
     in different orders, and a fair claim spreads a worker over several users' jobs."""
+    return _retried(lambda: _exchange_once(svc, worker, request), worker.id)
+
+
+T = TypeVar("T")
+
+
+def _retried(once: Callable[[], T], worker_id: int) -> T:
+    """``once()``, run again (up to ``EXCHANGE_TRIES`` in all) when it deadlocked."""
     for attempt in range(1, EXCHANGE_TRIES + 1):
         try:
-            return _exchange_once(svc, worker, request)
+            return once()
         except sa.exc.DBAPIError as error:
             if attempt == EXCHANGE_TRIES or not is_deadlock(error):
                 raise
-            log.info("sync of worker %s deadlocked (try %d); running it again", worker.id,
+            log.info("sync of worker %s deadlocked (try %d); running it again", worker_id,
                      attempt)
+            # syncs that deadlocked together would meet again if they ran again at once
+            time.sleep(random.uniform(0, DEADLOCK_PAUSE_SECONDS * attempt))
     raise AssertionError("unreachable")
 
 
@@ -337,7 +349,12 @@ def _exchange_once(svc: Services, worker: sa.Row, request: SyncRequest) -> Excha
 def poll(svc: Services, worker: sa.Row, request: SyncRequest,
          ) -> tuple[list[TaskLease], bool]:
     """A long poll woke up: claim what the worker may take now; (leases, whether the
-    worker may still get tasks)."""
+    worker may still get tasks). Run again when it deadlocked, as ``exchange``."""
+    return _retried(lambda: _poll_once(svc, worker, request), worker.id)
+
+
+def _poll_once(svc: Services, worker: sa.Row, request: SyncRequest,
+               ) -> tuple[list[TaskLease], bool]:
     now = svc.clock()
     caps = capabilities(worker)
     granted = min(request.prefetch, svc.settings.max_prefetch)
