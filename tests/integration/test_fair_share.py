@@ -149,7 +149,7 @@ def test_concurrent_claims_lease_each_task_once(coordinator: Coordinator) -> Non
     if coord.services.engine.dialect.name == "mysql":
         pytest.skip("eight concurrent syncs deadlock on MariaDB (error 1213, the held rows' "
                     "FOR UPDATE against the job-count triggers) on main as well, and still "
-                    "after the exchange's 4 tries")
+                    "after the exchange's 4 tries (not tried again with 8)")
     users = [add_user(coord, name) for name in ("a", "b", "c")]
     job_ids = [submit_as(coord, u, tasks=20) for u in users for _ in range(4)]
     workers = [register(coord, f"w{i}", slots=3) for i in range(8)]
