@@ -147,6 +147,10 @@ def test_a_fast_worker_gets_bigger_chunks_than_a_slow_one(coordinator: Coordinat
 def test_every_frame_is_rendered_once_with_concurrent_workers_cutting(
         coordinator: Coordinator) -> None:
     coord = coordinator
+    # the cuts alone: once a chunk has run backup_min_seconds on the test's clock an idle
+    # worker here may take a backup copy of it (tests/integration/test_stragglers.py covers
+    # copies), and this helper runs every lease as an original
+    coord.services.settings.backup_copies = False
     frames = 600
     job_id = render_job(coord, f"1-{frames}")
     workers = [render_worker(coord, f"w{i}") for i in range(6)]
