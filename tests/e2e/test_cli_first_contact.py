@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -140,8 +141,9 @@ def test_a_worker_keeps_retrying_its_report_and_says_so(farm: Farm) -> None:
     farm.start_server()
     wait_for(lambda: farm.job(job)["state"] == "completed", 60, "the report to get through")
     log = farm.log("worker-w1")
-    assert f"cannot reach the coordinator at {farm.url} (connection refused); " \
-           "retrying for up to 120 s…" in log
+    # the reason depends on when the kill caught the exchange (refused, reset, ...)
+    assert re.search(rf"cannot reach the coordinator at {re.escape(farm.url)} \([^)]+\); "
+                     r"retrying for up to 120 s…", log), log
     assert "answers again" in log
     assert worker.poll() is None
 
