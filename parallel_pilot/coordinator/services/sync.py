@@ -152,8 +152,10 @@ def claim_in(conn: sa.Connection, svc: Services, worker: sa.Row, caps: Capabilit
     GPU, never more such than its allowed slots plus ``prefetch`` held in all, and tasks
     that need GPUs as long as their GPUs fit in its GPU slots that no held attempt holds
     (``trust``; ``free_gpus``, the worker's word, can only lower that). ``me`` is the
-    worker's row locked by this transaction and ``held`` the attempts it holds (read here
-    when not given); a pending or paused worker gets nothing."""
+    worker's row locked by this transaction and ``held`` the attempts it holds, backup
+    copies included (read here when not given); a pending or paused worker gets nothing.
+    With ``backups``, a worker that finds no task may get backup copies of stragglers on
+    its free slots (``stragglers``)."""
     if me is None:
         me = qw.lock_worker(conn, worker.id)
     if me is None or me.pending or (me.paused_until is not None and me.paused_until > now):
