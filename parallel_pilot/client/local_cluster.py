@@ -202,6 +202,14 @@ class LocalCluster:
     def add_worker(self, name: str | None = None, *, slots: int | None = None,
                    extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         """Start one more worker process; its join token travels in the environment."""
+        argv, log, env = self.worker_spec(name, slots=slots, extra_args=extra_args)
+        proc = self._spawn(argv, log, extra_env=env)
+        self.workers.append(proc)
+        return proc
+
+    def worker_spec(self, name: str | None = None, *, slots: int | None = None,
+                       extra_args: Sequence[str] = ()) -> tuple[list[str], Path, dict[str, str]]:
+        """The next worker's ``pilot`` arguments, log file and environment."""
         if not self.join_token:
             raise RuntimeError("start the coordinator before adding workers")
         index = len(self.workers) + 1
@@ -211,10 +219,9 @@ class LocalCluster:
                 "--slots", str(slots or self.slots), "--allow", ",".join(self.allow),
                 "--cache-dir", str(home / "cache"), "--work-dir", str(home / "work"),
                 *self.worker_args, *extra_args]
-        proc = self._spawn(argv, self.log_dir / f"worker-{name}.log",
-                           extra_env={"PILOT_JOIN_TOKEN": self.join_token})
-        self.workers.append(proc)
-        return proc
+        private_dir(self.log_dir)
+        return argv, self.log_dir / f"worker-{name}.log", {**self.env,
+                                                            "PILOT_JOIN_TOKEN": self.join_token}
 
     def stop(self, *, hurry_on_signal: bool = False,
              on_hurry: Callable[[], None] | None = None) -> None:
