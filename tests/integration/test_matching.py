@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from parallel_pilot.coordinator.services import sync
+from parallel_pilot.coordinator.services import claim
 from parallel_pilot.core.protocol import Capabilities, Gpu, RenderDevice
 from parallel_pilot.core.requirements import GIB, Requirements, parse_requires, shortfalls
 from parallel_pilot.store import queries as q
@@ -122,7 +122,7 @@ def _claims_agree(coord: Coordinator) -> None:
         with svc.engine.connect() as conn:
             outer = conn.begin()
             worker = q.get_worker(conn, worker_id)
-            leases = sync.claim_in(conn, svc, worker, caps, 64, coord.clock(), fresh_sets=True,
+            leases = claim.claim_in(conn, svc, worker, caps, 64, coord.clock(), fresh_sets=True,
                                    prefetch=0)
             outer.rollback()
         claimed = {t.job_id for t in leases}

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from parallel_pilot.coordinator.auth import CurrentUser, CurrentWorker, ServicesDep
+from parallel_pilot.coordinator.services import claim as claims
 from parallel_pilot.coordinator.services import leasing, sync
 from parallel_pilot.coordinator.services import workers as worker_service
 from parallel_pilot.coordinator.services.context import Services, Waiter
@@ -76,7 +77,7 @@ async def lease(svc: ServicesDep, worker: CurrentWorker, body: LeaseRequest,
     wait = min(body.wait_seconds, svc.settings.long_poll_seconds)
 
     async def claim() -> tuple[list[TaskLease], bool]:
-        tasks = await run_in_threadpool(sync.claim, svc, worker, body.slots)
+        tasks = await run_in_threadpool(claims.claim, svc, worker, body.slots)
         return tasks, True
 
     if wait <= 0:
