@@ -290,6 +290,20 @@ def test_a_sweep_shows_its_results_failure_and_the_workers(coordinator: Coordina
     assert web.get("/jobs/abc").status_code == 404
 
 
+def test_the_workers_page_shows_gpu_slots(coordinator: Coordinator, web: TestClient) -> None:
+    login(web, "admin", _password(coordinator))
+    gpu = {"name": "RTX 4090", "memory_bytes": 24 * 2**30}
+    trusted.register(coordinator, "two-gpus", slots=3, gpus=[gpu, gpu])
+    trusted.register(coordinator, "one-gpu", gpus=[gpu])
+    trusted.register(coordinator, "cpu-only")
+    rows = {row.split('class="name">', 1)[1].split("<", 1)[0]: row
+            for row in web.get("/workers").text.split("<tr>")[2:]}
+    assert "RTX 4090 (24.0 GiB), RTX 4090 (24.0 GiB) · 2 GPU slots" in rows["two-gpus"]
+    assert "3 slots" in rows["two-gpus"]
+    assert "RTX 4090 (24.0 GiB) · 1 GPU slot<" in rows["one-gpu"]
+    assert "GPU slot" not in rows["cpu-only"]
+
+
 def test_login_warns_when_the_browser_would_drop_the_session_cookie(
         sqlite_coordinator: Coordinator) -> None:
     # plain http to a host that is not local: the cookie is Secure, the browser drops it
