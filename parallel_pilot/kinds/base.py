@@ -21,9 +21,13 @@ coordinator cut a task as it is leased (``coordinator/services/chunking.py``): i
 may not) and ``split(payload, units) -> (head, rest)``, two ``TaskPart``s: the first
 ``units`` units, which the leased attempt keeps, and the rest, a new task of the job with
 the same inputs. ``work_units`` and ``split_task`` below call them; kinds without them
-keep their tasks whole. The same kind may say which outputs a task may report
-(``allows_output(payload, path) -> bool``, see ``allows_output``): a cut attempt reports
-only its own units.
+keep their tasks whole. Such a kind may also name its units, so the coordinator learns
+what each costs (``coordinator/services/chunk_costs.py``): ``unit_keys(payload) ->
+list[int]`` (a render chunk's frame numbers, in order; neighbouring keys cost alike) and
+``output_unit(path) -> int | None`` (the unit an output reports done: ``frames/0012.png``
+-> 12), called through ``unit_keys`` and ``output_unit`` below. The same kind may say
+which outputs a task may report (``allows_output(payload, path) -> bool``, see
+``allows_output``): a cut attempt reports only its own units.
 
 A result is what a worker says, and workers are strangers: a kind whose results the
 coordinator reads in SQL (a sweep's exit code) defines ``clean_result(result) -> dict``,
@@ -214,6 +218,20 @@ def split_task(kind: Kind, payload: dict[str, Any],
     if hook is None or not 0 < units < work_units(kind, payload):
         return None
     return hook(payload, units)
+
+
+def unit_keys(kind: Kind, payload: dict[str, Any]) -> list[int] | None:
+    """The keys of a cuttable task's units, in order (the kind's ``unit_keys``); None
+    for a kind that does not name its units."""
+    hook: Callable[[dict[str, Any]], list[int]] | None = getattr(kind, "unit_keys", None)
+    return None if hook is None else [int(k) for k in hook(payload)]
+
+
+def output_unit(kind: Kind, path: str) -> int | None:
+    """The unit whose output ``path`` is (the kind's ``output_unit``); None when it
+    reports no unit, or the kind does not say."""
+    hook: Callable[[str], int | None] | None = getattr(kind, "output_unit", None)
+    return None if hook is None else hook(path)
 
 
 def allows_output(kind: Kind, payload: dict[str, Any], path: str) -> bool:

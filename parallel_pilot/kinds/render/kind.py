@@ -315,6 +315,12 @@ class RenderKind:
     def split(self, payload: dict[str, Any], units: int) -> tuple[TaskPart, TaskPart]:
         return spread.split(payload, units)
 
+    def unit_keys(self, payload: dict[str, Any]) -> list[int]:
+        return spread.unit_keys(payload)
+
+    def output_unit(self, path: str) -> int | None:
+        return spread.output_unit(path)
+
     def allows_output(self, payload: dict[str, Any], path: str) -> bool:
         return spread.allows_output(payload, path)
 

@@ -47,6 +47,21 @@ def work_units(payload: dict[str, Any]) -> int:
     return len(payload.get("frames") or [])
 
 
+def unit_keys(payload: dict[str, Any]) -> list[int]:
+    """A chunk's frame numbers in order: the keys the coordinator learns frame costs by
+    (neighbouring frames of a shot cost alike)."""
+    return [int(f) for f in payload.get("frames") or []] if work_units(payload) else []
+
+
+def output_unit(path: str) -> int | None:
+    """The frame an output reports rendered (``frames/0012.png`` -> 12); None for
+    anything else (a video copy, a preview, a File Output node's file)."""
+    if not path.startswith(FRAMES_PREFIX):
+        return None
+    stem = path[len(FRAMES_PREFIX):].split(".", 1)[0]
+    return int(stem) if stem.isdigit() else None
+
+
 def split(payload: dict[str, Any], units: int) -> tuple[TaskPart, TaskPart]:
     """The chunk's first ``units`` frames, and the rest (still adaptive)."""
     frames = list(payload["frames"])

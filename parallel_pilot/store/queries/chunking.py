@@ -16,11 +16,11 @@ import sqlalchemy as sa
 from parallel_pilot.core.states import TaskState
 from parallel_pilot.store.queries._common import Row
 from parallel_pilot.store.queries.jobs import adjust_job_counts
-from parallel_pilot.store.tables import jobs, task_deps, tasks
+from parallel_pilot.store.tables import jobs, task_deps, task_outputs, tasks
 
 _b = sa.bindparam
 
-_FINISHED = (sa.select(tasks.c.worker_id, tasks.c.payload, tasks.c.leased_at,
+_FINISHED = (sa.select(tasks.c.id, tasks.c.worker_id, tasks.c.payload, tasks.c.leased_at,
                        tasks.c.finished_at)
              .where(tasks.c.job_id == _b("j"), tasks.c.state == TaskState.DONE,
                     tasks.c.kind == _b("kind"), tasks.c.leased_at.is_not(None),
@@ -31,7 +31,7 @@ _FINISHED = (sa.select(tasks.c.worker_id, tasks.c.payload, tasks.c.leased_at,
 
 def finished_chunks(conn: sa.Connection, job_id: int, kind: str, limit: int) -> list[Row]:
     """The job's latest ``limit`` done tasks of ``kind`` with the worker that did them and
-    the lease and finish times of the attempt that did (worker_id, payload, leased_at,
+    the lease and finish times of the attempt that did (id, worker_id, payload, leased_at,
     finished_at), newest first."""
     return list(conn.execute(_FINISHED, {"j": job_id, "kind": kind, "limit": limit}))
 
@@ -47,6 +47,22 @@ def open_chunks(conn: sa.Connection, job_id: int, kind: str) -> list[Row]:
     """The job's ready and leased tasks of ``kind`` (id, state, worker_id, payload,
     leased_at)."""
     return list(conn.execute(_OPEN, {"j": job_id, "kind": kind}))
+
+
+_UNIT_OUTPUTS = (sa.select(task_outputs.c.task_id, task_outputs.c.path,
+                           task_outputs.c.created_at)
+                 .select_from(task_outputs.join(tasks, sa.and_(
+                     tasks.c.id == task_outputs.c.task_id,
+                     tasks.c.attempt == task_outputs.c.attempt)))
+                 .where(task_outputs.c.job_id == _b("j"), tasks.c.kind == _b("kind"),
+                        tasks.c.state.in_([TaskState.DONE, TaskState.LEASED])))
+
+
+def attempt_outputs(conn: sa.Connection, job_id: int, kind: str) -> list[Row]:
+    """The outputs the current attempts of the job's done and leased tasks of ``kind``
+    reported (task_id, path, created_at): when each frame arrived, on the coordinator's
+    clock."""
+    return list(conn.execute(_UNIT_OUTPUTS, {"j": job_id, "kind": kind}))
 
 
 def lock_job(conn: sa.Connection, job_id: int) -> Row | None:
