@@ -208,7 +208,7 @@ class LocalCluster:
         return proc
 
     def worker_spec(self, name: str | None = None, *, slots: int | None = None,
-                       extra_args: Sequence[str] = ()) -> tuple[list[str], Path, dict[str, str]]:
+                    extra_args: Sequence[str] = ()) -> tuple[list[str], Path, dict[str, str]]:
         """The next worker's ``pilot`` arguments, log file and environment."""
         if not self.join_token:
             raise RuntimeError("start the coordinator before adding workers")
@@ -219,9 +219,8 @@ class LocalCluster:
                 "--slots", str(slots or self.slots), "--allow", ",".join(self.allow),
                 "--cache-dir", str(home / "cache"), "--work-dir", str(home / "work"),
                 *self.worker_args, *extra_args]
-        private_dir(self.log_dir)
-        return argv, self.log_dir / f"worker-{name}.log", {**self.env,
-                                                            "PILOT_JOIN_TOKEN": self.join_token}
+        env = {**self.env, "PILOT_JOIN_TOKEN": self.join_token}
+        return argv, self.log_dir / f"worker-{name}.log", env
 
     def stop(self, *, hurry_on_signal: bool = False,
              on_hurry: Callable[[], None] | None = None) -> None:
