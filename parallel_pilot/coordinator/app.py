@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from parallel_pilot import __version__, web
+from parallel_pilot.coordinator import passwords
 from parallel_pilot.coordinator.body_guard import BodyGuard
 from parallel_pilot.coordinator.bootstrap import tighten_data_dir
 from parallel_pilot.coordinator.routes import (
@@ -52,6 +53,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def build_services(settings: CoordinatorSettings,
                    clock: Callable[[], float] | None = None) -> Services:
     private_dir(settings.data_dir)
+    if passwords.INSECURE_FAST_HASH:
+        log.warning("%s=1: passwords are hashed with argon2's cheapest parameters, for tests"
+                    " only; unset it on a farm", passwords.INSECURE_FAST_HASH_ENV)
     engine = open_database(settings.resolved_database_url())
     tighten_data_dir(settings)
     services = Services(engine=engine, blobs=BlobStore(settings.blob_dir), settings=settings)

@@ -145,7 +145,7 @@ DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 @pytest.fixture(params=DATABASES)
 def coordinator(request: pytest.FixtureRequest, tmp_path: Path,
-                fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
+                fresh_database: Callable[..., str]) -> Iterator[Coordinator]:
     with running_coordinator(tmp_path / "data", request.param,
-                             fresh_database(request.param)) as coord:
+                             fresh_database(request.param, migrated=True)) as coord:
         yield coord

@@ -418,9 +418,10 @@ TIGHT_BODY_BYTES = 4 * MB  # max_body_bytes of tight_server
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def tight_server(request: pytest.FixtureRequest, tmp_path: Path,
-                 fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
+                 fresh_database: Callable[..., str]) -> Iterator[Coordinator]:
     """A coordinator with a short body stall time and a small body limit."""
-    with running_coordinator(tmp_path / "tight", request.param, fresh_database(request.param),
+    url = fresh_database(request.param, migrated=True)
+    with running_coordinator(tmp_path / "tight", request.param, url,
                              body_stall_seconds=STALL_SECONDS,
                              max_body_bytes=TIGHT_BODY_BYTES) as coord:
         yield coord

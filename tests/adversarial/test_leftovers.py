@@ -113,8 +113,8 @@ def _python_task_function() -> Callable[[str, float], int]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def farm(request: pytest.FixtureRequest, tmp_path: Path,
-         fresh_database: Callable[[str], str]) -> Iterator[LocalCluster]:
-    url = fresh_database(request.param)
+         fresh_database: Callable[..., str]) -> Iterator[LocalCluster]:
+    url = fresh_database(request.param, migrated=True)
     cluster = LocalCluster(tmp_path / "data", workers=0, allow=("sweep", "python"),
                            server_args=["--database-url", url,
                                         "--lease-seconds", str(LEASE_SECONDS),

@@ -232,9 +232,10 @@ def test_the_honest_path_still_works(coordinator: Coordinator) -> None:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def small_outputs(request: pytest.FixtureRequest, tmp_path: Path,
-                  fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
+                  fresh_database: Callable[..., str]) -> Iterator[Coordinator]:
     """The ``coordinator`` fixture's server with outputs limited to 1,000 bytes."""
-    with running_coordinator(tmp_path / "data", request.param, fresh_database(request.param),
+    url = fresh_database(request.param, migrated=True)
+    with running_coordinator(tmp_path / "data", request.param, url,
                              max_output_bytes=SMALL_OUTPUT_LIMIT) as coord:
         yield coord
 

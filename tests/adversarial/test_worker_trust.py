@@ -323,9 +323,10 @@ LIMIT = 5  # registrations per join token and failure reports per worker, a minu
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def limited(request: pytest.FixtureRequest, tmp_path: Path,
-            fresh_database: Callable[[str], str]) -> Iterator[Coordinator]:
+            fresh_database: Callable[..., str]) -> Iterator[Coordinator]:
     """A server with low per-minute limits (the conftest's keeps the defaults)."""
-    with running_coordinator(tmp_path / "data", request.param, fresh_database(request.param),
+    url = fresh_database(request.param, migrated=True)
+    with running_coordinator(tmp_path / "data", request.param, url,
                              join_token_registrations_per_minute=LIMIT,
                              worker_failures_per_minute=LIMIT) as coord:
         yield coord

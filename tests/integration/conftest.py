@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,16 +66,17 @@ def make_coordinator(database_url: str, tmp_path: Path, **overrides: object) -> 
 
 
 @pytest.fixture
-def coordinator(database_url: str, tmp_path: Path) -> Iterator[Coordinator]:
-    coord = make_coordinator(database_url, tmp_path)
+def coordinator(migrated_database_url: str, tmp_path: Path) -> Iterator[Coordinator]:
+    coord = make_coordinator(migrated_database_url, tmp_path)
     with coord.client:
         yield coord
     coord.services.engine.dispose()
 
 
 @pytest.fixture
-def sqlite_coordinator(tmp_path: Path) -> Iterator[Coordinator]:
-    coord = make_coordinator(f"sqlite:///{tmp_path / 'pilot.db'}", tmp_path)
+def sqlite_coordinator(tmp_path: Path,
+                       fresh_database: Callable[..., str]) -> Iterator[Coordinator]:
+    coord = make_coordinator(fresh_database("sqlite", migrated=True), tmp_path)
     with coord.client:
         yield coord
     coord.services.engine.dispose()

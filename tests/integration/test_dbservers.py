@@ -143,3 +143,65 @@ def test_missing_piece_skips_locally_and_fails_under_ci(
     )
     assert f"1 {outcome}" in result.stdout, result.stdout + result.stderr
     assert "frobnicator is not installed" in result.stdout
+
+
+def _schema(url: str) -> dict[str, object]:
+    """Everything of a database's schema a coordinator relies on: per table its columns,
+    primary key, indexes, unique constraints and foreign keys; the triggers (with their
+    statements); the alembic revision."""
+    engine = sa.create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        tables: dict[str, object] = {}
+        for table in inspector.get_table_names():
+            tables[table] = (
+                [(c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                 for c in inspector.get_columns(table)],
+                inspector.get_pk_constraint(table)["constrained_columns"],
+                sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                       for i in inspector.get_indexes(table)),
+                sorted((u["name"], tuple(u["column_names"]))
+                       for u in inspector.get_unique_constraints(table)),
+                sorted((f["referred_table"], tuple(f["constrained_columns"]),
+                        tuple(f["referred_columns"]), str(f.get("options")))
+                       for f in inspector.get_foreign_keys(table)))
+        triggers = {
+            "sqlite": "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'",
+            "postgresql": "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger"
+                          " WHERE NOT tgisinternal",
+            "mysql": "SELECT trigger_name, action_statement FROM information_schema.triggers"
+                     " WHERE trigger_schema = DATABASE()",
+        }[engine.dialect.name]
+        with engine.connect() as conn:
+            found = sorted(tuple(row) for row in conn.exec_driver_sql(triggers))
+            revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+        return {"tables": tables, "triggers": found, "revision": [tuple(r) for r in revision]}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                                  pytest.param("mariadb", marks=pytest.mark.mariadb)])
+def test_a_migrated_copy_is_the_migrated_schema(
+    kind: str, fresh_database: Callable[..., str]
+) -> None:
+    """`fresh_database(kind, migrated=True)` (a copy of this process's template) has the
+    schema the real migrations make in an empty database, and no rows but the revision."""
+    from parallel_pilot.store.database import open_database
+
+    migrated = fresh_database(kind)
+    open_database(migrated).dispose()
+    copy = fresh_database(kind, migrated=True)
+    expected, got = _schema(migrated), _schema(copy)
+    assert got == expected
+    assert len(expected["tables"]) > 10 and len(expected["triggers"]) >= 2  # type: ignore[arg-type]
+    assert fresh_database(kind, migrated=True) != copy  # each call a database of its own
+    engine = sa.create_engine(copy)
+    try:
+        with engine.connect() as conn:
+            for table in sa.inspect(engine).get_table_names():
+                if table != "alembic_version":
+                    rows = conn.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar_one()
+                    assert rows == 0, table
+    finally:
+        engine.dispose()

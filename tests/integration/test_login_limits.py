@@ -23,10 +23,10 @@ PASSWORD = "the right one"
 
 
 @pytest.fixture
-def proxied(tmp_path: Path, database_url: str) -> Iterator[LocalCluster]:
+def proxied(tmp_path: Path, migrated_database_url: str) -> Iterator[LocalCluster]:
     """A coordinator behind a reverse proxy on 127.0.0.1 (this test plays the proxy)."""
     cluster = LocalCluster(tmp_path / "data", workers=0, env={"PILOT_TOKEN": ""},
-                           server_args=["--database-url", database_url,
+                           server_args=["--database-url", migrated_database_url,
                                         "--trusted-proxy", "127.0.0.1"])
     cluster.start_server()
     r = httpx.post(f"{cluster.url}{API}/users", json={"name": "alice", "password": PASSWORD},
@@ -87,9 +87,9 @@ def test_the_last_untrusted_hop_is_the_client(proxied: LocalCluster) -> None:
 
 
 def test_forwarded_for_is_ignored_without_a_trusted_proxy(tmp_path: Path,
-                                                          database_url: str) -> None:
+                                                          migrated_database_url: str) -> None:
     cluster = LocalCluster(tmp_path / "data", workers=0, env={"PILOT_TOKEN": ""},
-                           server_args=["--database-url", database_url])
+                           server_args=["--database-url", migrated_database_url])
     cluster.start_server()
     try:
         r = httpx.post(f"{cluster.url}{API}/users", json={"name": "alice", "password": PASSWORD},

@@ -97,11 +97,11 @@ def test_the_set_match_in_sql_agrees_with_the_rule(coordinator: Coordinator) -> 
     assert 0.05 * checked < fitting_total < 0.95 * checked
 
 
-def test_the_claim_agrees_with_the_rule(database_url: str, tmp_path: Path) -> None:
+def test_the_claim_agrees_with_the_rule(migrated_database_url: str, tmp_path: Path) -> None:
     """One ready task per random requirement set; each random worker's claim (rolled back)
     takes only tasks whose requirements it meets: all of those that need no GPU, and of
     those that hold GPUs as many as its GPUs take (none left out that would fit)."""
-    coord = make_coordinator(database_url, tmp_path, max_worker_slots=64)
+    coord = make_coordinator(migrated_database_url, tmp_path, max_worker_slots=64)
     with coord.client:
         _claims_agree(coord)
     coord.services.engine.dispose()

@@ -210,10 +210,10 @@ def test_no_backup_while_the_job_has_a_pending_task(coordinator: Coordinator) ->
     assert (backup["task_id"], backup["attempt"]) == (straggler["task_id"], 2)
 
 
-def test_no_backup_to_the_same_worker_nor_twice_to_one(database_url: str,
+def test_no_backup_to_the_same_worker_nor_twice_to_one(migrated_database_url: str,
                                                        tmp_path: Path) -> None:
     from tests.integration.conftest import make_coordinator
-    coord = make_coordinator(database_url, tmp_path, lease_seconds=30.0)
+    coord = make_coordinator(migrated_database_url, tmp_path, lease_seconds=30.0)
     with coord.client:
         job_id = submit(coord, tasks=2)
         slow = register(coord, "slow", slots=2)

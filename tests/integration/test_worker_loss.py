@@ -107,8 +107,8 @@ def test_leaving_revoked_and_restarted_workers_use_no_attempt(coordinator: Coord
     assert info["state"] == "failed" and "after 1 attempts" in info["error"]
 
 
-def test_a_task_lost_too_often_fails_saying_so(database_url: str, tmp_path: Path) -> None:
-    coord = make_coordinator(database_url, tmp_path, max_losses=3)
+def test_a_task_lost_too_often_fails_saying_so(migrated_database_url: str, tmp_path: Path) -> None:
+    coord = make_coordinator(migrated_database_url, tmp_path, max_losses=3)
     with coord.client:
         job_id = submit(coord, tasks=1)
         worker = register(coord, "w")
