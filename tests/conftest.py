@@ -36,9 +36,10 @@ import pytest
 os.environ.setdefault("PILOT_INSECURE_FAST_PASSWORD_HASH", "1")
 
 if __package__:  # tests/ is a package: this module is tests.conftest
-    from . import dbservers
+    from . import dbservers, warm_processes
 else:  # rootdir-relative import: tests/ itself is on sys.path
     import dbservers
+    import warm_processes
 
 # Under CI a missing server or tool fails the test instead of skipping it.
 IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
@@ -63,6 +64,30 @@ def require(reason: str | None) -> None:
 def requirement() -> Callable[[str | None], None]:
     """`require` for test modules: `def test_x(requirement): requirement(reason_or_none)`."""
     return require
+
+
+# `PILOT_TESTS_COLD_PROCESSES=1`: the clusters' `pilot` processes start as fresh interpreters
+COLD_PROCESSES = os.environ.get("PILOT_TESTS_COLD_PROCESSES", "") == "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_pilot_processes() -> Iterator[None]:
+    """Every ``LocalCluster`` a test makes in this process forks its `pilot server` and
+    `pilot worker` processes from one warm interpreter (``warm_processes``), which saves
+    1.7 s (a server) and 0.6 s (a worker) of CPU each; `pilot up` and the CLI, run as
+    commands, start as usual."""
+    from parallel_pilot.client.local_cluster import LocalCluster
+
+    if COLD_PROCESSES:
+        yield
+        return
+    forker = warm_processes.WarmForker()
+    LocalCluster.spawner = forker.spawn
+    try:
+        yield
+    finally:
+        LocalCluster.spawner = None
+        forker.close()
 
 
 def _server(kind: str) -> Iterator[dbservers.DatabaseServer]:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import ClassVar, Protocol
 
 import httpx
 import psutil
@@ -108,6 +109,24 @@ def _parent_death_signal() -> Callable[[], None] | None:
     return hook
 
 
+class Child(Protocol):
+    """A started ``pilot`` process: what of ``subprocess.Popen`` the cluster uses."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+# starts `pilot ARGV...` writing to LOG with exactly ENV, in a session of its own that gets
+# SIGTERM when its parent dies
+Spawner = Callable[[list[str], Path, dict[str, str]], Child]
+
+
 class LocalCluster:
     """A coordinator on ``127.0.0.1:port`` with ``workers`` local workers of ``slots`` each.
 
@@ -115,7 +134,12 @@ class LocalCluster:
     server`` / ``pilot worker`` flags (e.g. ``["--lease-seconds", "5"]``); ``env`` adds
     environment variables for the children (``self.env`` may be changed before starting
     more of them). Logs: ``log_dir/server.log`` and ``log_dir/worker-<name>.log``.
+
+    ``spawner`` starts the children (``None``: ``python -m parallel_pilot`` through
+    ``subprocess``); the test suite sets one that forks them from a warm interpreter.
     """
+
+    spawner: ClassVar[Spawner | None] = None
 
     def __init__(
         self,
@@ -144,8 +168,8 @@ class LocalCluster:
         self.python = python
         self.url = f"http://{LOCAL_HOST}:{self.port}"
         self.log_dir = self.data_dir / "logs"
-        self.server: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.server: Child | None = None
+        self.workers: list[Child] = []
         self.admin_token = ""
         self.join_token = ""
         self.instance_id = ""  # of the coordinator process started last
@@ -185,7 +209,7 @@ class LocalCluster:
         return (f"port {self.port} on {LOCAL_HOST} is in use (another coordinator or "
                 f"program listens there); stop it or choose another port with --port")
 
-    def start_server(self) -> subprocess.Popen[bytes]:
+    def start_server(self) -> Child:
         """Start (or restart) the coordinator on the same data dir and wait until it is up."""
         if self.server is not None and self.server.poll() is None:
             raise RuntimeError("the coordinator is already running")
@@ -200,7 +224,7 @@ class LocalCluster:
         return self.server
 
     def add_worker(self, name: str | None = None, *, slots: int | None = None,
-                   extra_args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+                   extra_args: Sequence[str] = ()) -> Child:
         """Start one more worker process; its join token travels in the environment."""
         argv, log, env = self.worker_spec(name, slots=slots, extra_args=extra_args)
         proc = self._spawn(argv, log, extra_env=env)
@@ -253,7 +277,7 @@ class LocalCluster:
         self._hurry_signals += 1
 
     @staticmethod
-    def _stop_group(procs: Sequence[subprocess.Popen[bytes]], timeout: float,
+    def _stop_group(procs: Sequence[Child], timeout: float,
                     hurry_timeout: float, hurry: _Hurry) -> None:
         """SIGTERM ``procs``; once hurried, SIGTERM them again and wait at most
         ``hurry_timeout`` more; past the deadline, SIGKILL them and their children."""
@@ -287,7 +311,7 @@ class LocalCluster:
             _signal(self.server, sig)
             _wait(self.server, self.stop_timeout)
 
-    def stop_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    def stop_worker(self, proc: Child, sig: int = signal.SIGTERM) -> None:
         """Stop one worker (``signal.SIGKILL`` to simulate a machine that vanished)."""
         if sig == signal.SIGTERM:
             _terminate([proc], self.stop_timeout)
@@ -312,10 +336,13 @@ class LocalCluster:
     # ------------------------------------------------------------ helpers
 
     def _spawn(self, argv: list[str], log: Path,
-               extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+               extra_env: Mapping[str, str] | None = None) -> Child:
         private_dir(log.parent)  # logs name the tokens' files and the jobs' output
         env = dict(self.env)
         env.update(extra_env or {})
+        spawner = type(self).spawner  # the class's: a function there is not bound to self
+        if spawner is not None:
+            return spawner(argv, log, env)
         with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             return subprocess.Popen(
                 [self.python, "-m", "parallel_pilot", *argv], stdin=subprocess.DEVNULL,
@@ -323,7 +350,7 @@ class LocalCluster:
                 preexec_fn=_parent_death_signal(),
             )
 
-    def _wait_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
+    def _wait_until_ready(self, proc: Child) -> None:
         deadline = time.monotonic() + self.start_timeout
         admin_file = self.data_dir / "admin-token"
         join_file = self.data_dir / "join-token"
@@ -343,7 +370,7 @@ class LocalCluster:
                     )
                 time.sleep(HEALTH_POLL)
 
-    def _exited_while_starting(self, proc: subprocess.Popen[bytes]) -> None:
+    def _exited_while_starting(self, proc: Child) -> None:
         tail = self._log_tail("server.log")
         if proc.returncode == 2 and "in use" in tail:
             # taken between our check and the child's bind: the child said so and left
@@ -388,7 +415,7 @@ class _Hurry:
         return True
 
 
-def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+def _signal(proc: Child, sig: int) -> None:
     if proc.poll() is None:
         try:
             os.kill(proc.pid, sig)
@@ -396,7 +423,7 @@ def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
             pass
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+def _wait(proc: Child, timeout: float) -> bool:
     try:
         proc.wait(timeout=max(0.0, timeout))
         return True
@@ -404,7 +431,7 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
         return False
 
 
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+def _kill_tree(proc: Child) -> None:
     """SIGKILL a child and everything it started (task processes live in sessions of
     their own, so killing the child's process group would miss them)."""
     if proc.poll() is not None:
@@ -419,7 +446,7 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
             child.kill()  # psutil checks it is still the process it listed (no pid reuse)
 
 
-def _terminate(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+def _terminate(procs: list[Child], timeout: float) -> None:
     """SIGTERM all at once, wait up to ``timeout`` in total, then SIGKILL the rest."""
     for proc in procs:
         _signal(proc, signal.SIGTERM)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from parallel_pilot.client.local_cluster import LocalCluster
+from parallel_pilot.client.local_cluster import Child, LocalCluster
 
 T = TypeVar("T")
 PILOT = [sys.executable, "-m", "parallel_pilot"]
@@ -48,7 +48,7 @@ class Farm:
                                     env={"PILOT_TOKEN": ""})
         self.data_dir = self.cluster.data_dir
         self.url = self.cluster.url
-        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.workers: dict[str, Child] = {}
 
     def setenv(self, name: str, value: str) -> None:
         """An environment variable for processes started from now on."""
@@ -65,7 +65,7 @@ class Farm:
         return self.cluster.admin_token
 
     def start_worker(self, name: str, *, slots: int = 1,
-                     extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+                     extra: list[str] | None = None) -> Child:
         proc = self.cluster.add_worker(name, slots=slots, extra_args=extra or [])
         self.workers[name] = proc
         return proc

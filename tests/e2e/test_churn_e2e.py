@@ -1,13 +1,15 @@
 """A 300-item sweep on real processes while workers are SIGKILLed a hundred times (a new
 worker started for each): losing a worker uses no attempt, so the job completes, and every
-item's result arrives exactly once (issue 15). On SQLite and PostgreSQL. The churned
-workers are forked from one warm interpreter (``forked_workers``: real `pilot worker`
-processes without a second of imports each); the steady one is a plain process."""
+item's result arrives exactly once (issue 15). On SQLite and PostgreSQL. Like every
+`pilot` process the tests' clusters start, the workers are forked from a warm interpreter
+(``tests/warm_processes.py``: real `pilot worker` processes without a second of imports
+each), so a new worker leases within about half a second."""
 
 from __future__ import annotations
 
 import collections
 import json
+import signal
 import textwrap
 import time
 from collections.abc import Callable
@@ -15,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from parallel_pilot.client.local_cluster import Child
 from tests.e2e.farm import Farm
-from tests.e2e.forked_workers import ForkedWorkers
 
 ITEMS = 300
 KILLS = 100
@@ -58,19 +60,12 @@ def _run(farm: Farm, root: Path) -> None:
     farm.start_server()
     quick = ["--allow", "sweep", "--no-render-sandbox"]  # no Blender probe at start
     farm.start_worker("steady", slots=4, extra=quick)  # the rest goes quickly after the kills
-    churn = ForkedWorkers(farm.cluster)
-    try:
-        _churn(farm, churn, root, quick)
-    finally:
-        churn.stop()
-
-
-def _churn(farm: Farm, churn: ForkedWorkers, root: Path, quick: list[str]) -> None:
     runs, slow = root / "runs", root / "slow"
+    churn: dict[str, Child] = {}
     started = 0
     for _ in range(CHURN_SLOTS):
         started += 1
-        churn.start(f"c{started}", extra=quick)
+        churn[f"c{started}"] = farm.start_worker(f"c{started}", extra=quick)
     project = root / "project"
     project.mkdir()
     (project / "sim.py").write_text(SIM)
@@ -83,11 +78,12 @@ def _churn(farm: Farm, churn: ForkedWorkers, root: Path, quick: list[str]) -> No
     kills = 0
     while kills < KILLS and time.monotonic() - began < KILL_PHASE_SECONDS:
         holding = {t["worker"] for t in farm.tasks(job_id) if t["state"] == "leased"}
-        for name in [n for n in churn.pids if n in holding][:KILLS - kills]:
-            churn.kill(name)  # SIGKILL mid-task: no hand-back, its lease expires
+        for name in [n for n in churn if n in holding][:KILLS - kills]:
+            # SIGKILL mid-task: no hand-back, its lease expires
+            farm.cluster.stop_worker(churn.pop(name), signal.SIGKILL)
             kills += 1
             started += 1
-            churn.start(f"c{started}", extra=quick)
+            churn[f"c{started}"] = farm.start_worker(f"c{started}", extra=quick)
         assert farm.job(job_id)["state"] in ("queued", "running"), farm.job(job_id)
         time.sleep(0.2)
     kill_seconds = time.monotonic() - began

@@ -123,7 +123,7 @@ def test_sqlite_ignores_for_update(fresh_database: Callable[[str], str]) -> None
 def test_missing_piece_skips_locally_and_fails_under_ci(
     tmp_path: Path, ci: str, outcome: str
 ) -> None:
-    for name in ("conftest.py", "dbservers.py"):
+    for name in ("conftest.py", "dbservers.py", "warm_processes.py"):
         shutil.copy(TESTS_DIR / name, tmp_path / name)
     (tmp_path / "test_needs_tool.py").write_text(
         textwrap.dedent(
