@@ -297,7 +297,8 @@ class Executor(_BaseExecutor):
             name = self.name or job_name([c.function for c in live])  # type: ignore[misc]
             for chunk in live:  # sent as bytes: the objects are not held any longer
                 chunk.function, chunk.calls = None, []
-            self.client.upload_bytes(calls_blob)
+            if calls_blob is not None:  # None: the calls travel in the parameters
+                self.client.upload_bytes(calls_blob)
             info = self.client.submit_python(
                 params, name=name, priority=self.priority,
                 max_attempts=self.max_attempts, require_sandbox=self.require_sandbox,

@@ -22,6 +22,7 @@ import cloudpickle
 from parallel_pilot.core.protocol import TaskInfo
 from parallel_pilot.core.python_calls import (
     ERROR,
+    INLINE_CALLS_BYTES,
     OK,
     ArgSlot,
     EncodedCall,
@@ -107,9 +108,10 @@ class CallEncoder:
         return sha
 
     def params(self, chunks: Sequence[tuple[Callable[..., Any], Sequence[Call]]]
-               ) -> tuple[dict[str, Any], bytes]:
+               ) -> tuple[dict[str, Any], bytes | None]:
         """Job parameters and the calls blob for ``chunks`` (one task each); uploads the
-        functions and large arguments, not the calls blob (the caller does)."""
+        functions and large arguments, not the calls blob (the caller does). Calls of at
+        most ``INLINE_CALLS_BYTES`` are in the parameters (``calls_data``): no blob then."""
         functions: list[str] = []
         shared: list[str] = []
         memo: dict[int, tuple[Any, ArgSlot]] = {}  # id -> (object, slot) for this job
@@ -130,14 +132,19 @@ class CallEncoder:
                           "length": len(data), "count": len(calls), "blobs": sorted(used)})
             buf += data
         params: dict[str, Any] = {
-            "functions": functions, "calls": hashlib.sha256(buf).hexdigest(), "chunks": specs,
-            "shared": shared, "python": python_version(), "packages": self.packages,
+            "functions": functions, "chunks": specs, "shared": shared,
+            "python": python_version(), "packages": self.packages,
         }
+        inline = len(buf) <= INLINE_CALLS_BYTES
+        if inline:
+            params["calls_data"] = base64.b64encode(buf).decode()
+        else:
+            params["calls"] = hashlib.sha256(buf).hexdigest()
         if self.timeout_seconds is not None:
             params["timeout_seconds"] = self.timeout_seconds
         if self.session is not None:
             params["session"] = self.session
-        return params, bytes(buf)
+        return params, None if inline else bytes(buf)
 
     def _slot(self, obj: Any, memo: dict[int, tuple[Any, ArgSlot]], shared: list[str],
               used: set[int]) -> ArgSlot:

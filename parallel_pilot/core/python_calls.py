@@ -2,10 +2,13 @@
 writes and the worker's child process reads, and back (stdlib only).
 
 A job carries one *calls blob*: the encoded chunks laid end to end; each task names its
-chunk by offset and length. A chunk is a plain pickle of ``[(args, kwargs), ...]`` whose
-leaves are argument slots: ``("v", cloudpickle bytes)`` or ``("b", sha256)`` for a large
-argument uploaded once as a blob of its own. Plain pickle for the envelope keeps the
-worker process itself from ever unpickling user code: only the child does that.
+chunk by offset and length. Up to ``INLINE_CALLS_BYTES`` the calls travel inside the job's
+parameters instead (``calls_data``, base64) and each task is leased with its own chunk, so
+a small call costs no upload and no download. A chunk is a plain pickle of
+``[(args, kwargs), ...]`` whose leaves are argument slots: ``("v", cloudpickle bytes)`` or
+``("b", sha256)`` for a large argument uploaded once as a blob of its own. Plain pickle
+for the envelope keeps the worker process itself from ever unpickling user code: only the
+child does that.
 
 The child answers with a results file, a plain pickle of one outcome per call:
 ``("ok", cloudpickle bytes)`` or ``("error", cloudpickle bytes | None, type name, message,
@@ -27,6 +30,7 @@ EncodedCall = tuple[list[ArgSlot], dict[str, ArgSlot]]
 Outcome = tuple[Any, ...]
 
 PICKLE_PROTOCOL = 5  # the envelope's pickle protocol (Python >= 3.8)
+INLINE_CALLS_BYTES = 48 * 1024  # a job's calls up to this size travel in its parameters
 OK = "ok"
 ERROR = "error"
 

@@ -70,6 +70,20 @@ def test_map_over_500_items_equals_the_builtin_map(shared_farm: Farm) -> None:
     assert {t["result"]["python"] for t in shared_farm.tasks(job["id"])} == {here}
 
 
+def test_small_calls_travel_in_the_job_and_large_ones_as_a_blob(shared_farm: Farm) -> None:
+    """Up to INLINE_CALLS_BYTES a job carries its calls (no calls blob to upload, and each
+    task is leased with its own chunk); more go as a calls blob the workers download."""
+    words = [str(i % 10) * 2000 for i in range(40)]  # about 80 KB of calls
+    with executor(shared_farm) as pool:
+        assert pool.submit(len, "x" * 10).result(60) == 10
+        small = latest_job(shared_farm)
+        assert list(pool.map(len, words, chunksize=8)) == [2000] * len(words)
+        large = latest_job(shared_farm)
+    assert small["params"]["calls_data"] and small["params"]["calls"] is None
+    assert large["params"]["calls"] and large["params"]["calls_data"] is None
+    assert small["state"] == large["state"] == "completed"
+
+
 def test_an_executor_reuses_worker_processes_across_its_jobs(shared_farm: Farm) -> None:
     def process_token(_: int) -> str:  # one random token per worker child process
         import builtins

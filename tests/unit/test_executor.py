@@ -5,6 +5,7 @@ the public surface (a real ``concurrent.futures.Executor``, documented)."""
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import hashlib
 import inspect
@@ -20,6 +21,7 @@ from parallel_pilot.client import executor as executor_module
 from parallel_pilot.client.executor import Executor
 from parallel_pilot.client.python_calls import TaskFailed
 from parallel_pilot.core.protocol import JobInfo, TaskCancelled, TaskInfo, WorkerInfo
+from parallel_pilot.core.python_calls import INLINE_CALLS_BYTES
 from parallel_pilot.kinds.python import calls as fmt
 from parallel_pilot.kinds.python.runner import _Loader, run_task
 
@@ -96,7 +98,8 @@ class FakeFarm:
         """Run every ready task through the real runner; returns how many ran."""
         ran = 0
         for job_id, params in list(self.jobs.items()):
-            calls_blob = self.blobs[params["calls"]]
+            calls_blob = self.blobs[params["calls"]] if "calls" in params \
+                else base64.b64decode(params["calls_data"])
             for task, chunk in zip(self.tasks_by_job[job_id], params["chunks"], strict=True):
                 if task["state"] != "ready":
                     continue
@@ -144,6 +147,24 @@ def test_submits_close_together_share_one_job(farm: FakeFarm) -> None:
         run_until(farm, futures)
         assert [f.result() for f in futures] == [1, 2, 4, 8, 16]
     assert len(farm.jobs) == 1 and len(farm.jobs[1]["chunks"]) == 5
+
+
+def test_small_calls_travel_in_the_job_and_large_ones_as_a_blob(farm: FakeFarm) -> None:
+    """Calls of up to INLINE_CALLS_BYTES go in the job's parameters (no upload, nothing
+    for a worker to download); more go as one calls blob, with the same results."""
+    big = [str(i % 10) * 1000 for i in range(60)]  # about 60 KB of calls in one chunk
+    with executor(farm) as pool:
+        small = pool.submit(len, "x" * 100)
+        run_until(farm, [small])
+        assert small.result() == 100
+        threading.Thread(target=lambda: run_until_jobs(farm, 2), daemon=True).start()
+        assert list(pool.map(len, big, chunksize=len(big))) == [1000] * len(big)
+    inline, blobbed = farm.jobs[1], farm.jobs[2]
+    calls = base64.b64decode(inline["calls_data"])
+    assert "calls" not in inline and 0 < len(calls) <= INLINE_CALLS_BYTES
+    assert hashlib.sha256(calls).hexdigest() not in farm.blobs  # never uploaded
+    assert "calls_data" not in blobbed
+    assert len(farm.blobs[blobbed["calls"]]) > INLINE_CALLS_BYTES
 
 
 def test_map_chunks_and_keeps_order(farm: FakeFarm) -> None:

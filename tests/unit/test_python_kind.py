@@ -32,6 +32,33 @@ from parallel_pilot.kinds.python.warm import RUNNER, RunnerPool
 SHA = "a" * 64
 
 
+def test_inline_calls_give_each_task_its_own_chunk() -> None:
+    kind = PythonKind()
+    data = bytes(range(13))
+    params = parse_params(kind, {
+        "functions": [SHA], "calls_data": base64.b64encode(data).decode(), "python": "3.11",
+        "chunks": [{"function": 0, "offset": 0, "length": 10, "count": 5},
+                   {"function": 0, "offset": 10, "length": 3, "count": 1}]})
+    assert kind.input_blobs(params) == {"function-0": SHA}  # no calls blob to check
+    specs = kind.plan(params)
+    assert [s.inputs for s in specs] == [{"function": SHA}, {"function": SHA}]
+    assert [base64.b64decode(s.payload["calls_data"]) for s in specs] == [data[:10], data[10:]]
+
+
+@pytest.mark.parametrize(("calls", "words"), [
+    ({"calls": SHA, "calls_data": "AAAA"}, "one of the two"),
+    ({}, "one of the two"),
+    ({"calls_data": "not base64!"}, "not base64"),
+    ({"calls_data": base64.b64encode(b"12345").decode()}, "calls_data holds 5"),
+    ({"calls_data": "A" * 70_000}, "at most"),
+])
+def test_inline_calls_are_checked_at_submit(calls: dict[str, str], words: str) -> None:
+    raw = {"functions": [SHA], "python": "3.11", **calls,
+           "chunks": [{"function": 0, "offset": 0, "length": 10, "count": 1}]}
+    with pytest.raises(InvalidInput, match=words):
+        parse_params(PythonKind(), raw)
+
+
 def test_plan_makes_one_task_per_chunk_with_its_blobs() -> None:
     kind = PythonKind()
     params = parse_params(kind, {
@@ -98,6 +125,8 @@ def encode(fn: Any, calls: list[tuple[tuple, dict]], share_bytes: int = 1 << 20
 
     encoder = CallEncoder(upload, share_bytes=share_bytes, packages=["json"])
     params, blob = encoder.params([(fn, calls)])
+    if blob is None:  # small calls travel in the parameters
+        blob = base64.b64decode(params["calls_data"])
     return params, blob, uploaded
 
 

@@ -1,7 +1,8 @@
 """The ``python`` kind: chunks of calls of cloudpickled functions, one task per chunk.
 
 On the coordinator the parameters name the function blobs, the calls blob and how it is cut
-into chunks; ``plan`` makes one task per chunk. On a worker, ``run`` checks the Python
+into chunks (or carry small calls themselves, ``calls_data``: each task is then leased with
+its own chunk); ``plan`` makes one task per chunk. On a worker, ``run`` checks the Python
 version and the packages the client said the function needs, lays the function, the chunk
 and its shared argument blobs out in a folder of a ``runner.py --serve`` child process
 reused across the job's tasks (``warm``; in bwrap when the worker sandboxes), and has it
@@ -24,7 +25,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parallel_pilot.core.protocol import TaskLease, check_sha256
-from parallel_pilot.core.python_calls import python_version
+from parallel_pilot.core.python_calls import INLINE_CALLS_BYTES, python_version
 from parallel_pilot.errors import InvalidInput
 from parallel_pilot.kinds.base import MAX_TASK_SECONDS, FinishedTask, RunContext, TaskSpec
 from parallel_pilot.kinds.python.calls import (
@@ -41,6 +42,7 @@ MAX_CHUNKS = 100_000  # tasks (chunks) one python job may have
 MAX_CALLS_PER_CHUNK = 1_000_000  # calls one chunk may hold
 INLINE_RESULT_BYTES = 48 * 1024  # results up to this size travel inside the task's result
 MAX_RESULTS_BYTES = 4 * 1024**3  # bytes of one chunk's pickled results (its only output)
+INLINE_CALLS_CHARS = -(-INLINE_CALLS_BYTES // 3) * 4  # calls_data's base64 at most
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NO_MODULE = re.compile(r"No module named '([^']+)'")
 
@@ -63,7 +65,12 @@ class PythonParams(BaseModel):
 
     functions: list[str] = Field(min_length=1, max_length=1000,
                                  description="SHA-256 of each cloudpickled function")
-    calls: str = Field(description="SHA-256 of the calls blob (the chunks end to end)")
+    calls: str | None = Field(default=None,
+                              description="SHA-256 of the calls blob (the chunks end to end)")
+    calls_data: str | None = Field(
+        default=None, max_length=INLINE_CALLS_CHARS,
+        description=f"the calls themselves, base64 (at most {INLINE_CALLS_BYTES} bytes), "
+                    "instead of a calls blob")
     chunks: list[Chunk] = Field(min_length=1, max_length=MAX_CHUNKS)
     shared: list[str] = Field(default_factory=list, max_length=10_000,
                               description="SHA-256 of large arguments uploaded once")
@@ -84,8 +91,22 @@ class PythonParams(BaseModel):
 
     @field_validator("calls")
     @classmethod
-    def _calls(cls, value: str) -> str:
-        return check_sha256(value)
+    def _calls(cls, value: str | None) -> str | None:
+        return None if value is None else check_sha256(value)
+
+    @field_validator("calls_data")
+    @classmethod
+    def _calls_data(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except ValueError:
+                raise ValueError("calls_data is not base64") from None
+        return value
+
+    def inline_calls(self) -> bytes | None:
+        """The calls carried in the parameters (None: they are the ``calls`` blob)."""
+        return None if self.calls_data is None else base64.b64decode(self.calls_data)
 
     @field_validator("packages")
     @classmethod
@@ -98,7 +119,14 @@ class PythonParams(BaseModel):
 
     @model_validator(mode="after")
     def _indexes(self) -> PythonParams:
+        if (self.calls is None) == (self.calls_data is None):
+            raise ValueError("give the calls either as a blob (calls) or inline "
+                             "(calls_data), one of the two")
+        inline = self.inline_calls()
         for i, chunk in enumerate(self.chunks):
+            if inline is not None and chunk.offset + chunk.length > len(inline):
+                raise ValueError(f"chunk {i} ends at byte {chunk.offset + chunk.length}; "
+                                 f"calls_data holds {len(inline)}")
             if chunk.function >= len(self.functions):
                 raise ValueError(f"chunk {i} names function {chunk.function}; there are "
                                  f"{len(self.functions)}")
@@ -107,6 +135,15 @@ class PythonParams(BaseModel):
                 raise ValueError(f"chunk {i} names shared blob {bad[0]}; there are "
                                  f"{len(self.shared)}")
         return self
+
+
+def _chunk_of(payload: dict[str, Any], ctx: RunContext) -> bytes:
+    """The task's chunk of calls: leased with it, or read from the job's calls blob."""
+    if payload.get("calls_data") is not None:
+        return base64.b64decode(str(payload["calls_data"]))
+    with open(ctx.input_path("calls"), "rb") as f:
+        f.seek(int(payload["offset"]))
+        return f.read(int(payload["length"]))
 
 
 def missing_packages(packages: list[str]) -> list[str]:
@@ -146,7 +183,7 @@ class PythonKind:
 
     def input_blobs(self, params: BaseModel) -> dict[str, str]:
         assert isinstance(params, PythonParams)
-        blobs = {"calls": params.calls}
+        blobs = {} if params.calls is None else {"calls": params.calls}
         blobs.update({f"function-{i}": sha for i, sha in enumerate(params.functions)})
         blobs.update({f"shared-{i}": sha for i, sha in enumerate(params.shared)})
         return blobs
@@ -160,12 +197,18 @@ class PythonKind:
         specs = []  # what every chunk shares stays in the job (shared_payload)
         total = sum(chunk.count for chunk in params.chunks)
         first = 1  # calls are numbered 1..total in the order they were made
+        inline = params.inline_calls()
         for i, chunk in enumerate(params.chunks):
-            inputs = {"function": params.functions[chunk.function], "calls": params.calls}
+            inputs = {"function": params.functions[chunk.function]}
+            payload: dict[str, Any] = {"chunk": i, "offset": chunk.offset,
+                                       "length": chunk.length, "count": chunk.count}
+            if inline is None:
+                inputs["calls"] = str(params.calls)
+            else:  # the task's own chunk only
+                payload["calls_data"] = base64.b64encode(
+                    inline[chunk.offset:chunk.offset + chunk.length]).decode()
             inputs.update({f"{BLOBS_DIR}/{params.shared[b]}": params.shared[b]
                            for b in chunk.blobs})
-            payload = {"chunk": i, "offset": chunk.offset, "length": chunk.length,
-                       "count": chunk.count}
             specs.append(TaskSpec(name=calls_name(first, chunk.count, total), payload=payload,
                                   inputs=inputs))
             first += chunk.count
@@ -198,9 +241,7 @@ class PythonKind:
         try:
             ctx.copy_input("function", ctx.workdir / FUNCTION_FILE)
             shutil.copyfile(ctx.workdir / FUNCTION_FILE, task_dir / FUNCTION_FILE)
-            with open(ctx.input_path("calls"), "rb") as f:
-                f.seek(int(payload["offset"]))
-                chunk = f.read(int(payload["length"]))
+            chunk = _chunk_of(payload, ctx)
             if len(chunk) != int(payload["length"]):
                 raise InvalidInput("the calls blob is shorter than the task's chunk")
             (task_dir / CALLS_FILE).write_bytes(chunk)
