@@ -31,7 +31,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -128,8 +128,32 @@ def normalize_server(url: str, *, source: str = "server") -> str:
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
 
 
+def split_servers(servers: str | Sequence[str], *, source: str = "server") -> list[str]:
+    """Coordinator URLs from ``servers`` (a list, or URLs separated by commas), each
+    normalised (``normalize_server``), in order, without repeats; at least one."""
+    given = [servers] if isinstance(servers, str) else list(servers)
+    urls: list[str] = []
+    for text in given:
+        for part in text.split(","):
+            url = normalize_server(part, source=source)
+            if url not in urls:
+                urls.append(url)
+    if not urls:
+        raise InvalidInput(f"{source}: no coordinator URL given")
+    return urls
+
+
+def normalize_servers(servers: str | Sequence[str], *, source: str = "server") -> str:
+    """``split_servers`` as one string, the URLs separated by commas."""
+    return ",".join(split_servers(servers, source=source))
+
+
 class Connection:
-    """Calls to one coordinator. ``interactive`` is for people waiting at a prompt: a
+    """Calls to the coordinators of one farm: ``server`` is one URL or several (a list, or
+    separated by commas); calls go to one of them, and when it cannot be reached (no
+    connection, or 502/503/504) the next is tried at once, then the next, and only after
+    every one failed does the call wait before a new round. ``interactive`` is for people
+    waiting at a prompt: a
     coordinator that never answered is given ``INTERACTIVE_FIRST_CONTACT_SECONDS`` and
     ``INTERACTIVE_CONNECT_TIMEOUT``; once it answered, outages are ridden out as for
     workers. ``notify`` receives the one-line notices of an outage (default: a warning
@@ -137,7 +161,7 @@ class Connection:
 
     def __init__(
         self,
-        server: str,
+        server: str | Sequence[str],
         token: str | None = None,
         *,
         retry_seconds: float = RETRY_SECONDS,
@@ -147,7 +171,9 @@ class Connection:
         clock: Callable[[], float] = time.monotonic,
         notify: Callable[[str], None] | None = None,
     ) -> None:
-        self.server = normalize_server(server)
+        self.servers = split_servers(server)
+        self._current = 0  # index in servers of the one calls go to
+        self._current_lock = threading.Lock()
         self.retry_seconds = retry_seconds
         self.first_contact_seconds = (INTERACTIVE_FIRST_CONTACT_SECONDS if interactive
                                       else float("inf"))
@@ -160,12 +186,35 @@ class Connection:
         self._outage_since: float | None = None  # monotonic time of the first failed try
         self._outage_announced = False
         self._client = httpx.Client(
-            base_url=self.server + API_PREFIX,
+            base_url=self.servers[0] + API_PREFIX,
             timeout=httpx.Timeout(READ_TIMEOUT, connect=self.connect_timeout),
             transport=transport,
             headers={"User-Agent": "parallel-pilot"},
         )
         self.set_token(token)
+
+    @property
+    def server(self) -> str:
+        """The coordinator calls go to now."""
+        return self.servers[self._current]
+
+    def _fail_over(self, failed: int) -> bool:
+        """Send the next calls to the coordinator after ``failed`` (the index a try went
+        to); False when there is no other. A switch made meanwhile by another thread is
+        kept."""
+        if len(self.servers) < 2:
+            return False
+        with self._current_lock:
+            if self._current == failed:
+                self._current = (failed + 1) % len(self.servers)
+                self._client.base_url = httpx.URL(self.servers[self._current] + API_PREFIX)
+                moved = True
+            else:
+                moved = False
+        if moved and self._outage_since is None:  # within an outage its notice says it
+            self.notify(f"the coordinator at {self.servers[failed]} cannot be reached; "
+                        f"trying {self.servers[(failed + 1) % len(self.servers)]}")
+        return True
 
     def set_token(self, token: str | None) -> None:
         if token:
@@ -226,20 +275,29 @@ class Connection:
         window = self.retry_window() if retry else 0.0
         deadline = self._clock() + window
         delay = 0.25
+        untried = len(self.servers) - 1  # others to try at once before waiting
         while True:
+            current = self._current
             try:
                 response = do()
             except _UNREACHABLE as exc:
                 if not replay and not isinstance(exc, _NOT_SENT):
+                    self._fail_over(current)  # the next call goes elsewhere
                     raise ServerUnavailable(
-                        f"the connection to the coordinator at {self.server} dropped after "
-                        f"the request was sent ({_reason(exc)}); it was not sent again, as "
-                        "it may have been carried out: check before repeating it") from None
+                        f"the connection to the coordinator at {self.servers[current]} "
+                        f"dropped after the request was sent ({_reason(exc)}); it was not "
+                        "sent again, as it may have been carried out: check before "
+                        "repeating it") from None
+                if untried > 0 and self._fail_over(current):
+                    untried -= 1
+                    continue
                 if self._clock() >= deadline:
                     raise self._gave_up(exc, window) from None
                 self._unreachable(exc, window)
                 self._sleep(max(0.0, min(delay, deadline - self._clock())))
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
+                untried = len(self.servers) - 1
+                self._fail_over(self._current)
                 continue
             except httpx.TimeoutException as exc:
                 # not retried: the request may have been applied (a submit would repeat)
@@ -248,10 +306,16 @@ class Connection:
                 ) from None
             # a gateway's 502/504 may come after the coordinator did the work; 503: it did not
             retry_status = (502, 503, 504) if replay else (503,)
+            if response.status_code in retry_status and untried > 0 \
+                    and self._fail_over(current):
+                untried -= 1
+                continue
             if response.status_code in retry_status and self._clock() < deadline:
                 self._unreachable(f"HTTP {response.status_code}", window)
                 self._sleep(max(0.0, min(delay, deadline - self._clock())))
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
+                untried = len(self.servers) - 1
+                self._fail_over(self._current)
                 continue
             self._answer()
             if response.status_code >= 400:
@@ -274,7 +338,7 @@ class Connection:
             if self._outage_announced or window < NOTICE_MIN_SECONDS:
                 return
             self._outage_announced = True
-        self.notify(f"cannot reach the coordinator at {self.server} ({_reason(cause)}); "
+        self.notify(f"cannot reach {self._where()} ({_reason(cause)}); "
                     f"retrying for up to {window:.0f} s…")
 
     def _answer(self) -> None:
@@ -291,8 +355,13 @@ class Connection:
         with self._outage_lock:
             self._outage_announced = False  # the next call that waits says so again
         waited = f" for {window:.0f} s" if window >= NOTICE_MIN_SECONDS else ""
-        return ServerUnavailable(f"cannot reach the coordinator at {self.server} "
+        return ServerUnavailable(f"cannot reach {self._where()} "
                                  f"{_cause_and_hint(exc, waited)}")
+
+    def _where(self) -> str:
+        if len(self.servers) == 1:
+            return f"the coordinator at {self.servers[0]}"
+        return f"any of the coordinators at {', '.join(self.servers)}"
 
     # ------------------------------------------------------------ blobs
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from parallel_pilot.core.settings import DEFAULT_PORT, ClientSettings
 from parallel_pilot.errors import InvalidInput, Unauthorized
-from parallel_pilot.http import normalize_server
+from parallel_pilot.http import normalize_servers
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"  # used when nothing names a coordinator
 NO_TOKEN_MESSAGE = "no token: pass --token, set PILOT_TOKEN or run pilot login"
@@ -74,7 +74,7 @@ def read_config_file(path: Path) -> SavedLogins:
 def write_config_file(path: Path, server: str, token: str) -> None:
     """Save ``token`` for ``server`` and make it the default, keeping the logins to other
     servers; only the user can read the file (dir 0700, file 0600)."""
-    server = normalize_server(server)
+    server = normalize_servers(server)
     saved = read_config_file(path)
     others = {url: t for url, t in saved.tokens.items() if url != server}
     data: dict[str, object] = {"server": server, "token": token}
@@ -102,9 +102,9 @@ def resolve(
     settings = settings if settings is not None else ClientSettings()
     saved = read_config_file(settings.config_file)
     if server:
-        final_server = normalize_server(server, source="--server")
+        final_server = normalize_servers(server, source="--server")
     elif settings.server:
-        final_server = normalize_server(settings.server, source="PILOT_SERVER")
+        final_server = normalize_servers(settings.server, source="PILOT_SERVER")
     else:
         final_server = saved.server or DEFAULT_SERVER
     # a saved token goes only to the server it was saved for, never to another one
@@ -118,6 +118,6 @@ def _saved_url(value: object) -> str | None:
     if not isinstance(value, str):
         return None
     try:
-        return normalize_server(value)
+        return normalize_servers(value)
     except InvalidInput:
         return None

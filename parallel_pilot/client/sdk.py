@@ -73,11 +73,16 @@ class Client(AccountCalls):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         resolved = config.resolve(server, token, settings, require_token=require_token)
-        self.server = resolved.server
         self._sleep = sleep
         self.connection = Connection(resolved.server, resolved.token, transport=transport,
                                      retry_seconds=retry_seconds, sleep=sleep,
                                      interactive=True)
+
+    @property
+    def server(self) -> str:
+        """The coordinator calls go to now (``server`` may name several, comma-separated:
+        the next is tried when one cannot be reached)."""
+        return self.connection.server
 
     def close(self) -> None:
         """Close the HTTP connection (also done by ``with Client(...) as client:``)."""

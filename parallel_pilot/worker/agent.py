@@ -239,7 +239,7 @@ class Worker(SyncLoop):
         self._capabilities = capabilities
         # the id and token this name had here before: the coordinator gives the old row
         # back if the token still matches it, else a new row
-        before = self.identity.load(self.link.server)
+        before = self.identity.load(self.link.farm)
         request = RegisterRequest(join_token=self.settings.join_token, name=self.name,
                                   capabilities=capabilities,
                                   worker_id=before.worker_id if before else None,
@@ -258,7 +258,7 @@ class Worker(SyncLoop):
                 continue
             for link in (self.link, self.sync_link, self.poll_link):
                 link.set_token(answer.worker_token)
-            self.identity.save(self.link.server,
+            self.identity.save(self.link.farm,
                                Registration(answer.worker_id, answer.worker_token))
             self.worker_id = answer.worker_id
             self.state.lease_seconds = answer.lease_seconds

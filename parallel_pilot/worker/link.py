@@ -47,7 +47,13 @@ class CoordinatorLink:
 
     @property
     def server(self) -> str:
+        """The coordinator calls go to now (one of the farm's, ``Connection``)."""
         return self.connection.server
+
+    @property
+    def farm(self) -> str:
+        """The first coordinator URL given: the farm this worker's identity is kept for."""
+        return self.connection.servers[0]
 
     def set_token(self, token: str | None) -> None:
         self.connection.set_token(token)

@@ -194,3 +194,56 @@ def test_malformed_urls_are_refused_with_how_to_write_them(given: str, why: str)
 def test_a_connection_refuses_a_malformed_url_before_any_request() -> None:
     with pytest.raises(InvalidInput, match="has no host"):
         Connection("http://")
+
+
+def farm(down: set[str], seen: list[str]) -> httpx.MockTransport:
+    """Coordinators by host: those in ``down`` refuse connections; ``seen`` lists the
+    hosts tried, in order."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        host = f"{request.url.host}:{request.url.port}"
+        seen.append(host)
+        if host in down:
+            raise httpx.ConnectError(REFUSED, request=request)
+        return httpx.Response(200, json={"ok": True, "version": host})
+    return httpx.MockTransport(handler)
+
+
+def test_several_coordinators_are_given_as_a_list_or_with_commas() -> None:
+    conn = Connection(["127.0.0.1:8001", "http://127.0.0.1:8002/"])
+    assert conn.servers == ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
+    assert conn.server == "http://127.0.0.1:8001"
+    assert Connection("127.0.0.1:8001, 127.0.0.1:8002,127.0.0.1:8001").servers == \
+        ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]  # in order, once each
+    with pytest.raises(InvalidInput, match="'nope://x'"):
+        Connection("127.0.0.1:8001,nope://x")
+
+
+def test_a_call_moves_to_the_next_coordinator_at_once_and_stays_there() -> None:
+    clock, seen = FakeClock(), list[str]()
+    down = {"127.0.0.1:8001"}
+    conn = Connection("127.0.0.1:8001,127.0.0.1:8002", transport=farm(down, seen),
+                      sleep=clock.sleep, clock=clock)
+    assert conn.call("GET", "/health", Health).version == "127.0.0.1:8002"
+    assert clock.now == 1000.0  # no wait: the other coordinator answered
+    assert conn.server == "http://127.0.0.1:8002"
+    conn.call("GET", "/health", Health)
+    assert seen == ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8002"]
+    down.add("127.0.0.1:8002")  # now that one goes too, and the first is back
+    down.discard("127.0.0.1:8001")
+    assert conn.call("GET", "/health", Health).version == "127.0.0.1:8001"
+
+
+def test_with_every_coordinator_down_a_worker_waits_and_goes_round() -> None:
+    clock, seen, notices = FakeClock(), list[str](), list[str]()
+    down = {"127.0.0.1:8001", "127.0.0.1:8002"}
+    conn = Connection("127.0.0.1:8001,127.0.0.1:8002", transport=farm(down, seen),
+                      sleep=clock.sleep, clock=clock, notify=notices.append,
+                      retry_seconds=30)
+    with pytest.raises(ServerUnavailable, match="any of the coordinators at "
+                       "http://127.0.0.1:8001, http://127.0.0.1:8002"):
+        conn.call("GET", "/health", Health)
+    assert clock.now - 1000.0 >= 30  # it waited out its window, going round
+    assert {"127.0.0.1:8001", "127.0.0.1:8002"} <= set(seen[-4:])
+    # one notice that it moved on, one that it retries; not one per round
+    assert len(notices) == 2 and "trying http://127.0.0.1:8002" in notices[0]
+    assert "cannot reach any of the coordinators" in notices[1]

@@ -8,7 +8,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -24,7 +24,7 @@ from parallel_pilot.core.requirements import (
 )
 from parallel_pilot.core.settings import ClientSettings
 from parallel_pilot.errors import InvalidInput, PilotError
-from parallel_pilot.http import normalize_server
+from parallel_pilot.http import normalize_servers
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,20 +115,20 @@ def notice(line: str) -> None:
     err_console.print(line, markup=False)
 
 
-def server_url(value: str, option: str = "--server") -> str:
-    """``--server`` as a coordinator URL (``host:port`` gets ``http://``), or a usage
-    error that says how to write it."""
+def server_url(value: str | Sequence[str], option: str = "--server") -> str:
+    """``--server`` as coordinator URLs (``host:port`` gets ``http://``; several, for one
+    farm's coordinators, separated by commas), or a usage error that says how to write it."""
     try:
-        return normalize_server(value, source=option)
+        return normalize_servers(value, source=option)
     except InvalidInput as exc:
         raise UsageFailure(exc.message) from None
 
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if name == "server":  # repeated, or URLs separated by commas
+            value = server_url(value) if value else None
         if value is not None:
-            if name == "server":
-                value = server_url(value)
             setattr(ctx.ensure_object(CliState), name, value)
         return value
     return callback
@@ -139,7 +139,10 @@ def connection_options(f: F) -> F:
     f = click.option("--token", metavar="TOKEN", expose_value=False, callback=_store("token"),
                      help="API token (default: PILOT_TOKEN, then the saved login).")(f)
     f = click.option("--server", metavar="URL", expose_value=False, callback=_store("server"),
-                     help="Coordinator URL (default: PILOT_SERVER, then the saved login).")(f)
+                     multiple=True,
+                     help="Coordinator URL (default: PILOT_SERVER, then the saved login); "
+                          "repeat it for several coordinators of one farm: the next is "
+                          "tried when one cannot be reached.")(f)
     return f
 
 

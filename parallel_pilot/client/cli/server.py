@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from parallel_pilot.client.cli.common import UsageFailure, split_list
 from parallel_pilot.core.settings import CoordinatorSettings, WorkerSettings
 from parallel_pilot.errors import CannotListen, InvalidInput
+from parallel_pilot.http import split_servers
 from parallel_pilot.kinds.base import describe_validation
 
 
@@ -68,8 +69,21 @@ def parse_allow(value: str) -> list[str]:
         raise UsageFailure(f"--allow: {exc.message}") from None
 
 
+def _servers(given: tuple[str, ...]) -> str | None:
+    """``--server`` (repeated, or URLs separated by commas) as one comma-separated list."""
+    if not given:
+        return None
+    try:
+        return ",".join(split_servers(given, source="--server"))
+    except InvalidInput as exc:
+        raise UsageFailure(exc.message) from None
+
+
 @click.command("worker")
-@click.option("--server", metavar="URL", help="Coordinator URL (default http://127.0.0.1:8330).")
+@click.option("--server", metavar="URL", multiple=True,
+              help="Coordinator URL (default http://127.0.0.1:8330). Several coordinators "
+                   "of one farm: repeat it (or separate the URLs by commas); when one cannot "
+                   "be reached the worker carries on through the next.")
 @click.option("--join-token", metavar="TOKEN",
               help="Join token from the coordinator's data dir (or PILOT_JOIN_TOKEN).")
 @click.option("--name", help="Worker name (default: host name).")
@@ -102,13 +116,13 @@ def parse_allow(value: str) -> list[str]:
                    "project, none of this machine's home or cache visible, only the task "
                    "folder writable. On by default where bwrap works; --render-sandbox "
                    "fails where it does not.")
-def worker_command(server: str | None, join_token: str | None, name: str | None,
+def worker_command(server: tuple[str, ...], join_token: str | None, name: str | None,
                    slots: int | None, allow: str | None, cache_dir: Path | None,
                    work_dir: Path | None, cache_bytes: int | None, tags: str | None,
                    blender: str | None, drain_seconds: float | None,
                    sandbox: bool, render_sandbox: bool | None, gpus: str | None) -> None:
     """Run a worker that pulls tasks from a coordinator until Ctrl-C or SIGTERM."""
-    overrides = _given(server=server, join_token=join_token, name=name, slots=slots,
+    overrides = _given(server=_servers(server), join_token=join_token, name=name, slots=slots,
                        cache_dir=cache_dir, work_dir=work_dir, cache_bytes=cache_bytes,
                        drain_seconds=drain_seconds, blender=blender,
                        sandbox=sandbox or None, render_sandbox=render_sandbox)
