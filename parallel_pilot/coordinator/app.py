@@ -19,17 +19,20 @@ from parallel_pilot import __version__, web
 from parallel_pilot.coordinator import passwords
 from parallel_pilot.coordinator.body_guard import BodyGuard
 from parallel_pilot.coordinator.bootstrap import tighten_data_dir
+from parallel_pilot.coordinator.metrics import RequestTimer
 from parallel_pilot.coordinator.routes import (
     accounts,
     attempts,
     blobs,
     jobs,
     meta,
+    ops,
     session,
     workers,
 )
 from parallel_pilot.coordinator.services import leasing
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.farm_counts import farm_counts
 from parallel_pilot.core.folders import private_dir
 from parallel_pilot.core.protocol import API_PREFIX, ErrorBody
 from parallel_pilot.core.settings import CoordinatorSettings
@@ -93,6 +96,8 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
     app.state.services = services
     for module in (meta, workers, attempts, jobs, blobs, accounts, session):
         app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    app.include_router(ops.router, responses=ERROR_RESPONSES)  # /healthz, /readyz, /metrics
+    services.metrics.watch(lambda: farm_counts(services))
     web.mount(app)  # the dashboard: pages at /, live streams at /events, /static
     if services.settings.trusted_proxies:
         # the client is the last hop of X-Forwarded-For that is not a trusted proxy
@@ -103,6 +108,7 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
     app.add_middleware(BodyGuard, max_body_bytes=services.settings.max_body_bytes,
                        max_upload_bytes=services.settings.max_upload_bytes,
                        stall_seconds=services.settings.body_stall_seconds)
+    app.add_middleware(RequestTimer, metrics=services.metrics, skip=("/static/",))
     return app
 
 

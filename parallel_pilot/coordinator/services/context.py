@@ -1,6 +1,6 @@
 """What every service needs: the database engine, the blob store, settings, a clock, the
-notifier that wakes long polls when work for them appears, and the short-lived cache of
-the workers behind tokens."""
+notifier that wakes long polls when work for them appears, the short-lived cache of the
+workers behind tokens, and the process's metrics."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from parallel_pilot.coordinator.metrics import Metrics
 from parallel_pilot.core.settings import CoordinatorSettings
 from parallel_pilot.store.blobs import BlobStore
 
@@ -164,6 +165,7 @@ class Services:
     clock: Callable[[], float] = time.time
     notifier: ReadyNotifier = field(default_factory=ReadyNotifier)
     worker_cache: WorkerCache = field(default_factory=WorkerCache)
+    metrics: Metrics = field(default_factory=Metrics)  # this process's (coordinator/metrics.py)
 
     @property
     def lock_claims(self) -> bool:

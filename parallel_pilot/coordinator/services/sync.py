@@ -67,6 +67,8 @@ class Exchange:
     changed_unknown: bool = False  # tasks may have become ready through a quorum
     live: bool = True  # the worker may still be given tasks
     held: int = 0  # attempts the worker holds after this sync
+    # (kind, outcome, seconds from lease to report) of the attempts reported, for metrics
+    finished: list[tuple[str, str, float]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -79,7 +81,9 @@ def exchange(svc: Services, worker: sa.Row, request: SyncRequest) -> Exchange:
     from the start when the database broke a deadlock by aborting it: two syncs that
     finish and claim tasks of several jobs each lock those jobs' rows (their task counts)
     in different orders, and a fair claim spreads a worker over several users' jobs."""
-    return _retried(lambda: _exchange_once(svc, worker, request), worker.id)
+    out = _retried(lambda: _exchange_once(svc, worker, request), worker.id)
+    svc.metrics.tasks_finished(out.finished)  # committed
+    return out
 
 
 T = TypeVar("T")
@@ -306,6 +310,7 @@ def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
     qs.complete_attempts(conn, worker.id, [
         (r.task_id, r.attempt, clean_result(get_kind(row.kind), r.result or {}))
         for r, row in done], now)
+    out.finished += [(row.kind, "completed", now - (row.leased_at or now)) for _, row in done]
     maybe_complete = qs.add_jobs_done(conn, Counter(row.job_id for _, row in done))
     pairs = qs.dependents_of(conn, [row.id for _, row in done])
     if pairs:
@@ -327,6 +332,7 @@ def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
     again: list[tuple[sa.Row, str]] = []
     final: list[tuple[sa.Row, str, bool, trust.Weighed]] = []
     now = svc.clock()
+    out.finished += [(row.kind, "failed", now - (row.leased_at or now)) for _, row in failed]
     for report, row in failed:
         weighed = trust.weigh_failure(conn, svc, worker, row, report.retryable, now,
                                       report.reason)

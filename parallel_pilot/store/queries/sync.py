@@ -150,7 +150,8 @@ def add_worker_done(conn: sa.Connection, worker_id: int, n: int) -> None:
 
 _HELD_COLUMNS = (tasks.c.id, tasks.c.job_id, tasks.c.attempt, tasks.c.kind, tasks.c.idx,
                  tasks.c.name, tasks.c.failures, tasks.c.max_attempts, tasks.c.state,
-                 tasks.c.losses, tasks.c.worker_id, tasks.c.requirement_set_id)
+                 tasks.c.losses, tasks.c.worker_id, tasks.c.requirement_set_id,
+                 tasks.c.leased_at)
 _HELD = (sa.select(*_HELD_COLUMNS)
          .where(tasks.c.worker_id == _b("w"), tasks.c.state == TaskState.LEASED)
          .order_by(tasks.c.id))
