@@ -32,6 +32,7 @@ from parallel_pilot.coordinator.routes import (
 )
 from parallel_pilot.coordinator.services import leasing
 from parallel_pilot.coordinator.services.context import Services
+from parallel_pilot.coordinator.services.farm_bus import FarmBus
 from parallel_pilot.coordinator.services.farm_counts import farm_counts
 from parallel_pilot.core.folders import private_dir
 from parallel_pilot.core.protocol import API_PREFIX, ErrorBody
@@ -82,9 +83,15 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
         services.notifier.bind(asyncio.get_running_loop())
         await run_in_threadpool(leasing.grant_restart_grace, services)
         task = asyncio.create_task(_reaper(services)) if run_reaper else None
+        bus = FarmBus(services.engine, services.notifier) \
+            if FarmBus.applies(services.engine) else None
+        if bus is not None:  # the farm's other coordinators wake our long polls
+            bus.start()
         try:
             yield
         finally:
+            if bus is not None:
+                await run_in_threadpool(bus.stop)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

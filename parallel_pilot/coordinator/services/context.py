@@ -60,11 +60,13 @@ class ReadyNotifier:
     many as tasks became ready, first come first woken; callable from any thread.
     ``notify()`` (something changed, kinds unknown) wakes every waiter. Waiters also
     re-check on a slow timeout, which covers tasks made ready by another coordinator
-    process."""
+    process where nothing tells this one (on PostgreSQL ``services/farm_bus.py`` does)."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: deque[Waiter] = deque()
+        # tells the farm's other coordinators what became ready (None: nobody to tell)
+        self.relay: Callable[[dict[str, int] | None], None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -76,15 +78,20 @@ class ReadyNotifier:
         self._waiters.append(waiter)
         return waiter
 
-    def tasks_ready(self, per_kind: Mapping[str, int]) -> None:
-        """``per_kind[k]`` tasks of kind k became ready (committed)."""
+    def tasks_ready(self, per_kind: Mapping[str, int], *, relay: bool = True) -> None:
+        """``per_kind[k]`` tasks of kind k became ready (committed); told to the farm's
+        other coordinators too (``relay``, when set: ``services/farm_bus.py``)."""
         counts = {k: n for k, n in per_kind.items() if n > 0}
         if counts:
-            self._call(self._wake, counts)
+            self._call(self._wake, dict(counts))
+            if relay and self.relay is not None:
+                self.relay(counts)
 
-    def notify(self) -> None:
+    def notify(self, *, relay: bool = True) -> None:
         """Something changed and what is unknown: every waiter re-checks."""
         self._call(self._wake, None)
+        if relay and self.relay is not None:
+            self.relay(None)
 
     def waiting(self) -> int:
         return len(self._waiters)
