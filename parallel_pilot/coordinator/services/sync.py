@@ -310,7 +310,7 @@ def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
     qs.complete_attempts(conn, worker.id, [
         (r.task_id, r.attempt, clean_result(get_kind(row.kind), r.result or {}))
         for r, row in done], now)
-    out.finished += [(row.kind, "completed", _seconds(row, now)) for _, row in done]
+    out.finished += _timed(done, "completed", now)
     maybe_complete = qs.add_jobs_done(conn, Counter(row.job_id for _, row in done))
     pairs = qs.dependents_of(conn, [row.id for _, row in done])
     if pairs:
@@ -324,10 +324,16 @@ def _complete(conn: sa.Connection, svc: Services, worker: sa.Row,
     return {row.id for _, row in done}
 
 
-def _seconds(row: sa.Row, now: float) -> float:
-    """From the attempt's lease to ``now`` (0 where the row does not say: a backup copy's)."""
-    leased = row._mapping.get("leased_at")
-    return now - float(leased) if leased is not None else 0.0
+def _timed(reported: list[tuple[AttemptReport, sa.Row]], outcome: str,
+           now: float) -> list[tuple[str, str, float]]:
+    """(kind, outcome, seconds from the lease) of the attempts whose rows say when they
+    were leased (a backup copy's do not: it is left out)."""
+    out = []
+    for _, row in reported:
+        leased = row._mapping.get("leased_at")
+        if leased is not None:
+            out.append((row.kind, outcome, now - float(leased)))
+    return out
 
 
 def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
@@ -338,7 +344,7 @@ def _fail(conn: sa.Connection, svc: Services, worker: sa.Row,
     again: list[tuple[sa.Row, str]] = []
     final: list[tuple[sa.Row, str, bool, trust.Weighed]] = []
     now = svc.clock()
-    out.finished += [(row.kind, "failed", _seconds(row, now)) for _, row in failed]
+    out.finished += _timed(failed, "failed", now)
     for report, row in failed:
         weighed = trust.weigh_failure(conn, svc, worker, row, report.retryable, now,
                                       report.reason)
