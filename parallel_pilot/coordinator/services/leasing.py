@@ -44,10 +44,12 @@ from parallel_pilot.store.queries import copies as qc
 from parallel_pilot.store.queries import quorum as qq
 from parallel_pilot.store.queries import sync as qs
 from parallel_pilot.store.queries import workers as qw
+from parallel_pilot.store.queries.locks import farm_lock
 
 log = logging.getLogger("pilot.leasing")
 
 REAP_BATCH = 200  # expired leases handled per reaper pass
+REAPER_LOCK = "reaper"  # one coordinator of a farm reaps at a time (store/queries/locks.py)
 AFFINITY_MEMORY = 20  # tasks a worker did lately whose affinity keys its claims prefer
 MAX_LOG_LINE_CHARS = 4000  # characters kept of one log line
 LOG_TRUNCATED = "[log truncated: limit {limit} bytes]"  # stored once when a task's log is full
@@ -313,9 +315,12 @@ def reap(svc: Services) -> int:
     """Tasks whose lease expired (their worker vanished): requeued without using an
     attempt, or failed past ``max_losses`` (``services.losses``); returns how many. The
     worker is not blamed either: a machine that dies is not evidence against the task
-    nor a failure of the job by the worker."""
+    nor a failure of the job by the worker. A pass finding another coordinator of the farm
+    reaping does nothing."""
     now = svc.clock()
-    with svc.transaction() as conn:
+    with svc.transaction() as conn, farm_lock(conn, REAPER_LOCK) as ours:
+        if not ours:  # another coordinator of the farm reaps right now
+            return 0
         copies = stragglers.reap(conn, now)  # first: an expired copy cannot take over
         expired = q.expired_leases(conn, now, REAP_BATCH)
         ready = losses.lose(conn, svc, expired, [
