@@ -85,8 +85,7 @@ def is_sqlite(engine: sa.Engine) -> bool:
 
 def migrate(engine: sa.Engine) -> None:
     """Bring the schema to the newest alembic revision, one coordinator at a time."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config = _config()
     dialect = engine.dialect.name
     with engine.begin() as connection:
         if dialect == "postgresql":
@@ -106,6 +105,29 @@ def migrate(engine: sa.Engine) -> None:
             if dialect in ("mysql", "mariadb"):
                 connection.execute(sa.text("SELECT RELEASE_LOCK(:name)"),
                                    {"name": MIGRATION_LOCK_NAME})
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this installation knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The database's schema revision (None: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
 
 
 def open_database(url: str) -> sa.Engine:

@@ -13,6 +13,7 @@ from parallel_pilot.client.cli.accounts import (
 )
 from parallel_pilot.client.cli.addon import addon_group
 from parallel_pilot.client.cli.common import CliState, PilotGroup
+from parallel_pilot.client.cli.db import db_group
 from parallel_pilot.client.cli.demo import demo_command
 from parallel_pilot.client.cli.jobs import (
     cancel_command,
@@ -50,7 +51,7 @@ for command in (
     train_command,
     render_command, addon_group,
     jobs_command, show_command, wait_command, logs_command, cancel_command, retry_command,
-    download_command, workers_group, users_group, tokens_group, join_tokens_group,
+    download_command, workers_group, users_group, tokens_group, join_tokens_group, db_group,
 ):
     cli.add_command(command)
 
