@@ -2,13 +2,17 @@
 given both URLs (`pilot worker --server A --server B`): a sweep submitted through a
 client that also knows both completes after coordinator A is SIGKILLed mid-job, the
 workers carrying on through B; every item runs exactly once (executions are counted,
-not only results)."""
+not only results). And chaos: workers SIGKILLed and restarted all along, each
+coordinator SIGKILLed and restarted once; every result arrives exactly once."""
 
 from __future__ import annotations
 
 import collections
+import json
+import random
 import signal
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +70,77 @@ def test_workers_and_clients_carry_on_through_the_other_coordinator(
         assert all(w.poll() is None for w in a.workers)  # no worker gave up
         logs = [(a.log_dir / f"worker-{n}.log").read_text() for n in ("w1", "w2")]
         assert any(f"trying {b.url}" in log for log in logs), logs
+    finally:
+        a.stop()
+        b.stop()
+
+
+CHAOS_ITEMS = 200
+CHAOS_WORKERS = 4
+CHAOS_SECONDS = 60.0  # the chaos stops by then whatever it reached (bounded test)
+
+QUICK_SIM = textwrap.dedent("""
+    import os, sys, time
+    item = sys.argv[1]
+    open(os.path.join(os.environ["RUNS"], f"{item}-{os.getpid()}"), "w").close()
+    time.sleep(0.1)
+    print(f"item={item}")
+""")
+
+
+@pytest.mark.postgres
+def test_chaos_of_workers_and_both_coordinators_loses_and_repeats_no_result(
+        tmp_path: Path, fresh_database: Callable[..., str]) -> None:
+    """A 200-item sweep while workers are SIGKILLed and restarted every second or so, and
+    each coordinator is SIGKILLed and restarted once: the job completes and every item's
+    result arrives exactly once (a killed worker's item may run again elsewhere)."""
+    url = fresh_database("postgres", migrated=True)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    args = ["--database-url", url, "--lease-seconds", "3", "--heartbeat-seconds", "0.5"]
+    env = {"PILOT_TOKEN": "", "RUNS": str(runs),
+           "PILOT_JOIN_TOKEN_REGISTRATIONS_PER_MINUTE": "1000"}
+    a = LocalCluster(tmp_path / "data", workers=0, server_args=args, env=env,
+                     worker_args=QUICK)
+    b = LocalCluster(tmp_path / "data", workers=0, server_args=args, env=env)
+    rng = random.Random(16)
+    try:
+        a.start_server()
+        b.start_server()
+        names = [f"w{i}" for i in range(1, CHAOS_WORKERS + 1)]
+        live = {n: a.add_worker(n, slots=2, extra_args=["--server", b.url]) for n in names}
+        with Client(f"{a.url},{b.url}", a.admin_token) as client:
+            wait_for(lambda: len(client.workers()) == CHAOS_WORKERS, 60, "the workers")
+            sim = tmp_path / "sim.py"
+            sim.write_text(QUICK_SIM)
+            job = client.submit_sweep(["python", "sim.py", "{item}"], f"1-{CHAOS_ITEMS}",
+                                      files={"sim.py": sim})
+            began, killed, coordinators = time.monotonic(), 0, [a, b]
+            while client.job(job.id).state in ("queued", "running") \
+                    and time.monotonic() - began < CHAOS_SECONDS:
+                name = rng.choice(names)  # SIGKILL a worker, start it again at once
+                a.stop_worker(live[name], signal.SIGKILL)
+                live[name] = a.add_worker(name, slots=2, extra_args=["--server", b.url])
+                killed += 1
+                done = client.job(job.id).tasks_done
+                if coordinators and done >= CHAOS_ITEMS * (3 - len(coordinators)) // 3:
+                    coordinator = coordinators.pop(0)  # at a third, then two thirds
+                    coordinator.stop_server(signal.SIGKILL)
+                    coordinator.start_server()
+                time.sleep(rng.uniform(0.5, 1.5))
+            finished = client.wait(job.id, timeout=180)
+            out = tmp_path / "download"
+            client.download(job.id, out)
+        assert finished.state == "completed", finished
+        assert not coordinators, "the job ended before both coordinators were killed"
+        assert killed >= 5
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert sorted(int(r["item"]) for r in rows) == list(range(1, CHAOS_ITEMS + 1))
+        assert all(r["exit_code"] == 0 and r["stdout"] == f"item={r['item']}\n" for r in rows)
+        ran = collections.Counter(p.name.split("-")[0] for p in runs.iterdir())
+        assert set(ran) == {str(i) for i in range(1, CHAOS_ITEMS + 1)}  # every item ran
+        print(f"\n{killed} worker kills, both coordinators killed once; "
+              f"{sum(ran.values())} runs of {CHAOS_ITEMS} items")
     finally:
         a.stop()
         b.stop()
