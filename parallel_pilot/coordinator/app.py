@@ -19,6 +19,7 @@ from parallel_pilot import __version__, web
 from parallel_pilot.coordinator import passwords
 from parallel_pilot.coordinator.body_guard import BodyGuard
 from parallel_pilot.coordinator.bootstrap import tighten_data_dir
+from parallel_pilot.coordinator.log_context import RequestLog
 from parallel_pilot.coordinator.metrics import RequestTimer
 from parallel_pilot.coordinator.routes import (
     accounts,
@@ -116,6 +117,8 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
                        max_upload_bytes=services.settings.max_upload_bytes,
                        stall_seconds=services.settings.body_stall_seconds)
     app.add_middleware(RequestTimer, metrics=services.metrics, skip=("/static/",))
+    # outermost: every line logged for a request carries its id (and, in JSON, an access line)
+    app.add_middleware(RequestLog, access=services.settings.log_format == "json")
     return app
 
 

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from parallel_pilot.coordinator import sessions
+from parallel_pilot.coordinator.log_context import annotate
 from parallel_pilot.coordinator.services.context import Services
 from parallel_pilot.coordinator.services.jobs import Caller
 from parallel_pilot.coordinator.strict_route import authenticate_first
@@ -38,7 +39,10 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
 def _user(svc: Services, token: str) -> Caller | None:
     with svc.transaction() as conn:
         row = q.user_by_token_hash(conn, hash_token(token), svc.clock())
-    return Caller(row.id, row.name, row.is_admin) if row else None
+    if row is None:
+        return None
+    annotate(user=row.name)
+    return Caller(row.id, row.name, row.is_admin)
 
 
 def _worker(svc: Services, token: str) -> sa.Row | None:
@@ -47,12 +51,13 @@ def _worker(svc: Services, token: str) -> sa.Row | None:
     is looked up each time."""
     token_hash = hash_token(token)
     row = svc.worker_cache.get(token_hash)
+    if row is None:
+        with svc.transaction() as conn:
+            row = q.worker_by_token_hash(conn, token_hash)
+        if row is not None:
+            svc.worker_cache.put(token_hash, row)
     if row is not None:
-        return row
-    with svc.transaction() as conn:
-        row = q.worker_by_token_hash(conn, token_hash)
-    if row is not None:
-        svc.worker_cache.put(token_hash, row)
+        annotate(worker_id=row.id)
     return row
 
 

@@ -100,11 +100,12 @@ class RequestTimer:
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            self.metrics.http.labels(scope["method"], _route(scope), str(status[0])).observe(
+            self.metrics.http.labels(scope["method"], route_template(scope),
+                                    str(status[0])).observe(
                 time.perf_counter() - started)
 
 
-def _route(scope: Scope) -> str:
+def route_template(scope: Scope) -> str:
     """The template of the route that took the request, with the prefix it was included
     under (``/api/v1`` + ``/jobs/{job_id}``): that prefix is the part of the path before
     where the route's own pattern matches."""

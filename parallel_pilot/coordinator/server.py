@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 
 import uvicorn
 
@@ -23,6 +24,7 @@ from parallel_pilot.coordinator.bootstrap import (
     JOIN_TOKEN_FILE,
     ensure_admin,
 )
+from parallel_pilot.coordinator.log_context import JsonFormatter
 from parallel_pilot.core.settings import CoordinatorSettings
 from parallel_pilot.errors import CannotListen
 
@@ -76,31 +78,43 @@ def serve(settings: CoordinatorSettings, *, instance_id: str | None = None) -> N
         sock.close()
 
 
+def configure_logging(log_format: str) -> None:
+    """Text lines for people, or one JSON object a line (``log_context.JsonFormatter``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
 def _serve(settings: CoordinatorSettings, sock: socket.socket, instance_id: str) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    configure_logging(settings.log_format)
     services = build_services(settings)
     first = ensure_admin(services)
+    # the banner: lines on stdout for people; records like any other in JSON mode
+    say: Callable[[str], None] = log.info if settings.log_format == "json" \
+        else lambda line: print(line, flush=True)
     port = int(sock.getsockname()[1])  # the real one when --port 0
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{host}:{port}"
-    print(f"Parallel Pilot coordinator on {url}", flush=True)
-    print(f"  database: {_redact(settings.resolved_database_url())}", flush=True)
-    print(f"  blobs:    {settings.blob_dir.resolve()}", flush=True)
+    say(f"Parallel Pilot coordinator on {url}")
+    say(f"  database: {_redact(settings.resolved_database_url())}")
+    say(f"  blobs:    {settings.blob_dir.resolve()}")
     if first is not None:
-        print("  first start: created user 'admin'", flush=True)
+        say("  first start: created user 'admin'")
     admin_file = settings.data_dir / ADMIN_TOKEN_FILE
     join_file = settings.data_dir / JOIN_TOKEN_FILE
     if admin_file.exists():
-        print(f"  admin API token:   {admin_file.resolve()}", flush=True)
+        say(f"  admin API token:   {admin_file.resolve()}")
     password_file = settings.data_dir / ADMIN_PASSWORD_FILE
     if password_file.exists():
-        print(f"  admin password:    {password_file.resolve()}", flush=True)
+        say(f"  admin password:    {password_file.resolve()}")
     if join_file.exists():
-        print(f"  worker join token: {join_file.resolve()}", flush=True)
-        print(f"  join a worker:     pilot worker --server {url} --join-token "
-              f"\"$(cat {join_file.resolve()})\"", flush=True)
+        say(f"  worker join token: {join_file.resolve()}")
+        say(f"  join a worker:     pilot worker --server {url} --join-token "
+            f"\"$(cat {join_file.resolve()})\"")
     app = create_app(services)
     app.state.instance_id = instance_id
     config = uvicorn.Config(app, host=settings.host, port=port, log_level="warning",

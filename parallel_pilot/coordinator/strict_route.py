@@ -29,6 +29,7 @@ from fastapi.routing import APIRoute
 
 from parallel_pilot.coordinator import strict_json
 from parallel_pilot.coordinator.body_guard import SCOPE_KEY, BodyBudget
+from parallel_pilot.coordinator.log_context import annotate
 from parallel_pilot.coordinator.strict_json import BadValue, Policy
 
 UNAUTHENTICATED_BODY_BYTES = 64 * 1024  # body bytes a route that takes no token reads
@@ -54,6 +55,9 @@ def streamed_body(endpoint: F) -> F:
     ``max_upload_bytes`` and is not read ahead."""
     setattr(endpoint, _STREAMED_ATTR, True)
     return endpoint
+
+
+_LOGGED_PARAMS = ("job_id", "task_id", "worker_id", "attempt")  # into the request's log fields
 
 
 def authenticate_first(dependency: Callable[..., Any], early: EarlyAuth) -> None:
@@ -141,6 +145,8 @@ class StrictRoute(APIRoute):
 
         async def strict_handler(request: Request) -> Response:
             _check_parameters(request)
+            annotate(**{k: int(v) for k, v in request.path_params.items()  # ids, as numbers
+                        if k in _LOGGED_PARAMS and str(v).isdigit() and len(str(v)) <= 18})
             budget: BodyBudget | None = request.scope.get(SCOPE_KEY)
             settings = request.app.state.services.settings
             if budget is not None:

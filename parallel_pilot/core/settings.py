@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,9 @@ class CoordinatorSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     data_dir: Path = Path("pilot-data")
+    # text: lines for people; json: one object a line with request, job, user and worker
+    # ids, and an access line per request (coordinator/log_context.py)
+    log_format: Literal["text", "json"] = "text"
     database_url: str | None = None
     lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, gt=0)
     heartbeat_seconds: float = Field(default=DEFAULT_HEARTBEAT_SECONDS, gt=0)

@@ -38,6 +38,9 @@ def _given(**values: Any) -> dict[str, Any]:
 @click.option("--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS",
               help="A reverse proxy (address or network) whose X-Forwarded-For is believed; "
                    "repeatable (default: none, the peer's address counts).")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="text (default): lines for people; json: one JSON object a line with "
+                   "request, job, user and worker ids, and an access line per request.")
 # set by LocalCluster (pilot up): GET /health names the process by it, so the parent knows
 # it reached the coordinator it started and not another one on the same port
 @click.option("--instance-id", hidden=True)
