@@ -1,6 +1,8 @@
-"""``pilot db``: the coordinator's database schema. ``upgrade`` runs the migrations that a
+"""``pilot db``: the coordinator's database. ``upgrade`` runs the migrations that a
 coordinator runs at start, under the same lock (so it is safe while coordinators start),
-for an operator who upgrades before restarting them; ``status`` says where it stands."""
+for an operator who upgrades before restarting them; ``status`` says where it stands;
+``backup`` copies a SQLite database consistently while the coordinator runs (SQLite's
+online backup; PostgreSQL and MariaDB have their own tools, which it names)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def database_options(f: Any) -> Any:
 
 @click.group("db")
 def db_group() -> None:
-    """The coordinator's database: `pilot db status`, `pilot db upgrade`."""
+    """The coordinator's database: `pilot db status`, `upgrade`, `backup`."""
 
 
 @db_group.command("status")
@@ -46,6 +48,41 @@ def db_upgrade(data_dir: Path | None, database_url: str | None, as_json: bool) -
     _report(data_dir, database_url, as_json, upgrade=True)
 
 
+@db_group.command("backup")
+@database_options
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write (refused if it exists).")
+def db_backup(data_dir: Path | None, database_url: str | None, out: Path) -> None:
+    """A consistent copy of a SQLite database, safe while the coordinator runs (back up
+    the data dir's blobs/ and token files alongside it; docs/operations.md)."""
+    import sqlite3
+
+    settings = _settings(data_dir, database_url)
+    url = settings.resolved_database_url()
+    if not url.startswith("sqlite:///"):
+        raise UsageFailure("pilot db backup copies SQLite databases; back up PostgreSQL "
+                           "with pg_dump and MariaDB with mariadb-dump (docs/operations.md)")
+    source = Path(url.removeprefix("sqlite:///"))
+    if not source.is_file():
+        raise UsageFailure(f"no database at {source}: pass --data-dir (or --database-url)")
+    if out.exists():
+        raise UsageFailure(f"{out} exists: choose another file (a backup never overwrites)")
+    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as db, \
+            sqlite3.connect(out) as copy:
+        db.backup(copy)  # page by page, consistent even while the coordinator writes
+    out.chmod(0o600)  # it holds token hashes and every job's parameters
+    console.print(f"backed up {source} to {out} ({out.stat().st_size:,} bytes)")
+
+
+def _settings(data_dir: Path | None, database_url: str | None) -> CoordinatorSettings:
+    given: dict[str, Any] = {k: v for k, v in (("data_dir", data_dir),
+                                                ("database_url", database_url)) if v}
+    try:
+        return CoordinatorSettings(**given)
+    except ValidationError as exc:
+        raise UsageFailure(describe_validation(exc)) from None
+
+
 def _report(data_dir: Path | None, database_url: str | None, as_json: bool, *,
             upgrade: bool) -> None:
     import sqlalchemy as sa
@@ -57,12 +94,7 @@ def _report(data_dir: Path | None, database_url: str | None, as_json: bool, *,
         migrate,
     )
 
-    given: dict[str, Any] = {k: v for k, v in (("data_dir", data_dir),
-                                                ("database_url", database_url)) if v}
-    try:
-        settings = CoordinatorSettings(**given)
-    except ValidationError as exc:
-        raise UsageFailure(describe_validation(exc)) from None
+    settings = _settings(data_dir, database_url)
     url = settings.resolved_database_url()
     shown = sa.engine.make_url(url).render_as_string(hide_password=True)
     if url.startswith("sqlite") and not database_url and not settings.data_dir.is_dir():
