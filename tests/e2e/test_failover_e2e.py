@@ -25,13 +25,29 @@ from tests.e2e.farm import wait_for
 ITEMS = 60
 QUICK = ["--allow", "sweep", "--no-render-sandbox"]
 
-SIM = textwrap.dedent("""
-    import os, sys, time
-    item = sys.argv[1]
-    open(os.path.join(os.environ["RUNS"], f"{item}-{os.getpid()}"), "w").close()
-    time.sleep(0.3)
-    print(f"item={item}")
-""")
+
+
+def sim_code(seconds: float) -> str:
+    """An item's command: it notes each run (a file per run in $RUNS) and sleeps."""
+    return textwrap.dedent(f"""
+        import os, sys, time
+        item = sys.argv[1]
+        open(os.path.join(os.environ["RUNS"], f"{{item}}-{{os.getpid()}}"), "w").close()
+        time.sleep({seconds})
+        print(f"item={{item}}")
+    """)
+
+
+def two_coordinators(root: Path, url: str, *, lease: float, heartbeat: float,
+                     **env: str) -> tuple[LocalCluster, LocalCluster]:
+    """Clusters A and B (not started) of one farm: one database, one data dir; A starts
+    the workers, which get B's URL too."""
+    args = ["--database-url", url, "--lease-seconds", str(lease),
+            "--heartbeat-seconds", str(heartbeat)]
+    env = {"PILOT_TOKEN": "", **env}
+    return (LocalCluster(root / "data", workers=0, server_args=args, env=env,
+                         worker_args=QUICK),
+            LocalCluster(root / "data", workers=0, server_args=args, env=env))
 
 
 @pytest.mark.postgres
@@ -40,11 +56,7 @@ def test_workers_and_clients_carry_on_through_the_other_coordinator(
     url = fresh_database("postgres", migrated=True)
     runs = tmp_path / "runs"
     runs.mkdir()
-    args = ["--database-url", url, "--lease-seconds", "6", "--heartbeat-seconds", "1"]
-    env = {"PILOT_TOKEN": "", "RUNS": str(runs)}
-    a = LocalCluster(tmp_path / "data", workers=0, server_args=args, env=env,
-                     worker_args=QUICK)
-    b = LocalCluster(tmp_path / "data", workers=0, server_args=args, env=env)
+    a, b = two_coordinators(tmp_path, url, lease=6, heartbeat=1, RUNS=str(runs))
     try:
         a.start_server()
         b.start_server()
@@ -55,7 +67,7 @@ def test_workers_and_clients_carry_on_through_the_other_coordinator(
         with Client(both, a.admin_token) as client:
             wait_for(lambda: len(client.workers()) == 2, 60, "both workers to join")
             sim = tmp_path / "sim.py"
-            sim.write_text(SIM)
+            sim.write_text(sim_code(0.3))
             job = client.submit_sweep(["python", "sim.py", "{item}"], f"1-{ITEMS}",
                                       files={"sim.py": sim})
             wait_for(lambda: client.job(job.id).tasks_done >= 10, 120, "10 items done")
@@ -79,14 +91,6 @@ CHAOS_ITEMS = 200
 CHAOS_WORKERS = 4
 CHAOS_SECONDS = 60.0  # the chaos stops by then whatever it reached (bounded test)
 
-QUICK_SIM = textwrap.dedent("""
-    import os, sys, time
-    item = sys.argv[1]
-    open(os.path.join(os.environ["RUNS"], f"{item}-{os.getpid()}"), "w").close()
-    time.sleep(0.1)
-    print(f"item={item}")
-""")
-
 
 @pytest.mark.postgres
 def test_chaos_of_workers_and_both_coordinators_loses_and_repeats_no_result(
@@ -97,12 +101,8 @@ def test_chaos_of_workers_and_both_coordinators_loses_and_repeats_no_result(
     url = fresh_database("postgres", migrated=True)
     runs = tmp_path / "runs"
     runs.mkdir()
-    args = ["--database-url", url, "--lease-seconds", "3", "--heartbeat-seconds", "0.5"]
-    env = {"PILOT_TOKEN": "", "RUNS": str(runs),
-           "PILOT_JOIN_TOKEN_REGISTRATIONS_PER_MINUTE": "1000"}
-    a = LocalCluster(tmp_path / "data", workers=0, server_args=args, env=env,
-                     worker_args=QUICK)
-    b = LocalCluster(tmp_path / "data", workers=0, server_args=args, env=env)
+    a, b = two_coordinators(tmp_path, url, lease=3, heartbeat=0.5, RUNS=str(runs),
+                            PILOT_JOIN_TOKEN_REGISTRATIONS_PER_MINUTE="1000")
     rng = random.Random(16)
     try:
         a.start_server()
@@ -112,7 +112,7 @@ def test_chaos_of_workers_and_both_coordinators_loses_and_repeats_no_result(
         with Client(f"{a.url},{b.url}", a.admin_token) as client:
             wait_for(lambda: len(client.workers()) == CHAOS_WORKERS, 60, "the workers")
             sim = tmp_path / "sim.py"
-            sim.write_text(QUICK_SIM)
+            sim.write_text(sim_code(0.1))
             job = client.submit_sweep(["python", "sim.py", "{item}"], f"1-{CHAOS_ITEMS}",
                                       files={"sim.py": sim})
             began, killed, coordinators = time.monotonic(), 0, [a, b]
