@@ -34,16 +34,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel
 
 from parallel_pilot.core.project import sha256_file  # noqa: F401  (re-exported)
 from parallel_pilot.core.protocol import API_PREFIX
+from parallel_pilot.core.urls import split_servers
 from parallel_pilot.errors import (
     BlobMismatch,
-    InvalidInput,
     PilotError,
     ServerUnavailable,
     error_from_body,
@@ -61,7 +60,6 @@ NOTICE_MIN_SECONDS = 10.0  # retries that may last this long or more are announc
 RETRY_BACKOFF_MAX = 5.0  # seconds between retries at most
 CHUNK_BYTES = 1024 * 1024  # bytes per read when streaming blobs
 EVENT_READ_TIMEOUT = 60.0  # seconds an event stream may stay silent (servers ping every 10)
-URL_SCHEMES = ("http", "https")
 START_HINT = "is it running? (pilot up, or pilot server)"
 UNKNOWN_HOST_HINT = "is the host name right?"
 
@@ -78,8 +76,6 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 # and a job's cancel (a cancelled job stays cancelled)
 _REPLAYABLE_POST = re.compile(r"^/(workers|attempts)/|^/jobs/\d+/cancel$")
 REPLAYABLE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-# "ftp:x", "http:/x": a scheme without "//" (a port after "host:" starts with a digit)
-_SCHEME_WITHOUT_SLASHES = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?!\d)(?!//)")
 
 
 def idempotency_key() -> str:
@@ -92,60 +88,6 @@ def replayable(method: str, path: str, key: str | None = None) -> bool:
     method = method.upper()
     return (method in REPLAYABLE_METHODS or key is not None
             or (method == "POST" and _REPLAYABLE_POST.match(path) is not None))
-
-
-def normalize_server(url: str, *, source: str = "server") -> str:
-    """``url`` as a coordinator base URL: ``scheme://host[:port][/path]`` without a
-    trailing slash, scheme and host lower case; ``host:port`` without a scheme is taken
-    as ``http://host:port``. Anything else raises ``InvalidInput`` naming ``source``."""
-    text = url.strip()
-
-    def refuse(why: str) -> InvalidInput:
-        return InvalidInput(f"{source} {url!r}: {why}; write it as http://HOST:PORT "
-                            f"(e.g. http://127.0.0.1:8330)")
-
-    if not text:
-        raise refuse("is empty")
-    if any(ch.isspace() for ch in text):
-        raise refuse("contains a space")
-    if "://" not in text:
-        if _SCHEME_WITHOUT_SLASHES.match(text):
-            raise refuse("is not a URL")
-        text = "http://" + text.removeprefix("//")
-    parts = urlsplit(text)
-    if parts.scheme.lower() not in URL_SCHEMES:
-        raise refuse(f"a coordinator speaks http:// or https://, not {parts.scheme}://")
-    if not parts.hostname:
-        raise refuse("has no host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise refuse("has a port that is not a number from 1 to 65535") from None
-    if port == 0:
-        raise refuse("has a port that is not a number from 1 to 65535")
-    if parts.query or parts.fragment or text.endswith(("?", "#")):
-        raise refuse("has a query or fragment")
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
-
-
-def split_servers(servers: str | Sequence[str], *, source: str = "server") -> list[str]:
-    """Coordinator URLs from ``servers`` (a list, or URLs separated by commas), each
-    normalised (``normalize_server``), in order, without repeats; at least one."""
-    given = [servers] if isinstance(servers, str) else list(servers)
-    urls: list[str] = []
-    for text in given:
-        for part in text.split(","):
-            url = normalize_server(part, source=source)
-            if url not in urls:
-                urls.append(url)
-    if not urls:
-        raise InvalidInput(f"{source}: no coordinator URL given")
-    return urls
-
-
-def normalize_servers(servers: str | Sequence[str], *, source: str = "server") -> str:
-    """``split_servers`` as one string, the URLs separated by commas."""
-    return ",".join(split_servers(servers, source=source))
 
 
 class Connection:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from parallel_pilot.core.settings import DEFAULT_PORT, ClientSettings
+from parallel_pilot.core.urls import normalize_servers
 from parallel_pilot.errors import InvalidInput, Unauthorized
-from parallel_pilot.http import normalize_servers
 
 DEFAULT_SERVER = f"http://127.0.0.1:{DEFAULT_PORT}"  # used when nothing names a coordinator
 NO_TOKEN_MESSAGE = "no token: pass --token, set PILOT_TOKEN or run pilot login"

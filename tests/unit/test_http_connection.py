@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from parallel_pilot.core.protocol import Health
+from parallel_pilot.core.urls import normalize_server
 from parallel_pilot.errors import InvalidInput, ServerUnavailable
 from parallel_pilot.http import (
     INTERACTIVE_FIRST_CONTACT_SECONDS,
@@ -18,7 +19,6 @@ from parallel_pilot.http import (
     RETRY_BACKOFF_MAX,
     RETRY_SECONDS,
     Connection,
-    normalize_server,
 )
 
 REFUSED = "[Errno 111] Connection refused"

@@ -23,8 +23,8 @@ from parallel_pilot.core.requirements import (
     parse_requires,
 )
 from parallel_pilot.core.settings import ClientSettings
+from parallel_pilot.core.urls import normalize_servers
 from parallel_pilot.errors import InvalidInput, PilotError
-from parallel_pilot.http import normalize_servers
 
 F = TypeVar("F", bound=Callable[..., Any])
 

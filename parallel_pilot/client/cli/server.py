@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from parallel_pilot.client.cli.common import UsageFailure, split_list
 from parallel_pilot.core.settings import CoordinatorSettings, WorkerSettings
+from parallel_pilot.core.urls import split_servers
 from parallel_pilot.errors import CannotListen, InvalidInput
-from parallel_pilot.http import split_servers
 from parallel_pilot.kinds.base import describe_validation
 
 
