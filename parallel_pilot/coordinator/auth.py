@@ -37,12 +37,20 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
 
 
 def _user(svc: Services, token: str) -> Caller | None:
-    with svc.transaction() as conn:
-        row = q.user_by_token_hash(conn, hash_token(token), svc.clock())
-    if row is None:
-        return None
-    annotate(user=row.name)
-    return Caller(row.id, row.name, row.is_admin)
+    """The user of a token, from ``svc.user_cache`` for a few seconds after it was read;
+    an unknown, revoked or expired token is looked up each time."""
+    token_hash, now = hash_token(token), svc.clock()
+    user = svc.user_cache.get(token_hash, now)
+    if user is None:
+        with svc.transaction() as conn:
+            row = q.user_by_token_hash(conn, token_hash, now)
+        if row is None:
+            return None
+        user = (int(row.id), str(row.name), bool(row.is_admin))
+        svc.user_cache.put(token_hash, user,
+                           None if row.expires_at is None else float(row.expires_at))
+    annotate(user=user[1])
+    return Caller(*user)
 
 
 def _worker(svc: Services, token: str) -> sa.Row | None:

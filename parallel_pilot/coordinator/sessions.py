@@ -156,6 +156,7 @@ def logout(svc: Services, token: str | None) -> None:
     if token:
         with svc.transaction() as conn:
             q.revoke_api_token_by_hash(conn, hash_token(token), svc.clock())
+        svc.user_cache.clear()  # the cookie stops working at once
 
 
 def cookie_secure(svc: Services, request: Request) -> bool:

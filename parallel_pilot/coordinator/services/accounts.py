@@ -102,6 +102,7 @@ def disable_user(svc: Services, caller: Caller, name: str) -> None:
         if user.id == caller.user_id:
             raise Conflict("you cannot disable your own account")
         q.disable_user(conn, user.id)
+    svc.user_cache.clear()  # its tokens stop working at once
     log.info("%s disabled user %s", caller.name, name)
 
 
@@ -161,6 +162,7 @@ def end_session(svc: Services, caller: Caller, session: int) -> None:
         if not q.revoke_api_token(conn, session, caller.user_id, svc.clock(),
                                   name=SESSION_TOKEN_NAME):
             raise NotFound(f"you have no signed-in browser {session}")
+    svc.user_cache.clear()  # the cookie stops working at once
     log.info("%s signed out web session %d", caller.name, session)
 
 
@@ -169,6 +171,7 @@ def revoke_token(svc: Services, caller: Caller, token_id: int) -> None:
         # another user's token id answers the same as a missing one: don't confirm it exists
         if not q.revoke_api_token(conn, token_id, caller.user_id, svc.clock()):
             raise NotFound(f"you have no active token {token_id}")
+    svc.user_cache.clear()  # the token stops working at once
 
 
 # ------------------------------------------------------------ join tokens

@@ -1,6 +1,6 @@
 """What every service needs: the database engine, the blob store, settings, a clock, the
-notifier that wakes long polls when work for them appears, the short-lived cache of the
-workers behind tokens, and the process's metrics."""
+notifier that wakes long polls when work for them appears, the short-lived caches of the
+workers and users behind tokens, and the process's metrics."""
 
 from __future__ import annotations
 
@@ -132,6 +132,39 @@ class ReadyNotifier:
                 self._wake({waiter.woken_for: 1})
 
 
+class UserCache:
+    """token hash -> (user id, name, is_admin) of a user's API token or web session for a
+    few seconds, so a client's requests are not each a query. Emptied whenever this process
+    changes what a token may do (a token revoked, a session ended, a user disabled); a
+    change made through another coordinator of the farm takes effect within
+    ``WORKER_CACHE_SECONDS``; an entry is never used past its token's own expiry (on the
+    coordinator's clock, ``now``)."""
+
+    def __init__(self, ttl: float = WORKER_CACHE_SECONDS) -> None:
+        self.ttl = ttl
+        self._users: dict[str, tuple[float, float | None, tuple[int, str, bool]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: str, now: float) -> tuple[int, str, bool] | None:
+        with self._lock:
+            entry = self._users.get(token_hash)
+        if entry is None or entry[0] < time.monotonic() \
+                or (entry[1] is not None and entry[1] <= now):
+            return None
+        return entry[2]
+
+    def put(self, token_hash: str, user: tuple[int, str, bool],
+            expires_at: float | None) -> None:
+        with self._lock:
+            if len(self._users) >= WORKER_CACHE_ENTRIES:
+                self._users.clear()
+            self._users[token_hash] = (time.monotonic() + self.ttl, expires_at, user)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._users.clear()
+
+
 class WorkerCache:
     """token hash -> worker row for a few seconds, so a worker's requests are not each a
     query; an entry is dropped when the worker leaves, registers again or is revoked in
@@ -172,6 +205,7 @@ class Services:
     clock: Callable[[], float] = time.time
     notifier: ReadyNotifier = field(default_factory=ReadyNotifier)
     worker_cache: WorkerCache = field(default_factory=WorkerCache)
+    user_cache: UserCache = field(default_factory=UserCache)
     metrics: Metrics = field(default_factory=Metrics)  # this process's (coordinator/metrics.py)
 
     @property

@@ -35,8 +35,9 @@ def insert_api_token(conn: sa.Connection, user_id: int, token_hash: str, name: s
 
 
 def user_by_token_hash(conn: sa.Connection, token_hash: str, now: float) -> Any:
+    """The user of a live token (id, name, is_admin, the token's expires_at), or None."""
     return conn.execute(
-        sa.select(users.c.id, users.c.name, users.c.is_admin)
+        sa.select(users.c.id, users.c.name, users.c.is_admin, api_tokens.c.expires_at)
         .join(api_tokens, api_tokens.c.user_id == users.c.id)
         .where(api_tokens.c.token_hash == token_hash, api_tokens.c.revoked_at.is_(None),
                sa.or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
