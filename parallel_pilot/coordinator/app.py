@@ -20,7 +20,6 @@ from parallel_pilot.coordinator import passwords
 from parallel_pilot.coordinator.body_guard import BodyGuard
 from parallel_pilot.coordinator.bootstrap import tighten_data_dir
 from parallel_pilot.coordinator.log_context import RequestLog
-from parallel_pilot.coordinator.metrics import RequestTimer
 from parallel_pilot.coordinator.routes import (
     accounts,
     attempts,
@@ -116,9 +115,10 @@ def create_app(services: Services, *, run_reaper: bool = True) -> FastAPI:
     app.add_middleware(BodyGuard, max_body_bytes=services.settings.max_body_bytes,
                        max_upload_bytes=services.settings.max_upload_bytes,
                        stall_seconds=services.settings.body_stall_seconds)
-    app.add_middleware(RequestTimer, metrics=services.metrics, skip=("/static/",))
-    # outermost: every line logged for a request carries its id (and, in JSON, an access line)
-    app.add_middleware(RequestLog, access=services.settings.log_format == "json")
+    # outermost: every line logged for a request carries its id; its duration goes into the
+    # metrics (and, in JSON, an access line)
+    app.add_middleware(RequestLog, metrics=services.metrics, unmeasured=("/static/",),
+                       access=services.settings.log_format == "json")
     return app
 
 

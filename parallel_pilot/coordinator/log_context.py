@@ -23,7 +23,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from parallel_pilot.coordinator.metrics import route_template
+from parallel_pilot.coordinator.metrics import Metrics, route_template
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _GIVEN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a caller's id kept as it is
@@ -45,10 +45,12 @@ def current_fields() -> dict[str, Any]:
 
 
 class RequestLog:
-    """ASGI middleware: the request's id and log fields; its access line (``access``)."""
+    """ASGI middleware: the request's id and log fields; once answered, its duration into
+    ``metrics`` (paths under ``unmeasured`` left out) and its access line (``access``)."""
 
-    def __init__(self, app: ASGIApp, *, access: bool = False) -> None:
-        self.app, self.access = app, access
+    def __init__(self, app: ASGIApp, *, metrics: Metrics | None = None,
+                 unmeasured: tuple[str, ...] = (), access: bool = False) -> None:
+        self.app, self.metrics, self.unmeasured, self.access = app, metrics, unmeasured, access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,11 +74,13 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds, route = time.perf_counter() - started, route_template(scope)
+            if self.metrics is not None and not scope["path"].startswith(self.unmeasured):
+                self.metrics.request_done(scope["method"], route, status[0], seconds)
             if self.access:
-                route = route_template(scope)
                 access_log.info("%s %s %d", scope["method"], route, status[0], extra={
                     "method": scope["method"], "route": route, "status": status[0],
-                    "ms": round((time.perf_counter() - started) * 1000, 2)})
+                    "ms": round(seconds * 1000, 2)})
             _fields.reset(token)
 
 

@@ -6,20 +6,20 @@ coordinator process (no module-global registry):
   ``pilot_jobs{state}``, ``pilot_workers{state}`` (as ``pilot workers`` shows them);
 - counted by this process since it started (sum them over a farm's coordinators):
   ``pilot_http_request_duration_seconds{method,route,status}`` (the route's template,
-  ``/api/v1/jobs/{job_id}``, never the path a caller typed) and
+  ``/api/v1/jobs/{job_id}``, never the path a caller typed; observed by
+  ``log_context.RequestLog``, the one middleware that watches every request) and
   ``pilot_task_duration_seconds{kind,outcome}`` (lease to report, for the attempts whose
   report this process took).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -45,6 +45,9 @@ class Metrics:
 
     def watch(self, counts: Callable[[], FarmCounts]) -> None:
         self.registry.register(_FarmCollector(counts))
+
+    def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http.labels(method, route, str(status)).observe(seconds)
 
     def tasks_finished(self, finished: Iterable[tuple[str, str, float]]) -> None:
         """(kind, outcome, seconds) of attempts reported."""
@@ -75,34 +78,6 @@ class _FarmCollector(Collector):
             for state, n in sorted(counts.get(what, {}).items()):
                 gauge.add_metric([state], n)
             yield gauge
-
-
-class RequestTimer:
-    """ASGI middleware: each HTTP request's seconds into ``Metrics.http``, labelled by the
-    route that took it (its template), once its answer has been sent."""
-
-    def __init__(self, app: ASGIApp, *, metrics: Metrics,
-                 skip: Sequence[str] = ()) -> None:
-        self.app, self.metrics, self.skip = app, metrics, tuple(skip)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.skip):
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = [500]
-
-        async def timed_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed_send)
-        finally:
-            self.metrics.http.labels(scope["method"], route_template(scope),
-                                    str(status[0])).observe(
-                time.perf_counter() - started)
 
 
 def route_template(scope: Scope) -> str:
